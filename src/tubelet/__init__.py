@@ -1,0 +1,12 @@
+"""tubelet: video understanding on PyTorch."""
+
+from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError
+from tubelet.models.registry import create_model, list_models
+from tubelet.models.weights import load_weights as load_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ConfigError", "DataError", "TubeletError", "VideoError",
+    "create_model", "list_models", "load_checkpoint", "__version__",
+]

@@ -1,0 +1,246 @@
+"""Load YAML recipes into the typed schema, apply dotted overrides, and write the effective config.
+
+Recipes are data: they are parsed with ``yaml.safe_load`` and never evaluated. A recipe may start
+from another with ``_base_: NAME`` (a shipped recipe name or a path relative to the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from tubelet.config.schema import METHOD_CONFIGS, MethodConfig, Recipe
+from tubelet.errors import ConfigError
+
+BASE_KEY = "_base_"
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with tubelet."""
+    root = resources.files("tubelet") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A file path if it exists, else a shipped recipe name (with or without ``.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    shipped = resources.files("tubelet") / "recipes" / f"{name}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    close = difflib.get_close_matches(name, list_recipes(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"recipe '{name_or_path}' is neither a file nor a shipped recipe{hint}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read recipe: {exc.strerror}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    base_path = path.parent / base if (path.parent / base).is_file() else resolve_recipe(base)
+    return deep_merge(_read_yaml(base_path, seen + (path,)), raw)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "trainer.max_steps=10"]`` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, text = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"override '{item}': empty key in '{dotted}'")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{key}'")
+        node[keys[-1]] = value
+    return tree
+
+
+def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a recipe file (or the defaults when None), apply overrides, validate, return a Recipe."""
+    if name_or_path is None:
+        raw: dict[str, Any] = {}
+        source = "<defaults>"
+    else:
+        path = resolve_recipe(name_or_path)
+        raw = _read_yaml(path)
+        source = str(path)
+    if overrides:
+        # Overrides are validated against the merged tree so that a typo names the command line.
+        over = parse_overrides(overrides)
+        _check_keys(over, Recipe, "command line", "", method_name=_method_name(raw, over))
+        raw = deep_merge(raw, over)
+    return from_dict(raw, source)
+
+
+def _method_name(raw: dict[str, Any], over: dict[str, Any] | None = None) -> str:
+    name = "supervised"
+    for tree in (raw, over or {}):
+        section = tree.get("method")
+        if isinstance(section, dict) and "name" in section:
+            name = section["name"]
+    return name
+
+
+def _check_keys(tree: dict[str, Any], cls: type, source: str, prefix: str, method_name: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(dotted, source, list(fields), prefix))
+        sub = _dataclass_of(hints[key], key, method_name)
+        if sub is not None and isinstance(value, dict):
+            _check_keys(value, sub, source, f"{dotted}.", method_name)
+
+
+def _unknown_key_message(dotted: str, source: str, valid: list[str], prefix: str) -> str:
+    key = dotted.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return f"unknown key '{dotted}' in {source}{hint}"
+
+
+def _dataclass_of(hint: Any, key: str, method_name: str) -> type | None:
+    if hint is MethodConfig:
+        if method_name not in METHOD_CONFIGS:
+            return None
+        return METHOD_CONFIGS[method_name]
+    if dataclasses.is_dataclass(hint):
+        return hint
+    return None
+
+
+def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Recipe:
+    """Validate a nested dict against the schema: unknown keys and wrong types are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping, got {type(raw).__name__}")
+    method_name = _method_name(raw)
+    if method_name not in METHOD_CONFIGS:
+        close = difflib.get_close_matches(str(method_name), list(METHOD_CONFIGS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(METHOD_CONFIGS))}"
+        raise ConfigError(f"unknown method.name '{method_name}' in {source}{hint}")
+    return _build(Recipe, raw, source, "", method_name)
+
+
+def _build(cls: type, tree: dict[str, Any], source: str, prefix: str, method_name: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(dotted, source, list(fields), prefix))
+        kwargs[key] = _coerce(value, hints[key], dotted, source, method_name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -> Any:
+    sub = _dataclass_of(hint, dotted, method_name)
+    if sub is not None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{dotted}' in {source} must be a mapping, got {value!r}")
+        return _build(sub, value, source, f"{dotted}.", method_name)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, dotted, source, method_name)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"'{dotted}' in {source} must be {_type_name(hint)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{dotted}' in {source} must be a list, got {value!r}")
+        (item,) = args or (Any,)
+        return [_coerce(v, item, f"{dotted}[{i}]", source, method_name) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{dotted}' in {source} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"'{dotted}' in {source} must be {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(recipe)
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write the effective config (after bases and overrides) as YAML; it loads back to the same Recipe."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,169 @@
+"""The typed recipe schema.
+
+A recipe is a YAML file with five sections (``model``, ``data``, ``method``, ``optim``, ``trainer``)
+plus ``seed`` and ``run_dir``. Every section is a dataclass; ``config.loader`` validates YAML against
+them and rejects unknown keys. The ``method`` section is polymorphic: its ``name`` picks the dataclass
+from ``METHOD_CONFIGS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to build (a name from ``tubelet.list_models()``) and how."""
+
+    name: str = "vit_tiny"
+    num_classes: int = 400
+    num_frames: int = 16
+    img_size: int = 224
+    drop_path_rate: float = 0.0
+    # Variant overrides passed to ``create_model`` (validated against the variant's dataclass).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Weights to load before training (safetensors or a tubelet checkpoint); never unpickles code.
+    checkpoint: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    """Procedural video set (``tubelet.data.synthetic``)."""
+
+    num_videos: int = 512
+    num_classes: int = 8
+    frames: int = 16
+    size: int = 64
+    fps: int = 8
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time transforms; all drawn once per clip."""
+
+    short_side: list[int] = field(default_factory=lambda: [256, 320])
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    random_resized_crop: bool = True
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    grayscale: float = 0.0
+    blur: float = 0.0
+    randaugment: str | None = None  # e.g. "rand-m7-n4-mstd0.5-inc1"
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are sampled.
+
+    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``.
+    """
+
+    kind: str = "synthetic"
+    train: str | None = None  # manifest path or root folder
+    val: str | None = None
+    root: str | None = None  # data root: manifest paths are resolved under it and may not escape it
+    label_map: str | None = None
+    num_frames: int = 16
+    sampling_rate: int = 4  # "T x tau": one frame every tau frames at a 30 fps reference
+    target_fps: float = 30.0
+    crop_size: int = 224
+    test_short_side: int = 256
+    mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
+    std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
+    repeated_sampling: int = 1  # clips per decoded video (MAE-ST r)
+    test_clips: int = 1  # multi-view testing: temporal clips ...
+    test_crops: int = 1  # ... x spatial crops
+    batch_size: int = 8  # videos per step per process
+    num_workers: int = 0
+    decoder: str = "pyav"  # pyav | torchcodec
+    max_failure_fraction: float = 0.01
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float | None = None  # absolute LR; when None, base_lr * (videos per step) / 256
+    base_lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9  # SGD / LARS
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    clip_grad: float | None = None
+    layer_decay: float | None = None
+    ema_decay: float | None = None
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    max_epochs: int | None = None
+    precision: str = "32-true"  # "32-true" | "bf16-mixed"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    val_check_interval: int | None = None  # steps; None = end of each epoch
+    checkpoint_every_n_steps: int = 50
+    keep_last_k: int = 3
+    num_threads: int | None = None  # torch intra-op threads; None = cores minus data workers
+    sync_batchnorm: bool = False
+    deterministic: bool = True
+    collective_timeout_s: float = 1800.0
+    nonfinite: str = "stop"  # stop | skip
+    max_skipped_steps: int = 10
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method section; ``name`` selects the subclass."""
+
+    name: str = "supervised"
+
+
+@dataclass
+class SupervisedConfig(MethodConfig):
+    name: str = "supervised"
+    head_dropout: float = 0.0
+
+
+@dataclass
+class MAESTConfig(MethodConfig):
+    name: str = "mae_st"
+    mask_ratio: float = 0.9
+    mask_type: str = "random"  # random | tube | frame | cube
+    decoder_dim: int = 512
+    decoder_depth: int = 4
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True
+    target_frames: str = "first"  # first | cube
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
+    "supervised": SupervisedConfig,
+    "mae_st": MAESTConfig,
+}
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=SupervisedConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    run_dir: str = "runs/default"

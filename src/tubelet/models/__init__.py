@@ -1,0 +1,5 @@
+"""Backbones and layers. Importing this package registers every model."""
+
+from tubelet.models.registry import create_model, get_model_config, list_models, register_model
+
+__all__ = ["create_model", "get_model_config", "list_models", "register_model"]
