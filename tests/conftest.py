@@ -1,0 +1,20 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# One intra-op thread per test worker: two workers on two cores must not oversubscribe.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+VIDEOS = SHARED / "data" / "videos"
+TRACKING = SHARED / "data" / "tracking"
+
+
+@pytest.fixture(scope="session")
+def videos_dir() -> Path:
+    if not VIDEOS.is_dir():
+        pytest.fail(f"test clips not found at {VIDEOS}: clone the project with ../shared beside it")
+    return VIDEOS
