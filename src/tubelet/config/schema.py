@@ -148,13 +148,23 @@ class MAESTConfig(MethodConfig):
     decoder_dim: int = 512
     decoder_depth: int = 4
     decoder_heads: int = 16
+    mask_block: list[int] = field(default_factory=lambda: [2, 2, 2])  # cube masking: (t, h, w) tokens
     norm_pix_loss: bool = True
-    target_frames: str = "first"  # first | cube
+    target_frames: str = "first"  # first | cube (see methods/mae_st.py)
+
+
+@dataclass
+class LinearProbeConfig(MethodConfig):
+    """Frozen backbone + linear classifier on mean-pooled tokens (methods/linear_probe.py)."""
+
+    name: str = "linear_probe"
+    feature_norm: str = "layernorm"  # layernorm (parameter-free standardisation) | none
 
 
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "supervised": SupervisedConfig,
     "mae_st": MAESTConfig,
+    "linear_probe": LinearProbeConfig,
 }
 
 

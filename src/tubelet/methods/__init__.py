@@ -17,6 +17,7 @@ from tubelet.errors import ConfigError
 METHODS = {
     "supervised": "tubelet.methods.supervised:build",
     "mae_st": "tubelet.methods.mae_st:build",
+    "linear_probe": "tubelet.methods.linear_probe:build",
 }
 
 
