@@ -29,14 +29,27 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Procedural video set (``tubelet.data.synthetic``)."""
+    """Procedural video set (``tubelet.data.synthetic``); classes differ only in the main object's motion."""
 
-    num_videos: int = 512
-    num_classes: int = 8
-    frames: int = 16
-    size: int = 64
+    num_videos: int = 512  # clips over all splits; clip i is a pure function of (seed, i)
+    num_classes: int = 8  # the first K of move_left/right/up/down, rotate_cw/ccw, grow, shrink
+    classes: list[str] = field(default_factory=list)  # explicit motion names (overrides the first-K rule)
+    frames: int = 16  # rendered frames per clip
+    size: int = 64  # rendered frame side in pixels (crops of data.crop_size are taken from it)
     fps: int = 8
     seed: int = 0
+    val_fraction: float = 0.125
+    test_fraction: float = 0.125
+    min_objects: int = 1  # object 0 carries the label; the others are smaller distractors
+    max_objects: int = 3
+    min_radius: float = 0.12  # main-object radius range, fraction of size (log-uniform, wrapped)
+    max_radius: float = 0.24
+    speed: list[float] = field(default_factory=lambda: [0.04, 0.07])  # translation, fraction of size per frame
+    spin: list[float] = field(default_factory=lambda: [12.0, 20.0])  # rotation, degrees per frame
+    growth: list[float] = field(default_factory=lambda: [0.06, 0.09])  # log-radius change per frame
+    pan_speed: float = 0.03  # background (camera) pan, fraction of size per frame, random direction
+    noise: float = 0.02  # per-pixel sensor noise (std, on [0, 1] values)
+    single_frame: bool = False  # serve one frame repeated over time: the still-image baseline
 
 
 @dataclass

@@ -1,0 +1,481 @@
+"""A procedural, seeded video set whose classes differ only in motion.
+
+Each clip shows 1-3 textured shapes (circle, square, triangle, diamond, cross) over a textured
+background that pans (a moving camera). The *main* object (identity 0, drawn on top and largest)
+carries the label: it moves left/right/up/down, rotates clockwise/counter-clockwise, or grows/shrinks.
+Smaller distractor objects follow random motions of their own.
+
+Why no single frame reveals the class: every per-frame state is drawn from a distribution that is the
+same for all classes. Positions live on a torus (objects wrap around the frame edges), angles on the
+circle, and log-sizes on a wrapped interval, each uniform, so adding a constant velocity, angular
+velocity or log-growth per frame keeps every frame's marginal uniform. Shape, colour, texture and the
+background are drawn independently of the label. Telling classes apart needs at least two frames,
+which is what makes the set a test of temporal modelling (``tubelet demo`` compares a video model to
+the same model fed one still frame).
+
+Clip ``i`` is a pure function of ``(seed, i)``; labels are ``i % num_classes`` (exactly balanced), and
+the train/val/test splits are disjoint contiguous index ranges. Every clip carries a caption, per-frame
+boxes ``(x1, y1, x2, y2)`` in pixels (of the copy of the object that holds its centre, clipped to the
+frame) and identities, so detection, tracking and video-text methods have a task on it too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tubelet.config.schema import DataConfig, SyntheticConfig
+from tubelet.errors import ConfigError
+
+# Canonical class order; ``num_classes = K`` uses the first K (or ``SyntheticConfig.classes``).
+MOTIONS = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink")
+MOTION_PHRASES = {
+    "move_left": "moves left",
+    "move_right": "moves right",
+    "move_up": "moves up",
+    "move_down": "moves down",
+    "rotate_cw": "rotates clockwise",
+    "rotate_ccw": "rotates counterclockwise",
+    "grow": "grows",
+    "shrink": "shrinks",
+}
+# A horizontal flip mirrors x: left <-> right and (with y pointing down) clockwise <-> counter-clockwise.
+HFLIP_MOTION = {
+    "move_left": "move_right",
+    "move_right": "move_left",
+    "rotate_cw": "rotate_ccw",
+    "rotate_ccw": "rotate_cw",
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+TEXTURES = ("striped", "checkered", "shaded")  # all anisotropic, so rotation of a circle is visible
+COLOURS = {
+    "red": (0.90, 0.15, 0.15),
+    "green": (0.15, 0.80, 0.25),
+    "blue": (0.20, 0.35, 0.95),
+    "yellow": (0.95, 0.85, 0.15),
+    "cyan": (0.15, 0.85, 0.90),
+    "magenta": (0.90, 0.20, 0.85),
+    "orange": (0.98, 0.55, 0.10),
+    "white": (0.97, 0.97, 0.97),
+}
+# Distractors are at most as large as the smallest main object (max_radius / min_radius <= 2 by default),
+# so "the main object" is the largest one and well defined.
+DISTRACTOR_SCALE = 0.5
+
+
+def class_names(cfg: SyntheticConfig) -> list[str]:
+    """The label map: index -> motion name."""
+    names = list(cfg.classes) if cfg.classes else list(MOTIONS[: cfg.num_classes])
+    unknown = [n for n in names if n not in MOTIONS]
+    if unknown:
+        raise ConfigError(f"data.synthetic.classes: unknown motion(s) {unknown}; known: {', '.join(MOTIONS)}")
+    if cfg.classes and len(names) != cfg.num_classes:
+        raise ConfigError(
+            f"data.synthetic.classes lists {len(names)} motions but data.synthetic.num_classes is {cfg.num_classes}"
+        )
+    if not 2 <= len(names) <= len(MOTIONS) or len(set(names)) != len(names):
+        raise ConfigError(f"data.synthetic.num_classes must be 2..{len(MOTIONS)} distinct motions, got {names}")
+    return names
+
+
+def hflip_label_map(names: list[str]) -> list[int]:
+    """``flipped[label]``: the label of a clip after a horizontal flip (identity where no mirror class exists)."""
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for i, n in enumerate(names):
+        mirror = HFLIP_MOTION.get(n)
+        out.append(index.get(mirror, i) if mirror is not None else i)
+    return out
+
+
+def flip_is_safe(names: list[str]) -> bool:
+    """A flip is label-preserving or correctable only if every mirrored motion is itself a class."""
+    return all(HFLIP_MOTION.get(n, n) in names for n in names)
+
+
+@dataclass
+class SyntheticClip:
+    """One rendered clip: ``frames`` uint8 ``(T, H, W, 3)``; ``boxes`` float32 ``(T, K, 4)``; ``ids`` int64
+    ``(T, K)`` with -1 (and zero boxes) for absent objects, ``K = max_objects``."""
+
+    frames: np.ndarray
+    label: int
+    caption: str
+    boxes: np.ndarray
+    ids: np.ndarray
+    objects: list[dict] = field(default_factory=list)
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), 0x7B5]))
+
+
+def _signed_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Approximate signed distance to the shape's outline, in units of the object radius (negative inside)."""
+    au, av = np.abs(u), np.abs(v)
+    if shape == "circle":
+        return np.sqrt(u * u + v * v) - 1.0
+    if shape == "square":
+        return np.maximum(au, av) - 0.8
+    if shape == "diamond":
+        return (au + av - 1.1) / math.sqrt(2.0)
+    if shape == "triangle":  # vertices (0, -1.1), (+-0.95, 0.55) in object coordinates
+        return np.maximum(v - 0.55, (-v + math.sqrt(3.0) * au - 1.1) / 2.0)
+    if shape == "cross":
+        return np.minimum(np.maximum(au - 0.95, av - 0.32), np.maximum(au - 0.32, av - 0.95))
+    raise ValueError(shape)
+
+
+def _texture(kind: str, u: np.ndarray, v: np.ndarray, freq: float, phase: float) -> np.ndarray:
+    """Brightness modulation in [0.45, 1] drawn in object coordinates, so it turns and scales with the shape."""
+    if kind == "striped":
+        return 0.725 + 0.275 * np.sin(freq * math.pi * u + phase)
+    if kind == "checkered":
+        return 0.725 + 0.275 * np.sign(np.sin(freq * math.pi * u + phase) * np.sin(freq * math.pi * v + phase))
+    if kind == "shaded":
+        return 0.45 + 0.55 * np.clip((u + 1.0) / 2.0, 0.0, 1.0)
+    raise ValueError(kind)
+
+
+def _wrap(d: np.ndarray, period: float) -> np.ndarray:
+    return (d + period / 2.0) % period - period / 2.0
+
+
+def render_clip(cfg: SyntheticConfig, index: int, label: int | None = None) -> SyntheticClip:
+    """Render clip ``index``: a pure function of ``(cfg, index)``, vectorised over objects, frames and pixels.
+
+    ``label`` forces the main object's motion (default ``index % num_classes``). The random draws do not depend
+    on the label, so frame 0 is the same for every label: the label only decides which velocity is non-zero.
+    """
+    names = class_names(cfg)
+    rng = _rng(cfg.seed, index)
+    S, T = int(cfg.size), int(cfg.frames)
+    K_max = int(cfg.max_objects)
+    label = index % len(names) if label is None else int(label)
+    n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+
+    t = np.arange(T, dtype=np.float64)[:, None, None]  # (T,1,1)
+    coords = np.arange(S, dtype=np.float64) + 0.5
+    X = coords[None, None, :]
+    Y = coords[None, :, None]
+
+    # Background: a periodic tile of three integer-frequency gratings between two muted colours, panned
+    # with a random velocity (sub-pixel pans are exact because the tile is evaluated analytically).
+    pan_angle = rng.uniform(0, 2 * math.pi)
+    pan_speed = rng.uniform(0.0, cfg.pan_speed) * S
+    px, py = pan_speed * math.cos(pan_angle), pan_speed * math.sin(pan_angle)
+    freqs = rng.integers(-4, 5, size=(3, 2))
+    freqs[np.all(freqs == 0, axis=1)] = (1, 0)
+    amps = rng.uniform(0.3, 1.0, size=3)
+    phases = rng.uniform(0, 2 * math.pi, size=3)
+    Xs, Ys = X - px * t, Y - py * t  # (T,1,S), (T,S,1)
+    g = sum(
+        amps[j] * np.sin(2 * math.pi * (freqs[j, 0] * Xs + freqs[j, 1] * Ys) / S + phases[j]) for j in range(3)
+    )
+    g = 0.5 + 0.5 * g / amps.sum()  # (T,S,S) in [0, 1]
+    c1, c2 = rng.uniform(0.15, 0.45, size=3), rng.uniform(0.35, 0.65, size=3)
+    img = c1[None, None, None, :] * (1 - g[..., None]) + c2[None, None, None, :] * g[..., None]  # (T,S,S,3)
+
+    colour_names = list(COLOURS)
+    boxes = np.zeros((T, K_max, 4), dtype=np.float32)
+    ids = np.full((T, K_max), -1, dtype=np.int64)
+    objects: list[dict] = []
+    log_lo, log_hi = math.log(cfg.min_radius * S), math.log(cfg.max_radius * S)
+    # Draw distractors first and the main object last, so the labelled object is never hidden.
+    for k in reversed(range(n_obj)):
+        motion = names[label] if k == 0 else names[int(rng.integers(len(names)))]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        colour = colour_names[int(rng.integers(len(colour_names)))]
+        rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.06, 0.06, size=3), 0, 1)
+        cx0, cy0 = rng.uniform(0, S, size=2)
+        theta0 = rng.uniform(0, 2 * math.pi)
+        logr0 = rng.uniform(log_lo, log_hi)
+        speed = rng.uniform(*cfg.speed) * S
+        omega = math.radians(rng.uniform(*cfg.spin))
+        growth = rng.uniform(*cfg.growth)
+        freq = rng.uniform(1.5, 2.5)
+        tphase = rng.uniform(0, 2 * math.pi)
+        vx = {"move_left": -speed, "move_right": speed}.get(motion, 0.0)
+        vy = {"move_up": -speed, "move_down": speed}.get(motion, 0.0)
+        w = {"rotate_cw": omega, "rotate_ccw": -omega}.get(motion, 0.0)  # y down: +theta turns clockwise on screen
+        gr = {"grow": growth, "shrink": -growth}.get(motion, 0.0)
+        tt = t[:, 0, 0]
+        cx = (cx0 + vx * tt) % S  # (T,)
+        cy = (cy0 + vy * tt) % S
+        theta = theta0 + w * tt
+        # Log-radius on a wrapped interval: uniform at every frame for every class.
+        logr = log_lo + (logr0 - log_lo + gr * tt) % (log_hi - log_lo)
+        r = np.exp(logr)
+        if k > 0:
+            r = r * DISTRACTOR_SCALE
+        dx = _wrap(X - cx[:, None, None], S)  # (T,1,S)
+        dy = _wrap(Y - cy[:, None, None], S)  # (T,S,1)
+        cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+        rr = r[:, None, None]
+        u = (cos * dx + sin * dy) / rr  # object coordinates, (T,S,S)
+        v = (-sin * dx + cos * dy) / rr
+        alpha = np.clip(0.5 - _signed_distance(shape, u, v) * rr, 0.0, 1.0)  # one-pixel anti-aliased edge
+        fill = rgb[None, None, None, :] * _texture(texture, u, v, freq, tphase)[..., None]
+        img = img * (1 - alpha[..., None]) + fill * alpha[..., None]
+
+        inside = alpha > 0.5
+        xu = np.broadcast_to(cx[:, None, None] + dx, inside.shape)
+        yu = np.broadcast_to(cy[:, None, None] + dy, inside.shape)
+        x1 = np.where(inside, xu, np.inf).min(axis=(1, 2)) - 0.5
+        x2 = np.where(inside, xu, -np.inf).max(axis=(1, 2)) + 0.5
+        y1 = np.where(inside, yu, np.inf).min(axis=(1, 2)) - 0.5
+        y2 = np.where(inside, yu, -np.inf).max(axis=(1, 2)) + 0.5
+        visible = np.isfinite(x1)
+        box = np.clip(np.stack([x1, y1, x2, y2], axis=1), 0, S)
+        boxes[:, k] = np.where(visible[:, None], box, 0.0)
+        ids[:, k] = np.where(visible, k, -1)
+        objects.insert(0, {"id": k, "shape": shape, "colour": colour, "texture": texture, "motion": motion})
+
+    img = img + rng.normal(0.0, cfg.noise, size=img.shape)  # sensor noise, fresh in every frame
+    frames = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    main = objects[0]
+    caption = f"a {main['colour']} {main['texture']} {main['shape']} {MOTION_PHRASES[main['motion']]}"
+    if n_obj > 1:
+        others = " and ".join(f"a small {o['colour']} {o['shape']}" for o in objects[1:])
+        caption += f" next to {others}"
+    return SyntheticClip(frames, label, caption, boxes, ids, objects)
+
+
+def split_indices(cfg: SyntheticConfig, split: str) -> range:
+    """Disjoint contiguous index ranges: train first, then val, then test."""
+    n = int(cfg.num_videos)
+    n_val = int(round(n * cfg.val_fraction))
+    n_test = int(round(n * cfg.test_fraction))
+    n_train = n - n_val - n_test
+    if n_train <= 0:
+        raise ConfigError(f"data.synthetic: {n} videos leave no training clips after val/test fractions")
+    ranges = {"train": range(0, n_train), "val": range(n_train, n_train + n_val), "test": range(n_train + n_val, n)}
+    if split not in ranges:
+        raise ConfigError(f"split must be one of {tuple(ranges)}, got '{split}'")
+    return ranges[split]
+
+
+def temporal_stride(data_cfg: DataConfig) -> int:
+    """"T x tau": one frame every tau frames at a ``target_fps`` reference, converted to the set's fps."""
+    return max(1, int(round(data_cfg.sampling_rate * data_cfg.synthetic.fps / data_cfg.target_fps)))
+
+
+class SyntheticVideoDataset(Dataset):
+    """Map-style synthetic clips, rendered on first access and kept in memory (uint8).
+
+    Sample: ``{"video": float (C,T,H,W) normalised, "label": int64, "index": int, "caption": str,
+    "boxes": float32 (T,K,4), "ids": int64 (T,K)}``.
+
+    - train: random temporal window, random crop (when ``synthetic.size > crop_size``) and horizontal flip
+      with probability ``augment.hflip``, all drawn once per clip; a flip mirrors the label too
+      (left <-> right, clockwise <-> counter-clockwise) and the boxes. With ``repeated_sampling = r > 1``:
+      video ``(r,C,T,H,W)``, label ``(r,)`` (each view augmented independently).
+    - val: centre window and centre crop.
+    - test: ``test_clips x test_crops`` views ``(V,C,T,H,W)`` when V > 1 (label scalar): evenly spaced windows
+      (first at frame 0, last ending at the end) x left/centre/right crops.
+    - ``synthetic.single_frame``: every view shows one frame repeated over time (random frame of the window
+      in training, middle frame otherwise), the still-image baseline with the same input shape.
+    """
+
+    def __init__(self, data_cfg: DataConfig, split: str):
+        self.cfg = data_cfg
+        self.syn = data_cfg.synthetic
+        self.split = split
+        self.names = class_names(self.syn)
+        self.indices = split_indices(self.syn, split)
+        self.stride = temporal_stride(data_cfg)
+        self.span = (data_cfg.num_frames - 1) * self.stride + 1
+        if self.span > self.syn.frames:
+            raise ConfigError(
+                f"data.num_frames={data_cfg.num_frames} at stride {self.stride} needs {self.span} frames but "
+                f"data.synthetic.frames is {self.syn.frames}"
+            )
+        if data_cfg.crop_size > self.syn.size:
+            raise ConfigError(f"data.crop_size={data_cfg.crop_size} exceeds data.synthetic.size={self.syn.size}")
+        self.flip_map = torch.tensor(hflip_label_map(self.names))
+        self.flip_ok = flip_is_safe(self.names)
+        self.mean = torch.tensor(data_cfg.mean, dtype=torch.float32).view(3, 1, 1, 1)
+        self.std = torch.tensor(data_cfg.std, dtype=torch.float32).view(3, 1, 1, 1)
+        self._cache: dict[int, SyntheticClip] = {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.names)
+
+    def clip(self, i: int) -> SyntheticClip:
+        """Rendered clip for dataset position ``i`` (global index ``self.indices[i]``)."""
+        index = self.indices[i]
+        if index not in self._cache:
+            self._cache[index] = render_clip(self.syn, index)
+        return self._cache[index]
+
+    def _view(self, clip: SyntheticClip, t0: int, y0: int, x0: int, flip: bool, still: int | None):
+        c = self.cfg.crop_size
+        frames = torch.from_numpy(clip.frames)
+        tidx = torch.arange(t0, t0 + self.span, self.stride)
+        if still is not None:
+            tidx = torch.full_like(tidx, still)
+        v = frames[tidx, y0 : y0 + c, x0 : x0 + c]  # (T,c,c,3) uint8
+        boxes = torch.from_numpy(clip.boxes)[tidx].clone()
+        ids = torch.from_numpy(clip.ids)[tidx].clone()
+        boxes[..., 0::2] = (boxes[..., 0::2] - x0).clamp(0, c)
+        boxes[..., 1::2] = (boxes[..., 1::2] - y0).clamp(0, c)
+        if flip:
+            v = v.flip(2)
+            boxes = torch.stack([c - boxes[..., 2], boxes[..., 1], c - boxes[..., 0], boxes[..., 3]], dim=-1)
+        gone = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1]) | (ids < 0)
+        boxes[gone] = 0.0
+        ids[gone] = -1
+        video = (v.permute(3, 0, 1, 2).float().div_(255.0) - self.mean) / self.std  # (C,T,c,c)
+        label = int(self.flip_map[clip.label]) if flip else clip.label
+        return video, label, boxes, ids
+
+    def _train_view(self, clip: SyntheticClip):
+        c, S = self.cfg.crop_size, self.syn.size
+        t0 = int(torch.randint(0, self.syn.frames - self.span + 1, ()))
+        y0, x0 = (int(v) for v in torch.randint(0, S - c + 1, (2,)))
+        flip = self.flip_ok and bool(torch.rand(()) < self.cfg.augment.hflip)
+        still = t0 + self.stride * int(torch.randint(0, self.cfg.num_frames, ())) if self.syn.single_frame else None
+        return self._view(clip, t0, y0, x0, flip, still)
+
+    def _eval_views(self, clip: SyntheticClip, n_clips: int, n_crops: int):
+        c, S = self.cfg.crop_size, self.syn.size
+        last = self.syn.frames - self.span
+        starts = [last // 2] if n_clips == 1 else [i * (last // (n_clips - 1)) for i in range(n_clips)]
+        mid = (S - c) // 2
+        offsets = [mid] if n_crops == 1 else [int(round(j * (S - c) / (n_crops - 1))) for j in range(n_crops)]
+        views = []
+        for t0 in starts:
+            still = t0 + self.stride * (self.cfg.num_frames // 2) if self.syn.single_frame else None
+            for x0 in offsets:
+                views.append(self._view(clip, t0, mid, x0, False, still))
+        return views
+
+    def __getitem__(self, i: int) -> dict:
+        clip = self.clip(i)
+        sample = {"index": int(self.indices[i]), "caption": clip.caption}
+        if self.split == "train":
+            views = [self._train_view(clip) for _ in range(max(1, self.cfg.repeated_sampling))]
+            if len(views) == 1:
+                video, label, boxes, ids = views[0]
+                sample.update(video=video, label=torch.tensor(label, dtype=torch.int64), boxes=boxes, ids=ids)
+            else:
+                sample.update(
+                    video=torch.stack([v[0] for v in views]),
+                    label=torch.tensor([v[1] for v in views], dtype=torch.int64),
+                    boxes=torch.stack([v[2] for v in views]),
+                    ids=torch.stack([v[3] for v in views]),
+                )
+            return sample
+        n_clips, n_crops = (self.cfg.test_clips, self.cfg.test_crops) if self.split == "test" else (1, 1)
+        views = self._eval_views(clip, n_clips, n_crops)
+        label = torch.tensor(clip.label, dtype=torch.int64)
+        if len(views) == 1:
+            video, _, boxes, ids = views[0]
+            sample.update(video=video, label=label, boxes=boxes, ids=ids)
+        else:
+            sample.update(
+                video=torch.stack([v[0] for v in views]),
+                label=label,
+                boxes=torch.stack([v[2] for v in views]),
+                ids=torch.stack([v[3] for v in views]),
+            )
+        return sample
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing the set to disk as real video files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int, lossless: bool = False) -> Path:
+    """Encode uint8 ``(T, H, W, 3)`` RGB frames with PyAV.
+
+    ``lossless``: libx264rgb at crf 0 on rgb24 (bit-exact after decoding to rgb24; use ``.mkv``);
+    otherwise H.264 yuv420p at crf 18 (``.mp4``, needs even sizes).
+    """
+    import av
+
+    path = Path(path)
+    T, H, W, _ = frames.shape
+    if not lossless and (H % 2 or W % 2):
+        raise ConfigError(f"H.264 yuv420p needs even frame sizes, got {W}x{H}; use lossless or an even size")
+    with av.open(str(path), mode="w") as container:
+        if lossless:
+            stream = container.add_stream("libx264rgb", rate=fps)
+            stream.pix_fmt = "rgb24"
+            stream.options = {"crf": "0", "preset": "veryfast"}
+        else:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        stream.width, stream.height = W, H
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_dataset(out_dir: str | Path, num_videos: int, cfg: SyntheticConfig, lossless: bool = False) -> Path:
+    """Write clips ``0 .. num_videos-1`` as video files plus annotations; returns ``out_dir``.
+
+    Layout::
+
+        out_dir/videos/000000.mp4 ...   (.mkv when lossless)
+        out_dir/manifest.csv            path,label,start,end,caption for every clip (header row; path relative)
+        out_dir/{train,val,test}.csv    the same rows split like SyntheticVideoDataset
+        out_dir/labels.txt              one class name per line, line i = label i
+        out_dir/annotations.json        per clip: caption, objects, boxes (T,K,4) and ids (T,K)
+
+    ``start``/``end`` are seconds of the clip (the whole file).
+    """
+    import dataclasses
+
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    names = class_names(cfg)
+    cfg = dataclasses.replace(cfg, num_videos=int(num_videos))
+    ext = ".mkv" if lossless else ".mp4"
+    rows, annotations = [], {}
+    for index in range(int(num_videos)):
+        clip = render_clip(cfg, index)
+        rel = f"videos/{index:06d}{ext}"
+        write_video(out / rel, clip.frames, cfg.fps, lossless=lossless)
+        rows.append((index, [rel, clip.label, 0.0, round(cfg.frames / cfg.fps, 6), clip.caption]))
+        annotations[rel] = {
+            "index": index,
+            "label": clip.label,
+            "caption": clip.caption,
+            "objects": clip.objects,
+            "boxes": np.round(clip.boxes, 3).tolist(),
+            "ids": clip.ids.tolist(),
+        }
+    header = ["path", "label", "start", "end", "caption"]
+
+    def write_csv(path: Path, subset: list) -> None:
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(r for _, r in subset)
+
+    write_csv(out / "manifest.csv", rows)
+    for split in ("train", "val", "test"):
+        keep = set(split_indices(cfg, split))
+        write_csv(out / f"{split}.csv", [r for r in rows if r[0] in keep])
+    (out / "labels.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    meta = {"config": dataclasses.asdict(cfg), "lossless": lossless, "classes": names, "clips": annotations}
+    (out / "annotations.json").write_text(json.dumps(meta), encoding="utf-8")
+    return out
