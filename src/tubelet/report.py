@@ -1,0 +1,255 @@
+"""The HTML run report: loss/accuracy curves, sample clips with predictions, confusion matrix, results table.
+
+Everything is drawn with matplotlib's Agg backend (no display needed) into ``<out>/`` as PNG files tied
+together by ``<out>/index.html``. Curves come from the CSV logs the engine writes under ``run_dir/logs``
+(Lightning's ``metrics.csv``: one row per logged step, empty cells where a metric was not logged).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+LOSS_KEYS = ("loss",)
+ACC_KEYS = ("acc", "top1", "top5")
+
+
+@dataclass
+class SampleClip:
+    """One clip to show: uint8 frames ``(T, H, W, 3)`` and its true and predicted class names."""
+
+    frames: np.ndarray
+    true: str
+    pred: str
+    caption: str = ""
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{metric: (steps, values)}`` from every CSV under ``run_dir/logs`` (later files win on equal steps)."""
+    series: dict[str, dict[float, float]] = {}
+    logs = Path(run_dir) / "logs"
+    files = sorted(logs.rglob("*.csv"), key=lambda p: (p.stat().st_mtime, str(p))) if logs.is_dir() else []
+    for path in files:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                step = _float(row.get("step"))
+                if step is None:
+                    continue
+                for key, text in row.items():
+                    if key in ("step", "epoch") or key is None:
+                        continue
+                    value = _float(text)
+                    if value is not None:
+                        series.setdefault(key, {})[step] = value
+    out = {}
+    for key, points in series.items():
+        steps = np.array(sorted(points))
+        out[key] = (steps, np.array([points[s] for s in steps]))
+    return out
+
+
+def _float(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _smooth(values: np.ndarray, n: int) -> np.ndarray:
+    if n <= 1 or len(values) < 2 * n:
+        return values
+    kernel = np.ones(n) / n
+    padded = np.concatenate([np.full(n - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def plot_curves(runs: dict[str, str | Path], out_dir: str | Path) -> list[Path]:
+    """``loss.png`` and ``accuracy.png`` comparing the runs; a figure is skipped when no run logged its metrics."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {name: read_metrics(run) for name, run in runs.items()}
+    written = []
+    for fname, keys, ylabel in (("loss.png", LOSS_KEYS, "loss"), ("accuracy.png", ACC_KEYS, "accuracy")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        drawn = 0
+        for name, series in metrics.items():
+            for key in sorted(series):
+                leaf = key.rsplit("/", 1)[-1]
+                if not any(leaf == k or leaf.endswith("_" + k) for k in keys):
+                    continue
+                steps, values = series[key]
+                smooth = max(1, len(values) // 25) if key.startswith("train") else 1
+                style = "-" if key.startswith("train") else "o-"
+                ax.plot(steps, _smooth(values, smooth), style, ms=3, label=f"{name}: {key}")
+                drawn += 1
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out_dir / fname, dpi=100)
+            written.append(out_dir / fname)
+        plt.close(fig)
+    return written
+
+
+def plot_confusion(confusion: Any, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted) with the counts printed."""
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(k), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_samples(samples: Sequence[SampleClip], path: str | Path, max_frames: int = 8, title: str = "") -> Path:
+    """A grid: one row per clip (up to ``max_frames`` evenly spaced frames), titled true / predicted class."""
+    plt = _pyplot()
+    n = max(1, len(samples))
+    cols = max(min(max_frames, s.frames.shape[0]) for s in samples) if samples else 1
+    fig, axes = plt.subplots(n, cols, figsize=(1.1 * cols, 1.35 * n), squeeze=False)
+    for r, s in enumerate(samples):
+        idx = np.linspace(0, s.frames.shape[0] - 1, min(cols, s.frames.shape[0])).round().astype(int)
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(idx):
+                ax.imshow(s.frames[idx[c]], interpolation="nearest")
+        ok = s.true == s.pred
+        axes[r, 0].set_title(f"true: {s.true}   pred: {s.pred}", loc="left", fontsize=7,
+                             color="darkgreen" if ok else "crimson")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of result rows (floats in [0, 1] printed as percentages are left to the caller)."""
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(
+    out_dir: str | Path,
+    runs: dict[str, str | Path],
+    results: Sequence[dict[str, Any]] = (),
+    class_names: Sequence[str] | None = None,
+    confusions: dict[str, Any] | None = None,
+    samples: dict[str, Sequence[SampleClip]] | None = None,
+    title: str = "tubelet run report",
+    notes: str = "",
+) -> Path:
+    """Write ``out_dir/index.html`` (+ PNGs, ``results.md``, ``results.json``) for one or several runs.
+
+    ``runs`` maps a display name to a run folder (curves come from its ``logs/``); ``confusions`` and
+    ``samples`` map the same names to a ``(K, K)`` matrix and clips with predictions. A run folder's own
+    ``report/confusion.png``, when present and no matrix is given, is linked too.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if notes:
+        parts.append(f"<p>{html.escape(notes)}</p>")
+    if results:
+        parts.append("<h2>Results</h2>" + _html_table(results))
+        (out / "results.md").write_text(format_table(results) + "\n", encoding="utf-8")
+        (out / "results.json").write_text(json.dumps(list(results), indent=2, default=str), encoding="utf-8")
+    curves = plot_curves(runs, out)
+    if curves:
+        parts.append("<h2>Training curves</h2>" + "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in curves))
+    for name, run in runs.items():
+        slug = _slug(name)
+        section = []
+        if samples and samples.get(name):
+            png = plot_samples(samples[name], out / f"samples_{slug}.png", title=name)
+            section.append(f'<h3>Sample clips with predictions</h3><img src="{png.name}" alt="samples">')
+        if confusions and confusions.get(name) is not None and class_names:
+            png = plot_confusion(confusions[name], class_names, out / f"confusion_{slug}.png", title=name)
+            section.append(f'<h3>Confusion matrix</h3><img src="{png.name}" alt="confusion">')
+        else:
+            own = Path(run) / "report" / "confusion.png"
+            if own.is_file():
+                rel = Path(_relpath(own, out))
+                section.append(f'<h3>Confusion matrix</h3><img src="{rel.as_posix()}" alt="confusion">')
+        if section:
+            parts.append(f"<h2>{html.escape(name)}</h2><p>run folder: <code>{html.escape(str(run))}</code></p>")
+            parts.extend(section)
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}img{max-width:100%;margin:4px}"
+    )
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower() or "run"
+
+
+def _relpath(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path.resolve(), start.resolve())
