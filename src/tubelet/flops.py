@@ -110,6 +110,8 @@ def count_flops(model: nn.Module, inputs: Any, backward: bool = False) -> FlopCo
     """
     params = sum(p.numel() for p in model.parameters())
     saved_grads = [(p, p.grad) for p in model.parameters()] if backward else []
+    for p, _ in saved_grads:  # backward would accumulate into existing gradients in place
+        p.grad = None
     mode = FlopCounterMode(display=False)
     with mode:
         if backward:
