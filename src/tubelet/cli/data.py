@@ -1,0 +1,63 @@
+"""``tubelet data``: dataset utilities, one sub-subcommand each (``tubelet data synth ...``).
+
+Each action is a pair ``add_<name>(sub)`` / ``run_<name>(args)`` registered in ``ACTIONS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write the procedural synthetic video set as video files + manifests")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--videos", type=int, required=True, help="number of clips (indices 0..N-1)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip")
+    p.add_argument("--classes", type=int, default=None, help="number of motion classes (2..8)")
+    p.add_argument("--max-objects", type=int, default=None, help="objects per clip, at most (1..3)")
+    p.add_argument("--fps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--lossless", action="store_true", help="libx264rgb crf 0 in .mkv (bit-exact frames)")
+    p.set_defaults(run=run_synth)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tubelet.config.schema import SyntheticConfig
+    from tubelet.data.synthetic import write_dataset
+    from tubelet.errors import ConfigError
+
+    if args.videos < 1:
+        raise ConfigError(f"--videos must be at least 1, got {args.videos}")
+    given = {
+        "size": args.size, "frames": args.frames, "num_classes": args.classes, "max_objects": args.max_objects,
+        "fps": args.fps, "seed": args.seed,
+    }
+    cfg = dataclasses.replace(SyntheticConfig(), **{k: v for k, v in given.items() if v is not None})
+    cfg = dataclasses.replace(cfg, min_objects=min(cfg.min_objects, cfg.max_objects))
+    out = write_dataset(args.out, args.videos, cfg, lossless=args.lossless)
+    kind = "lossless .mkv" if args.lossless else "H.264 .mp4"
+    print(f"wrote {args.videos} {kind} clips ({cfg.frames} frames, {cfg.size}x{cfg.size}, {cfg.num_classes} classes) "
+          f"to {out}: manifest.csv, train/val/test.csv, labels.txt, annotations.json")
+    return 0
+
+
+# action name -> parser builder; each builder sets ``run`` on its parser.
+ACTIONS = {
+    "synth": add_synth,
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset utilities (synth, ...)")
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION")
+    for add in ACTIONS.values():
+        add(actions)
+    p.set_defaults(run=lambda args: _missing_action(p))
+
+
+def _missing_action(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
