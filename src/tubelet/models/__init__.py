@@ -3,5 +3,6 @@
 from tubelet.models.registry import create_model, get_model_config, list_models, register_model
 
 import tubelet.models.vit  # noqa: E402,F401  (registers vit_*)
+import tubelet.models.mvit  # noqa: E402,F401  (registers mvitv2_*)
 
 __all__ = ["create_model", "get_model_config", "list_models", "register_model"]

@@ -1,0 +1,123 @@
+"""Decomposed relative positions of MViTv2 (Li et al., arXiv 2112.01526, Sec. 3.1, Eq. 3).
+
+The relative term of the logit between query i and key j is split over the axes,
+
+    R_{p(i), p(j)} = R^h[h(i) - h(j)] + R^w[w(i) - w(j)] + R^t[t(i) - t(j)],
+
+and is made query dependent by a dot product with the query: ``Q_i . R_{p(i), p(j)}``. Each axis has
+its own table of ``2 * max(q, k) - 1`` rows of ``head_dim`` values, shared by all heads. When the query
+and key grids differ in size along an axis the distance is rescaled so both grids span the same extent
+(the rule of the released code, METHODS.md section 1, step 4):
+
+    index(i, j) = floor(i * max(k/q, 1) - j * max(q/k, 1) + (k - 1) * max(q/k, 1)).
+
+Tables are linearly interpolated when a grid needs a length other than the one they were built for,
+so a model built for 16x224x224 runs at any input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rel_pos_table_size(q_size: int, k_size: int) -> int:
+    """Rows of a relative-position table for one axis: ``2 * max(q, k) - 1``."""
+    return 2 * max(q_size, k_size) - 1
+
+
+def interpolate_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resample a ``(L, C)`` table to ``(length, C)`` (``align_corners=False``, as the reference)."""
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear")
+    return resized.squeeze(0).t()
+
+
+def rel_pos_index(q_size: int, k_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(q_size, k_size)`` int64 indices into a ``2 * max(q, k) - 1`` table (rescaled distances).
+
+    Computed in float32 exactly as the released code does, so indices agree with its weights even when
+    the ratio ``k/q`` is not an integer.
+    """
+    q_ratio = max(k_size / q_size, 1.0)
+    k_ratio = max(q_size / k_size, 1.0)
+    dist = torch.arange(q_size, device=device)[:, None] * q_ratio - torch.arange(k_size, device=device)[None, :] * k_ratio
+    dist = dist + (k_size - 1) * k_ratio
+    return dist.long()
+
+
+def gather_rel_pos(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """Embeddings for every (query, key) position pair along one axis: ``(q_size, k_size, C)``."""
+    table = interpolate_rel_pos(table, rel_pos_table_size(q_size, k_size))
+    return table[rel_pos_index(q_size, k_size, table.device)]
+
+
+def decomposed_rel_pos(
+    q: torch.Tensor,
+    q_grid: tuple[int, int, int],
+    k_grid: tuple[int, int, int],
+    rel_pos_t: torch.Tensor | None,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Query-dependent relative terms per axis, small and not yet broadcast.
+
+    Args:
+        q: patch queries (no CLS), ``(B, heads, Tq*Hq*Wq, C)``, time slowest. Pass the *unscaled* query:
+            the released weights were trained with the term added after the ``1/sqrt(C)`` scaling.
+        q_grid, k_grid: ``(T, H, W)`` token grids of queries and keys.
+        rel_pos_t: ``(2*max(Tq,Tk)-1, C)`` table or ``None`` (image models have no temporal term).
+        rel_pos_h, rel_pos_w: spatial tables.
+
+    Returns:
+        ``(rel_t, rel_h, rel_w)``, each ``(B, heads, Nq, k_axis)``: the bias of query i and key
+        ``(t, h, w)`` is ``rel_t[i, t] + rel_h[i, h] + rel_w[i, w]``. ``rel_t`` is ``None`` without a table.
+    """
+    B, n, Nq, C = q.shape
+    qt, qh, qw = q_grid
+    kt, kh, kw = k_grid
+    r_q = q.reshape(B, n, qt, qh, qw, C)
+    Rh = gather_rel_pos(rel_pos_h, qh, kh).to(q.dtype)  # (qh, kh, C)
+    Rw = gather_rel_pos(rel_pos_w, qw, kw).to(q.dtype)  # (qw, kw, C)
+    rel_h = torch.einsum("bnthwc,hkc->bnthwk", r_q, Rh).reshape(B, n, Nq, kh)
+    rel_w = torch.einsum("bnthwc,wkc->bnthwk", r_q, Rw).reshape(B, n, Nq, kw)
+    rel_t = None
+    if rel_pos_t is not None:
+        Rt = gather_rel_pos(rel_pos_t, qt, kt).to(q.dtype)  # (qt, kt, C)
+        rel_t = torch.einsum("bnthwc,tkc->bnthwk", r_q, Rt).reshape(B, n, Nq, kt)
+    return rel_t, rel_h, rel_w
+
+
+def rel_pos_bias(
+    rel_t: torch.Tensor | None,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    k_grid: tuple[int, int, int],
+) -> torch.Tensor:
+    """Broadcast the per-axis terms into the dense ``(B, heads, Nq, Tk*Hk*Wk)`` bias (one full-size write)."""
+    B, n, Nq, _ = rel_h.shape
+    kt, kh, kw = k_grid
+    hw = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, Nq, kh, kw): small
+    if rel_t is None:
+        full = hw[:, :, :, None].expand(B, n, Nq, kt, kh, kw)
+    else:
+        full = rel_t[..., :, None, None] + hw[..., None, :, :]
+    return full.reshape(B, n, Nq, kt * kh * kw)
+
+
+def rel_pos_onehot(k_grid: tuple[int, int, int], temporal: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(Nk, [Tk +] Hk + Wk)`` one-hot codes of each key's coordinates (time slowest).
+
+    With ``q' = [q / sqrt(C), rel_t, rel_h, rel_w]`` and ``k' = [k, onehot]``, ``q' . k'`` equals the
+    scaled logit plus the decomposed relative term exactly; attention kernels then never need a dense,
+    differentiable bias.
+    """
+    kt, kh, kw = k_grid
+    t = torch.arange(kt, device=device).repeat_interleave(kh * kw)
+    h = torch.arange(kh, device=device).repeat_interleave(kw).repeat(kt)
+    w = torch.arange(kw, device=device).repeat(kt * kh)
+    parts = [F.one_hot(h, kh), F.one_hot(w, kw)]
+    if temporal:
+        parts.insert(0, F.one_hot(t, kt))
+    return torch.cat(parts, dim=1).to(dtype)
