@@ -95,7 +95,10 @@ class DataConfig:
     test_crops: int = 1  # ... x spatial crops
     batch_size: int = 8  # videos per step per process
     num_workers: int = 0
-    decoder: str = "pyav"  # pyav | torchcodec
+    decoder: str = "pyav"  # pyav | torchcodec | auto
+    decode_threads: int = 1  # FFmpeg threads per reader; 1 per DataLoader worker avoids oversubscription
+    frames_fps: float = 30.0  # frame rate of frame-folder videos (kind "frames")
+    clip_max_span: float | None = None  # train clips of one video lie within this many seconds (rho-SSL)
     max_failure_fraction: float = 0.01
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -138,6 +141,7 @@ class TrainerConfig:
     collective_timeout_s: float = 1800.0
     nonfinite: str = "stop"  # stop | skip
     max_skipped_steps: int = 10
+    enable_progress_bar: bool = True
 
 
 @dataclass

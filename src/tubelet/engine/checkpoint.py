@@ -1,0 +1,309 @@
+"""Checkpoint files that are written atomically and loaded without unpickling code.
+
+A training checkpoint ``NAME.ckpt`` is two files side by side:
+
+* ``NAME-<token>.safetensors``: the weights (Lightning's ``state_dict`` and, with EMA, the
+  ``current_model_state``), stored as ``<section>/<parameter name>``;
+* ``NAME.ckpt``: everything else Lightning keeps (optimizer and LR-scheduler state, loop progress
+  (step/epoch), callback states, the data-loader position) plus the RNG states of torch, numpy and
+  Python, saved with ``torch.save`` so that it loads with ``torch.load(weights_only=True)``. It
+  names its weights file and that file's byte size.
+
+Each file is written to a temporary file in the same folder, flushed, ``fsync``-ed and moved into
+place with ``os.replace``; the weights go first and ``NAME.ckpt`` last, so a checkpoint exists only
+once both are complete and a crash mid-write leaves the previous checkpoints untouched. Temporary
+files start with a dot and are never taken for checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import re
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+from tubelet.errors import CheckpointError
+
+FORMAT = "tubelet-checkpoint-1"
+WEIGHT_SECTIONS = ("state_dict", "current_model_state")
+_STEP_RE = re.compile(r"step=(\d+)")
+
+
+# ----------------------------------------------------------------------------------------- atomic files
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a flat ``name -> tensor`` mapping as safetensors."""
+    from safetensors.torch import save
+
+    data = save(_plain_tensors(tensors), metadata=metadata)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied weights) and needs contiguous CPU data.
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        full = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        if ptr in seen or not full:
+            t = t.contiguous().clone()
+        if ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
+# ------------------------------------------------------------------------------------------ RNG states
+def capture_rng_state() -> dict[str, Any]:
+    """Global RNG states of torch (and CUDA), numpy and Python as tensors, lists and numbers only."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": [int(v) for v in py_state], "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------- plain-data check
+def _plain(obj: Any, where: str) -> Any:
+    """Convert to what ``torch.load(weights_only=True)`` accepts, or fail naming the offending key."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k if isinstance(k, (str, int)) else str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(items) if isinstance(obj, tuple) else items
+    raise CheckpointError(
+        f"checkpoint entry '{where}' is a {type(obj).__name__}; only tensors, numbers, strings, lists and "
+        "dicts may be stored (so that loading never runs code)"
+    )
+
+
+# ------------------------------------------------------------------------------------ save and load
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write a Lightning checkpoint dict as ``path`` (state) + a safetensors weights file beside it."""
+    path = Path(path)
+    rest = dict(checkpoint)
+    tensors: dict[str, torch.Tensor] = {}
+    sections = []
+    for section in WEIGHT_SECTIONS:
+        weights = rest.pop(section, None)
+        if weights is None:
+            continue
+        sections.append(section)
+        for name, t in weights.items():
+            if not isinstance(t, torch.Tensor):
+                raise CheckpointError(f"checkpoint '{section}.{name}' is not a tensor")
+            tensors[f"{section}/{name}"] = t
+    weights_path = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.safetensors")
+    save_safetensors(tensors, weights_path, metadata={"format": FORMAT})
+    rest = _plain(rest, "checkpoint")
+    rest["tubelet"] = {
+        "format": FORMAT,
+        "weights_file": weights_path.name,
+        "weights_bytes": weights_path.stat().st_size,
+        "weight_sections": sections,
+    }
+    try:
+        atomic_write(path, lambda f: torch.save(rest, f))
+    except BaseException:
+        weights_path.unlink(missing_ok=True)
+        raise
+    # An overwritten checkpoint leaves its old weights file behind: remove it now that the new one is in place.
+    for old in path.parent.glob(f"{glob_escape(path.stem)}-*.safetensors"):
+        if old.name != weights_path.name:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with which file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains objects other than tensors and plain data "
+            f"(loading it would run code): {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, zip errors... for bad files
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+
+
+def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file of the checkpoint is missing")
+    if expected_bytes is not None and path.stat().st_size != expected_bytes:
+        raise CheckpointError(
+            f"{path}: weights file has {path.stat().st_size} bytes, the checkpoint recorded {expected_bytes} "
+            "(truncated or replaced)"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` back into Lightning's dict form."""
+    path = Path(path)
+    state = safe_torch_load(path, map_location=map_location)
+    if not isinstance(state, dict) or "tubelet" not in state:
+        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    info = state["tubelet"]
+    weights = _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    for section in info.get("weight_sections", []):
+        prefix = f"{section}/"
+        state[section] = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if map_location not in (None, "cpu"):
+        for section in info.get("weight_sections", []):
+            state[section] = {k: v.to(map_location) for k, v in state[section].items()}
+    return state
+
+
+def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Only the (model) ``state_dict`` of a training checkpoint."""
+    path = Path(path)
+    state = safe_torch_load(path, mmap=True)
+    if not isinstance(state, dict) or "tubelet" not in state:
+        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    info = state["tubelet"]
+    weights = _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    return {k[len("state_dict/"):]: v for k, v in weights.items() if k.startswith("state_dict/")}
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    for weights in path.parent.glob(f"{glob_escape(path.stem)}-*.safetensors"):
+        weights.unlink(missing_ok=True)
+
+
+def is_complete(path: str | Path) -> bool:
+    """Cheap completeness check: a readable zip with its weights file present at the recorded size."""
+    path = Path(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.testzip() is not None:
+                return False
+        state = safe_torch_load(path, mmap=True)
+        info = state["tubelet"]
+        weights = path.parent / info["weights_file"]
+        if not weights.is_file() or weights.stat().st_size != info["weights_bytes"]:
+            return False
+        with open(weights, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return 8 + n + end == weights.stat().st_size
+    except (CheckpointError, zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+def checkpoint_step(path: str | Path) -> int:
+    m = _STEP_RE.search(Path(path).name)
+    return int(m.group(1)) if m else -1
+
+
+def find_latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete ``*.ckpt`` in ``folder`` (by the step in its name, then modification time)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".")]
+    candidates.sort(key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True)
+    for p in candidates:
+        if is_complete(p):
+            return p
+    return None
+
+
+class SafeCheckpointIO(CheckpointIO):
+    """Lightning ``CheckpointIO`` plugin: atomic safetensors + weights-only training state."""
+
+    def __init__(self) -> None:
+        self.last_saved: Path | None = None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        self.last_saved = save_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location="cpu" if map_location is None or callable(map_location) else map_location)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        remove_checkpoint(path)

@@ -1,0 +1,231 @@
+"""Data loading for training: a resumable, shard-aware sampler and per-sample seeding.
+
+Exact resume needs the same samples in the same order with the same augmentations. Three pieces:
+
+* ``ResumableSampler``: a per-epoch permutation drawn from ``seed + epoch`` (like
+  ``DistributedSampler``: padded to a multiple of the world size, rank ``r`` takes every
+  ``world``-th index). Its position inside the epoch is set from the training loop's progress
+  (batches consumed, not batches prefetched) and saved through the loader's ``state_dict``, which
+  Lightning stores in the checkpoint and restores before the loader is iterated again.
+* ``SeededDataset``: each sample is read under RNG states (torch, numpy, Python) seeded from
+  ``(seed, epoch, position)``, inside a fork of the global RNG. Augmentations are then the same on
+  resume, with any number of workers, and reading data never moves the training process's RNG.
+* ``SeededCollate``: the batch collate (mixup/cutmix draws) is seeded the same way from its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import Any, Callable, Iterator
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+SEED_KEY = "__tubelet_seed__"
+_MASK = (1 << 63) - 1
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed from (seed, epoch, position) via numpy's SeedSequence (well mixed, stable)."""
+    return int(np.random.SeedSequence([seed & _MASK, epoch, position]).generate_state(2, np.uint64)[0]) & _MASK
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block under global RNGs seeded with ``seed``; restore the previous states afterwards."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class ResumableSampler(Sampler):
+    """Yields ``(dataset_index, sample_seed)`` for this rank's shard of a seeded per-epoch order."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError("the training dataset is empty")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.consumed = 0  # samples of this rank's shard already used in ``epoch``
+        self._resume: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.consumed = 0
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's indices for ``epoch`` (the full epoch, before any skipping)."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            indices = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            indices = list(range(self.num_samples))
+        total = len(self) * self.num_replicas
+        indices += indices[: total - len(indices)]  # pad so that every rank gets as many
+        return indices[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start = 0
+        if self._resume is not None:
+            epoch, consumed = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                start = consumed
+        self.consumed = start
+        for pos, index in enumerate(self.order(self.epoch)[start:], start=start):
+            global_pos = pos * self.num_replicas + self.rank
+            yield index, sample_seed(self.seed, self.epoch, global_pos)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
+                "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("num_replicas", self.num_replicas) != self.num_replicas:
+            # A different world size reshards the epoch: the saved position no longer means the same samples.
+            self._resume = None
+            return
+        self.epoch = int(state["epoch"])
+        self._resume = (int(state["epoch"]), int(state["consumed"]))
+        self.consumed = int(state["consumed"])
+
+
+class SeededDataset(Dataset):
+    """Wraps a map-style dataset: ``ds[(index, seed)]`` reads ``base[index]`` under seeded RNGs."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            index, seed = key
+            with seeded_rng(seed):
+                sample = self.base[index]
+            if isinstance(sample, dict):
+                sample = dict(sample)
+                sample[SEED_KEY] = seed
+            return sample
+        return self.base[key]
+
+
+class SeededCollate:
+    """Collate under RNGs seeded from the batch's first sample seed (mixup/cutmix draws repeat on resume)."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any] | None = None) -> None:
+        self.collate = collate or default_collate
+
+    def __call__(self, samples: list[Any]) -> Any:
+        seeds = [s.pop(SEED_KEY) for s in samples if isinstance(s, dict) and SEED_KEY in s]
+        if not seeds:
+            return self.collate(samples)
+        with seeded_rng(sample_seed(seeds[0], 1, 0)):
+            return self.collate(samples)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose ``state_dict`` is its sampler's position (Lightning saves and restores it)."""
+
+    @property
+    def resumable_sampler(self) -> ResumableSampler:
+        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        assert isinstance(sampler, ResumableSampler)
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        return self.resumable_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resumable_sampler.load_state_dict(state)
+
+
+def _has_sample_fn(ds: Dataset) -> bool:
+    return hasattr(ds, "__getitem__") and hasattr(ds, "__len__")
+
+
+class TubeletDataModule(pl.LightningDataModule):
+    """Train/val loaders over any map-style datasets whose samples are dicts."""
+
+    def __init__(
+        self,
+        train: Dataset,
+        val: Dataset | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        collate: Callable[[list[Any]], Any] | None = None,
+        val_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, ds in (("train", train), ("val", val)):
+            if ds is not None and not _has_sample_fn(ds):
+                raise TypeError(f"the {name} dataset must be map-style (__getitem__ and __len__)")
+        self.train_set = train
+        self.val_set = val
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.collate = collate
+        self.val_batch_size = val_batch_size or batch_size
+        self.sampler: ResumableSampler | None = None
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank)
+        per_rank = len(self.sampler)
+        # A private generator: creating a loader iterator must not draw from the global RNG (it would on
+        # resume, where the iterator is created at a different point than in an uninterrupted run).
+        generator = torch.Generator().manual_seed(self.seed)
+        return ResumableDataLoader(
+            SeededDataset(self.train_set),
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=per_rank >= self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=SeededCollate(self.collate),
+            generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )

@@ -1,0 +1,230 @@
+"""``fit(recipe)``: build the method, data, Lightning Trainer and callbacks from a recipe, and train.
+
+Run folder (``recipe.run_dir``)::
+
+    config.yaml            effective config (after _base_ and overrides), written at the start
+    checkpoints/           the last ``trainer.keep_last_k`` training states, every
+                           ``trainer.checkpoint_every_n_steps`` steps: step=NNNNNN.ckpt + weights
+    logs/csv/metrics.csv   CSV log;  logs/tensorboard/  TensorBoard events
+    method.safetensors     the whole method's weights at the end
+    backbone.safetensors   ``method.backbone`` (loads with ``create_model(name, checkpoint=...)``)
+    metrics.json           final metrics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import Dataset
+
+from tubelet.config.loader import dump_recipe
+from tubelet.config.schema import Recipe
+from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
+from tubelet.engine.checkpoint import SafeCheckpointIO, find_latest_checkpoint, is_complete, save_safetensors
+from tubelet.engine.datamodule import TubeletDataModule
+from tubelet.engine.module import TubeletModule
+from tubelet.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    paths: dict[str, Path] = field(default_factory=dict)
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+def set_threads(recipe: Recipe) -> int:
+    """``trainer.num_threads``, else all cores minus the data workers (at least one)."""
+    n = recipe.trainer.num_threads or max(1, (os.cpu_count() or 1) - recipe.data.num_workers)
+    torch.set_num_threads(n)
+    return n
+
+
+def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | None:
+    """``None``: fresh start; ``"auto"``: newest complete checkpoint in run_dir/checkpoints (or none);
+    a path: that checkpoint, which must be complete."""
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return find_latest_checkpoint(Path(recipe.run_dir) / "checkpoints")
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint to resume from not found")
+    if not is_complete(path):
+        raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (truncated write?)")
+    return path
+
+
+def build_datasets(recipe: Recipe, method: nn.Module) -> dict[str, Dataset | None]:
+    from tubelet.data.builder import build_dataset
+
+    train = build_dataset(recipe.data, "train")
+    val = build_dataset(recipe.data, "val") if hasattr(method, "classify") else None
+    return {"train": train, "val": val}
+
+
+def _collate(recipe: Recipe) -> Any:
+    # Mixup/cutmix live in a batch collate of the data package, when it provides one.
+    from tubelet.data import builder
+
+    make = getattr(builder, "build_collate", None)
+    return make(recipe.data, "train") if make is not None else None
+
+
+def _strategy(recipe: Recipe) -> Any:
+    name = recipe.trainer.strategy
+    timeout = timedelta(seconds=recipe.trainer.collective_timeout_s)
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(timeout=timeout)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(timeout=timeout)
+    return name
+
+
+def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: bool = True) -> pl.Trainer:
+    t = recipe.trainer
+    run_dir = Path(recipe.run_dir)
+    if t.checkpoint_every_n_steps <= 0 or t.keep_last_k <= 0:
+        raise ConfigError("trainer.checkpoint_every_n_steps and trainer.keep_last_k must be positive")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step={step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=t.keep_last_k,
+        monitor="step",
+        mode="max",
+        save_last=False,
+        enable_version_counter=False,
+        # Save at the step itself: otherwise Lightning defers a save that falls on an epoch's last batch
+        # until after validation (to monitor fresh validation metrics), which moves it off the step grid.
+        save_on_train_epoch_end=True,
+    )
+    cbs: list[Callback] = [checkpoint, DataPosition(), IsolateValidationRNG()]
+    if t.enable_progress_bar:
+        cbs.append(TQDMProgressBar())
+    if recipe.optim.ema_decay is not None:
+        cbs.append(ema_callback(recipe.optim.ema_decay))
+    cbs.extend(callbacks)
+    loggers = [
+        CSVLogger(run_dir, name="logs", version="csv"),
+        TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
+    ]
+    val_every: dict[str, Any] = {}
+    if has_val and t.val_check_interval is not None:
+        val_every = {"val_check_interval": t.val_check_interval, "check_val_every_n_epoch": None}
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=_strategy(recipe),
+        precision=t.precision,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=recipe.optim.clip_grad,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        deterministic=t.deterministic,
+        sync_batchnorm=t.sync_batchnorm,
+        use_distributed_sampler=False,  # the ResumableSampler shards per rank itself
+        callbacks=cbs,
+        logger=loggers,
+        plugins=[SafeCheckpointIO()],
+        default_root_dir=run_dir,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        **val_every,
+    )
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def fit(
+    recipe: Recipe,
+    resume: str | os.PathLike | None = None,
+    method: nn.Module | None = None,
+    datasets: Mapping[str, Dataset | None] | None = None,
+    callbacks: Iterable[Callback] = (),
+) -> FitResult:
+    """Train ``method`` (default ``build_method(recipe)``) on ``datasets`` (default
+    ``build_dataset(recipe.data, "train"/"val")``) as the recipe says; ``resume`` is None, ``"auto"``
+    (newest complete checkpoint in ``run_dir/checkpoints``, fresh start when there is none) or a path."""
+    run_dir = Path(recipe.run_dir)
+    ckpt_path = resolve_resume(recipe, resume)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    set_threads(recipe)
+    if method is None:
+        from tubelet.methods import build_method
+
+        method = build_method(recipe)
+    from_recipe = datasets is None
+    if datasets is None:
+        datasets = build_datasets(recipe, method)
+    if "train" not in datasets or datasets["train"] is None:
+        raise ConfigError("fit needs a 'train' dataset")
+    val = datasets.get("val")
+    if val is not None and len(val) == 0:  # type: ignore[arg-type]
+        val = None
+    dm = TubeletDataModule(
+        datasets["train"], val,
+        batch_size=recipe.data.batch_size,
+        num_workers=recipe.data.num_workers,
+        seed=recipe.seed,
+        collate=_collate(recipe) if from_recipe else None,
+    )
+    module = TubeletModule(
+        method, recipe.optim,
+        batch_size=recipe.data.batch_size,
+        nonfinite=recipe.trainer.nonfinite,
+        max_skipped_steps=recipe.trainer.max_skipped_steps,
+        checkpoint_dir=run_dir / "checkpoints",
+    )
+    trainer = build_trainer(recipe, callbacks, has_val=val is not None and hasattr(method, "classify"))
+    if trainer.is_global_zero:
+        dump_recipe(recipe, run_dir / "config.yaml")
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+
+    paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
+             "method": run_dir / "method.safetensors", "metrics": run_dir / "metrics.json"}
+    metrics = _scalar_metrics(trainer.callback_metrics)
+    metrics["global_step"] = float(trainer.global_step)
+    metrics["epoch"] = float(trainer.current_epoch)
+    metrics["skipped_steps"] = float(module.skipped_steps)
+    if module.peak_lr is not None:
+        metrics["peak_lr"] = module.peak_lr
+    if trainer.is_global_zero:
+        save_safetensors(method.state_dict(), paths["method"], metadata={"format": "tubelet-method"})
+        backbone = getattr(method, "backbone", None)
+        if isinstance(backbone, nn.Module):
+            paths["backbone"] = run_dir / "backbone.safetensors"
+            save_safetensors(backbone.state_dict(), paths["backbone"], metadata={"format": "tubelet-backbone"})
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        paths["metrics"].write_text(text + "\n", encoding="utf-8")
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    return FitResult(run_dir=run_dir, metrics=metrics, paths=paths, checkpoints=[p for p in ckpts if is_complete(p)])

@@ -1,0 +1,156 @@
+"""``TubeletModule``: the LightningModule that wraps any method.
+
+A method is a plain ``nn.Module`` with ``forward(batch) -> {"loss": scalar, ...}``; everything else
+(devices, precision, accumulation, distributed, checkpoints) is Lightning's. The module adds the
+optimizer/schedule (``engine.optim``, ``engine.schedules``), logging of every scalar the method
+returns plus ``lr`` and ``clips_per_s``, top-1/top-5 validation for methods with ``classify``, the
+non-finite-loss policy, and the RNG states in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from tubelet.config.schema import OptimConfig
+from tubelet.engine.checkpoint import capture_rng_state, find_latest_checkpoint, restore_rng_state
+from tubelet.engine.optim import build_optimizer, resolve_lr
+from tubelet.engine.schedules import WarmupCosine
+from tubelet.errors import ConfigError, TubeletError
+
+NONFINITE = ("stop", "skip")
+
+
+def count_clips(video: torch.Tensor) -> int:
+    """Clips in a batch: ``B`` for ``(B,C,T,H,W)``, ``B*r`` for repeated sampling ``(B,r,C,T,H,W)``."""
+    return int(video.shape[0] * video.shape[1]) if video.ndim == 6 else int(video.shape[0])
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of rows whose label is among the top-k scores, for each k (k capped at the class count)."""
+    if labels.ndim == 2:  # soft targets: the argmax is the label
+        labels = labels.argmax(dim=1)
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top == labels.view(-1, 1)
+    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
+class TubeletModule(pl.LightningModule):
+    def __init__(
+        self,
+        method: nn.Module,
+        optim: OptimConfig | None = None,
+        batch_size: int = 8,
+        nonfinite: str = "stop",
+        max_skipped_steps: int = 10,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if nonfinite not in NONFINITE:
+            raise ConfigError(f"trainer.nonfinite must be one of {', '.join(NONFINITE)}, got '{nonfinite}'")
+        self.method = method
+        self.optim_cfg = optim or OptimConfig()
+        self.batch_size = batch_size
+        self.nonfinite = nonfinite
+        self.max_skipped_steps = max_skipped_steps
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.skipped_steps = 0
+        self.peak_lr: float | None = None
+        self._pending_rng: dict[str, Any] | None = None
+        self._last_batch_time: float | None = None
+
+    # ------------------------------------------------------------------------------------------ train
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.method(batch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        out = self.method(batch)
+        if not isinstance(out, dict) or "loss" not in out:
+            raise TubeletError(f"{type(self.method).__name__}.forward(batch) must return a dict with 'loss'")
+        loss = out["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            return self._nonfinite(loss, batch_idx)
+        bs = int(batch["video"].shape[0]) if "video" in batch else self.batch_size
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for key, value in out.items():
+            if key == "loss":
+                continue
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                self.log(f"train/{key}", value.detach().float(), batch_size=bs)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.log(f"train/{key}", float(value), batch_size=bs)
+        opt = self.optimizers(use_pl_optimizer=False)
+        self.log("lr", max(g["lr"] for g in opt.param_groups), prog_bar=True, batch_size=bs)
+        now = time.perf_counter()
+        if self._last_batch_time is not None and "video" in batch:
+            clips = count_clips(batch["video"]) * self.trainer.world_size
+            self.log("clips_per_s", clips / max(now - self._last_batch_time, 1e-9), prog_bar=True, batch_size=bs)
+        self._last_batch_time = now
+        return loss
+
+    def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        step = self.global_step
+        if self.nonfinite == "skip" and self.skipped_steps < self.max_skipped_steps:
+            self.skipped_steps += 1
+            self.log("skipped_steps", float(self.skipped_steps), batch_size=self.batch_size)
+            return None  # Lightning skips backward and the parameter update for this batch
+        last = find_latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        extra = (f" after skipping {self.skipped_steps} steps (trainer.max_skipped_steps={self.max_skipped_steps})"
+                 if self.nonfinite == "skip" else "")
+        raise TubeletError(
+            f"non-finite loss ({loss.detach().float().item()}) at step {step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}){extra}; last good checkpoint: {last if last is not None else 'none saved yet'}"
+        )
+
+    # ------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not hasattr(self.method, "classify"):
+            return
+        video, labels = batch["video"], batch["label"]
+        if video.ndim == 6:  # (B, V, C, T, H, W) views: average the softmax scores per video
+            b, v = video.shape[:2]
+            scores = self.method.classify(video.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
+        else:
+            scores = self.method.classify(video).float()
+        top1, top5 = topk_correct(scores, labels)
+        n = int(labels.shape[0])
+        self.log("val/top1", top1.float() / n, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/top5", top5.float() / n, on_epoch=True, batch_size=n, sync_dist=True)
+
+    # ------------------------------------------------------------------------------------ optimizers
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        trainer = self.trainer
+        videos_per_step = self.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        lr = resolve_lr(cfg, videos_per_step)
+        self.peak_lr = lr
+        opt = build_optimizer(self.method, cfg, lr)
+        max_steps = int(trainer.estimated_stepping_batches)
+        if not math.isfinite(max_steps) or max_steps <= 0:
+            raise ConfigError("set trainer.max_steps (or max_epochs) so that the LR schedule has an end")
+        factor = WarmupCosine(peak=lr, max_steps=max_steps, warmup_steps=cfg.warmup_steps,
+                              warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, schedule=cfg.schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = capture_rng_state()
+        checkpoint["tubelet_module"] = {"skipped_steps": self.skipped_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied when training starts, after everything that setup may draw from the RNG.
+        self._pending_rng = checkpoint.get("rng")
+        self.skipped_steps = int(checkpoint.get("tubelet_module", {}).get("skipped_steps", 0))
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None

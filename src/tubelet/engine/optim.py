@@ -1,0 +1,120 @@
+"""Optimizer construction: parameter groups (weight decay, layer-wise LR decay) and the LR scaling rule.
+
+* No weight decay on 1-D parameters (biases, norm scales) nor on names listed by ``no_weight_decay()``
+  of the method or of its backbone (timm convention: position embeddings, CLS token).
+* Layer-wise LR decay (BEiT, arXiv:2106.08254, sec. 3.3; used by MAE-ST fine-tuning): a parameter of
+  layer ``i`` (``backbone.get_layer_id(name)``: 0 = embeddings, k = block k-1, depth+1 = head) gets
+  ``lr * decay ** (depth + 1 - i)``. Parameters outside the backbone (method heads, decoders) count as
+  layer ``depth + 1`` (scale 1).
+* LR rule (Goyal et al., arXiv:1706.02677): ``lr = base_lr * videos_per_step / 256`` where
+  ``videos_per_step = data.batch_size * accumulate_grad_batches * world_size`` counts videos, not
+  clips: with repeated sampling (r clips per video) the effective batch of clips is r times larger,
+  but the rule, as in MAE-ST, scales with videos. ``optim.lr`` overrides the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tubelet.config.schema import OptimConfig
+from tubelet.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def resolve_lr(cfg: OptimConfig, videos_per_step: int) -> float:
+    """``cfg.lr`` if set, else ``cfg.base_lr * videos_per_step / 256``."""
+    if cfg.lr is not None:
+        return float(cfg.lr)
+    return cfg.base_lr * videos_per_step / 256.0
+
+
+def _no_decay_names(module: nn.Module) -> set[str]:
+    """Names from ``no_weight_decay()`` of the module and of its ``backbone`` (prefixed ``backbone.``)."""
+    names: set[str] = set()
+    if hasattr(module, "no_weight_decay"):
+        names |= set(module.no_weight_decay())
+    backbone = getattr(module, "backbone", None)
+    if backbone is not None and backbone is not module and hasattr(backbone, "no_weight_decay"):
+        names |= {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    return names
+
+
+def _matches(name: str, patterns: set[str]) -> bool:
+    # An entry names a parameter or a module prefix ("pos_embed" covers "pos_embed.pos_embed_spatial").
+    return name in patterns or any(name.startswith(p + ".") for p in patterns)
+
+
+def layer_scales(module: nn.Module, layer_decay: float | None) -> dict[str, float]:
+    """LR scale of each trainable parameter: ``layer_decay ** (num_layers + 1 - layer_id)``."""
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    if layer_decay is None:
+        return {n: 1.0 for n in names}
+    if module_has_layers(module):
+        owner, prefix = _layered(module)
+    else:
+        raise ConfigError(
+            f"optim.layer_decay is set but {type(module).__name__} (and its backbone) has no "
+            "num_layers()/get_layer_id(name)"
+        )
+    depth = int(owner.num_layers())
+    scales = {}
+    for n in names:
+        if prefix and not n.startswith(prefix):
+            layer_id = depth + 1
+        else:
+            layer_id = int(owner.get_layer_id(n[len(prefix):]))
+        scales[n] = float(layer_decay ** (depth + 1 - layer_id))
+    return scales
+
+
+def _layered(module: nn.Module) -> tuple[Any, str]:
+    backbone = getattr(module, "backbone", None)
+    if backbone is not None and hasattr(backbone, "get_layer_id") and hasattr(backbone, "num_layers"):
+        return backbone, "backbone."
+    return module, ""
+
+
+def module_has_layers(module: nn.Module) -> bool:
+    owner, _ = _layered(module)
+    return hasattr(owner, "get_layer_id") and hasattr(owner, "num_layers")
+
+
+def param_groups(
+    module: nn.Module, weight_decay: float, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """Parameter groups keyed by (weight decay, LR scale); each group has ``lr_scale`` and ``names``."""
+    no_decay = _no_decay_names(module)
+    scales = layer_scales(module, layer_decay)
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = 0.0 if p.ndim <= 1 or _matches(name, no_decay) else weight_decay
+        key = (wd, scales[name])
+        group = groups.setdefault(key, {"params": [], "names": [], "weight_decay": wd, "lr_scale": key[1]})
+        group["params"].append(p)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups``; each group's ``lr`` is ``lr * lr_scale`` (its schedule peak)."""
+    groups = param_groups(module, cfg.weight_decay, cfg.layer_decay)
+    if not groups:
+        raise ConfigError(f"{type(module).__name__} has no trainable parameters")
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+        # Optimizers keep unknown group keys (also in state_dict): a tuple of names loads weights_only.
+        g["names"] = tuple(g["names"])
+    name = cfg.name.lower()
+    if name == "adamw":
+        if len(cfg.betas) != 2:
+            raise ConfigError(f"optim.betas must have two values, got {cfg.betas}")
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"optim.name '{cfg.name}' is unknown; use one of {', '.join(OPTIMIZERS)}")
