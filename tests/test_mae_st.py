@@ -240,3 +240,13 @@ def test_linear_probe_loads_a_pretrained_backbone(tmp_path):
     probe = build_method(recipe)
     for k, v in src.state_dict().items():
         assert torch.equal(probe.backbone.state_dict()[k], v)
+
+
+def test_reconstruction_png_is_written(tmp_path):
+    from tubelet.report_mae import save_reconstructions
+
+    mae = tiny_mae(mask_ratio=0.75)
+    mae.train()
+    path = save_reconstructions(mae, torch.randn(2, 3, 4, 32, 32), tmp_path / "report" / "reconstructions.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert mae.training  # mode restored
