@@ -1,1 +1,162 @@
-"""tubelet.models.convert."""
+"""Import foreign MViTv2 checkpoints (torchvision, PySlowFast) as tubelet safetensors.
+
+    result = convert_checkpoint("mvit_v2_s.pth", "mvitv2_s.safetensors", source="torchvision")
+    model = tubelet.create_model(result.model, checkpoint="mvitv2_s.safetensors", **result.overrides)
+
+The source is read without unpickling code (safetensors, or ``torch.load(weights_only=True)``); the
+renamed tensors are checked against the target model built on the meta device, and any missing,
+unexpected or mis-shaped entry is an error that lists them all. Relative-position tables whose length
+differs from the target's (PySlowFast floors odd grid sizes, e.g. MViTv2-L at 312) are linearly
+resampled, the same operation the model applies at run time, and reported in ``notes``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tubelet.errors import CheckpointError
+from tubelet.models.convert import pyslowfast, torchvision
+from tubelet.models.layers.rel_pos import interpolate_rel_pos
+
+SOURCES = {"torchvision": torchvision, "pyslowfast": pyslowfast}
+# Containers that training frameworks wrap a model's state dict in (PySlowFast: "model_state").
+_WRAPPERS = ("model_state", "state_dict", "model", "module")
+
+__all__ = ["SOURCES", "ConversionResult", "convert_checkpoint", "convert_state_dict", "read_foreign_state_dict"]
+
+
+@dataclass
+class ConversionResult:
+    state: dict[str, torch.Tensor]
+    model: str  # registry name
+    overrides: dict[str, Any] = field(default_factory=dict)  # pass to create_model with the checkpoint
+    notes: list[str] = field(default_factory=list)
+
+
+def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: safetensors, or a torch file loaded with ``weights_only=True``.
+
+    Unwraps ``{"model_state": ...}`` (PySlowFast), ``{"state_dict": ...}`` and ``{"model": ...}`` and
+    strips a DistributedDataParallel ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or unsafe files
+            raise CheckpointError(
+                f"{path}: cannot be loaded safely (corrupt, or it pickles code, which is never run): {exc}"
+            ) from exc
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:10]))}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def convert_state_dict(
+    state: dict[str, torch.Tensor],
+    source: str,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    interpolate_rel_pos_tables: bool = True,
+) -> ConversionResult:
+    """Rename ``state`` from ``source`` naming and check it against ``create_model(model, **overrides)``.
+
+    ``model`` defaults to the registered variant that matches the checkpoint's depth and width;
+    ``num_classes`` defaults to the checkpoint's head size.
+    """
+    from tubelet.models.registry import create_model
+
+    if source not in SOURCES:
+        raise CheckpointError(f"unknown checkpoint source '{source}'; known: {', '.join(SOURCES)}")
+    mod = SOURCES[source]
+    renamed, unknown = mod.convert_state_dict(state)
+    try:
+        name = model or mod.infer_model(state)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"cannot tell which MViTv2 this {source} checkpoint is ({exc}); pass the model name") from exc
+    overrides = dict(overrides or {})
+    if "num_classes" not in overrides and "head.weight" in renamed:
+        overrides["num_classes"] = int(renamed["head.weight"].shape[0])
+    with torch.device("meta"):
+        target = create_model(name, **overrides)
+    own = {k: v.shape for k, v in target.state_dict().items()}
+
+    notes: list[str] = []
+    if interpolate_rel_pos_tables:
+        for key, value in list(renamed.items()):
+            if ".rel_pos_" in key and key in own and value.ndim == 2 and own[key][1] == value.shape[1]:
+                if own[key][0] != value.shape[0]:
+                    renamed[key] = interpolate_rel_pos(value.float(), own[key][0]).to(value.dtype)
+                    notes.append(f"{key}: resampled {value.shape[0]} -> {own[key][0]} rows")
+
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k])}" for k, v in renamed.items() if k in own and v.shape != own[k]
+    ]
+    missing = [k for k in own if k not in renamed]
+    unexpected = [f"{k} (no {name} counterpart)" for k in unknown] + [
+        f"{k} (renamed from {source}; not in {name})" for k in renamed if k not in own
+    ]
+    if mismatched or missing or unexpected:
+        lines = [f"{source} checkpoint does not fit {name}({', '.join(f'{k}={v}' for k, v in overrides.items())})"]
+        if mismatched:
+            lines.append("shape mismatches:\n  " + "\n  ".join(mismatched))
+        if missing:
+            lines.append("missing keys:\n  " + "\n  ".join(missing))
+        if unexpected:
+            lines.append("unexpected keys:\n  " + "\n  ".join(unexpected))
+        raise CheckpointError("\n".join(lines))
+    ordered = {k: renamed[k].contiguous() for k in own}
+    return ConversionResult(ordered, name, overrides, notes)
+
+
+def convert_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    source: str,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    interpolate_rel_pos_tables: bool = True,
+) -> ConversionResult:
+    """Read ``src``, convert it (see :func:`convert_state_dict`) and write ``dst`` as safetensors.
+
+    The model name and overrides are stored in the file's metadata (``tubelet_model``,
+    ``tubelet_overrides``) so the file says what to build.
+    """
+    from safetensors.torch import save_file
+
+    result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "pt",
+        "tubelet_model": result.model,
+        "tubelet_overrides": json.dumps(result.overrides),
+        "converted_from": source,
+    }
+    save_file(result.state, str(dst), metadata=meta)
+    return result

@@ -1,0 +1,57 @@
+"""PySlowFast / MViTv2-release names -> tubelet names.
+
+tubelet's MViT uses PySlowFast's module names (``patch_embed.proj``, ``blocks.i.attn.{qkv, proj,
+pool_q, norm_q, rel_pos_h}``, ``blocks.i.mlp.fc1``, ``blocks.i.proj``, ``norm``), so only the head
+(``head.projection``) is renamed. The image checkpoints of the MViTv2 release (facebookresearch/mvit)
+use the same names with 2-D convolutions and load into the ``mvitv2_*_img`` models.
+
+PySlowFast checkpoints are ``{"model_state": ..., "optimizer_state": ..., "cfg": yaml-text, ...}``;
+``convert.read_foreign_state_dict`` unwraps them without unpickling code.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_HEAD = re.compile(r"^head\.projection\.(weight|bias)$")
+_SAME = re.compile(
+    r"^(patch_embed\.proj\.(weight|bias)|cls_token|norm\.(weight|bias)"
+    r"|blocks\.\d+\.(norm1|norm2|proj)\.(weight|bias)"
+    r"|blocks\.\d+\.attn\.(qkv|proj)\.(weight|bias)"
+    r"|blocks\.\d+\.attn\.pool_[qkv]\.weight|blocks\.\d+\.attn\.norm_[qkv]\.(weight|bias)"
+    r"|blocks\.\d+\.attn\.rel_pos_[thw]"
+    r"|blocks\.\d+\.mlp\.fc[12]\.(weight|bias))$"
+)
+
+
+def rename(key: str) -> str | None:
+    """The tubelet name of a PySlowFast key, or ``None`` when it has no counterpart."""
+    if _HEAD.match(key):
+        return _HEAD.sub(r"head.\1", key)
+    return key if _SAME.match(key) else None
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Renamed tensors and the list of source keys that have no tubelet counterpart."""
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    return out, unknown
+
+
+def infer_model(state: dict[str, torch.Tensor]) -> str:
+    """Registry name matching a PySlowFast / MViTv2-release state dict (depth, stem width, 2-D or 3-D)."""
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    stem = state["patch_embed.proj.weight"]
+    width, video = stem.shape[0], stem.ndim == 5
+    if video:
+        return {(16, 96): "mvitv2_s", (24, 96): "mvitv2_b", (48, 144): "mvitv2_l"}.get((depth, width), "mvitv2_s")
+    table = {(10, 96): "mvitv2_t_img", (16, 96): "mvitv2_s_img", (24, 96): "mvitv2_b_img", (48, 144): "mvitv2_l_img"}
+    return table.get((depth, width), "mvitv2_s_img")

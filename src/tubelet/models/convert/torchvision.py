@@ -1,0 +1,59 @@
+"""torchvision MViTv2 (``torchvision.models.video.mvit``, ``mvit_v2_s``) names -> tubelet names.
+
+torchvision keeps the CLS token as a ``(D,)`` vector in ``pos_encoding.class_token``, wraps the pooling
+conv and its norm in ``Pool`` modules, and indexes its MLP, projection and head ``Sequential``s; the
+weights themselves are laid out as in tubelet (fused qkv, per-head pooling convs, per-axis tables).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^conv_proj\.(weight|bias)$"), r"patch_embed.proj.\1"),
+    (re.compile(r"^pos_encoding\.class_token$"), r"cls_token"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.project\.0\.(weight|bias)$"), r"blocks.\1.attn.proj.\2"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.pool_([qkv])\.pool\.weight$"), r"blocks.\1.attn.pool_\2.weight"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.pool_([qkv])\.norm_act\.0\.(weight|bias)$"), r"blocks.\1.attn.norm_\2.\3"),
+    (re.compile(r"^blocks\.(\d+)\.mlp\.0\.(weight|bias)$"), r"blocks.\1.mlp.fc1.\2"),
+    (re.compile(r"^blocks\.(\d+)\.mlp\.3\.(weight|bias)$"), r"blocks.\1.mlp.fc2.\2"),
+    (re.compile(r"^blocks\.(\d+)\.project\.(weight|bias)$"), r"blocks.\1.proj.\2"),
+    (re.compile(r"^head\.1\.(weight|bias)$"), r"head.\1"),
+]
+# Names that are already tubelet's (norms, fused qkv, relative tables, final norm).
+_SAME = re.compile(
+    r"^(blocks\.\d+\.(norm1|norm2)\.(weight|bias)|blocks\.\d+\.attn\.qkv\.(weight|bias)"
+    r"|blocks\.\d+\.attn\.rel_pos_[thw]|norm\.(weight|bias))$"
+)
+
+
+def rename(key: str) -> str | None:
+    """The tubelet name of a torchvision key, or ``None`` when it has no counterpart."""
+    for pattern, repl in _RULES:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return key if _SAME.match(key) else None
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Renamed tensors and the list of source keys that have no tubelet counterpart."""
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+            continue
+        if new == "cls_token":
+            value = value.reshape(1, 1, -1)
+        out[new] = value
+    return out, unknown
+
+
+def infer_model(state: dict[str, torch.Tensor]) -> str:
+    """Registry name matching a torchvision MViTv2 state dict (by depth and stem width)."""
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    width = state["conv_proj.weight"].shape[0]
+    return {(16, 96): "mvitv2_s", (24, 96): "mvitv2_b", (48, 144): "mvitv2_l"}.get((depth, width), "mvitv2_s")
