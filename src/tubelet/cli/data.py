@@ -44,9 +44,41 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="check every row of a manifest (parse, path, decode); report all bad rows")
+    p.add_argument("manifest", help="CSV or JSONL manifest (path,label[,start,end][,caption])")
+    p.add_argument("--root", default=None, help="data root: paths resolve under it and may not escape it")
+    p.add_argument("--label-map", default=None, help="labels.txt or JSON label map for class-name labels")
+    p.add_argument("--fast", action="store_true", help="open each file only; skip the full decode")
+    p.add_argument("--backend", default="pyav", choices=["pyav", "torchcodec", "auto"])
+    p.set_defaults(run=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """One line per bad row (``where: reason``), then a summary; exit 1 when any row is bad."""
+    from tubelet.cli.probe import probe_file
+    from tubelet.data.datasets.manifest import read_manifest
+
+    row_errors: list[tuple[str, str]] = []
+    samples, _ = read_manifest(args.manifest, root=args.root, label_map=args.label_map, row_errors=row_errors)
+    for where, msg in row_errors:
+        print(f"BAD {msg}", flush=True)
+    bad_files = 0
+    for s in samples:
+        rec = probe_file(s.path, backend=args.backend, full=not args.fast)
+        if not rec["ok"]:
+            bad_files += 1
+            print(f"BAD {s.source}: {s.path}: {rec['error']}", flush=True)
+    total = len(samples) + len(row_errors)
+    n_bad = len(row_errors) + bad_files
+    print(f"checked {total} rows: {total - n_bad} ok, {n_bad} bad ({len(row_errors)} invalid rows, {bad_files} unreadable files)")
+    return 1 if n_bad else 0
+
+
 # action name -> parser builder; each builder sets ``run`` on its parser.
 ACTIONS = {
     "synth": add_synth,
+    "check": add_check,
 }
 
 

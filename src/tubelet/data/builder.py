@@ -10,11 +10,12 @@ from tubelet.errors import ConfigError
 SPLITS = ("train", "val", "test")
 
 
-def build_dataset(cfg: DataConfig, split: str) -> Dataset:
+def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     """A map-style dataset of samples ``{"video": (C,T,H,W) float, "label": int, "index": int, ...}``.
 
     With ``repeated_sampling = r > 1`` on the train split, ``video`` is ``(r, C, T, H, W)`` and
-    ``label`` has shape ``(r,)``.
+    ``label`` has shape ``(r,)``. Val/test samples of real media hold ``V = test_clips x test_crops``
+    views ``(V, C, T, H, W)``. ``seed`` seeds the per-sample draws (with ``set_epoch``).
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
@@ -22,4 +23,80 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
         from tubelet.data.synthetic import SyntheticVideoDataset
 
         return SyntheticVideoDataset(cfg, split)
-    raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use synthetic, manifest, folders, frames or images")
+    if cfg.kind not in CLIP_KINDS:
+        raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use synthetic, manifest, folders, frames or images")
+    return build_clip_dataset(cfg, split, seed=seed)
+
+
+CLIP_KINDS = ("manifest", "folders", "frames", "images")
+
+
+def _source(cfg: DataConfig, split: str) -> str:
+    src = cfg.train if split == "train" else cfg.val
+    if not src:
+        key = "train" if split == "train" else "val"
+        raise ConfigError(f"data.{key} must name a manifest or folder for data.kind '{cfg.kind}' (split '{split}')")
+    return src
+
+
+def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
+    """Datasets of real media: ``manifest`` (CSV/JSONL of videos), ``folders`` (root/class/video),
+    ``frames`` (frame folders, from a manifest of folders or root/class/video_folder/) and
+    ``images`` (root/class/image or a manifest of images). Paths are resolved under ``data.root``."""
+    from pathlib import Path
+
+    from tubelet.data.datasets import (
+        ClipDataset,
+        FrameFolderReader,
+        ImageDataset,
+        read_manifest,
+        scan_class_folders,
+    )
+    from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, is_video_file
+    from tubelet.data.transforms import build_transforms
+
+    src = _source(cfg, split)
+    path = Path(src)
+    if cfg.root and not path.is_absolute() and not path.exists():
+        path = Path(cfg.root) / path
+    if cfg.kind == "manifest" or path.is_file():
+        samples, lmap = read_manifest(path, root=cfg.root, label_map=cfg.label_map)
+    elif cfg.kind == "folders":
+        samples, lmap = scan_class_folders(path, is_video_file, cfg.label_map)
+    elif cfg.kind == "frames":
+        samples, lmap = scan_class_folders(path, lambda p: p.is_dir(), cfg.label_map)
+    else:
+        samples, lmap = scan_class_folders(path, lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, cfg.label_map)
+    transform = build_transforms(cfg, "train" if split == "train" else "test")
+    names = lmap.names if lmap is not None else None
+    num_classes = len(names) if names is not None else max(s.label for s in samples) + 1
+    kw = dict(transform=transform, seed=seed, num_classes=num_classes, class_names=names)
+    if cfg.kind == "images":
+        return ImageDataset(samples, cfg, split, **kw)
+    if cfg.kind == "frames":
+        fps = cfg.frames_fps
+        return ClipDataset(samples, cfg, split, opener=lambda p: FrameFolderReader(p, fps=fps), **kw)
+    return ClipDataset(samples, cfg, split, **kw)
+
+
+def build_collate(cfg: DataConfig, split: str, num_classes: int | None = None, seed: int = 0):
+    """The batch collate: drops samples that failed to load (reported under ``"bad_samples"``) and,
+    on the train split with ``augment.mixup_alpha`` or ``cutmix_alpha`` > 0, applies Mixup/CutMix
+    with label smoothing (soft ``(B, K)`` labels). ``num_classes`` defaults to the label map size,
+    else ``data.synthetic.num_classes`` for synthetic data."""
+    from tubelet.data.mixing import ClipCollate, Mixup
+
+    aug = cfg.augment
+    mix = None
+    if split == "train" and (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0):
+        k = num_classes
+        if k is None and cfg.label_map:
+            from tubelet.data.datasets import load_label_map
+
+            k = len(load_label_map(cfg.label_map))
+        if k is None and cfg.kind == "synthetic":
+            k = cfg.synthetic.num_classes
+        if k is None:
+            raise ConfigError("mixup/cutmix need the number of classes: set data.label_map")
+        mix = Mixup(k, aug.mixup_alpha, aug.cutmix_alpha, aug.label_smoothing)
+    return ClipCollate(mix, seed=seed)

@@ -1,0 +1,639 @@
+"""Clip-consistent video transforms on ``(C, T, H, W)`` clips (or batches ``(B, C, T, H, W)``).
+
+Every random transform draws its parameters **once per clip** from an explicit ``torch.Generator``
+and applies them to all frames (METHODS.md section 0), with tensor ops over the whole clip, never a
+loop over frames. Clips stay ``uint8`` until :class:`Normalize`; the colour and RandAugment ops
+compute in float internally and round back to ``uint8``. A batch is processed clip by clip with
+parameters drawn in order, so a batched call equals a loop over its clips with the same generator.
+
+Sources: short-side jitter and three-crop testing follow SlowFast/PyTorchVideo (arXiv 2111.09887);
+random resized crop follows Inception/torchvision; colour jitter, grayscale and Gaussian blur follow
+SimCLR (arXiv 2002.05709, appendix A) as used by rho-SSL (arXiv 2104.14558); RandAugment follows
+arXiv 1909.13719 with timm's "rand-m7-n4-mstd0.5-inc1" string and magnitude conventions; cube
+random erasing follows arXiv 1708.04896 with one box for all frames (MAE-ST / VideoMAE fine-tuning).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Compose",
+    "ShortSideScale",
+    "RandomShortSideScale",
+    "RandomResizedCrop",
+    "RandomCrop",
+    "CenterCrop",
+    "ThreeCrop",
+    "RandomHorizontalFlip",
+    "Normalize",
+    "ColorJitter",
+    "RandomGrayscale",
+    "GaussianBlur",
+    "RandAugment",
+    "parse_randaugment",
+    "RandomErasing",
+    "TemporalSubsample",
+    "build_transforms",
+]
+
+
+def _rand(g: torch.Generator) -> float:
+    return float(torch.rand((), generator=g))
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * _rand(g)
+
+
+def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """Uniform integer in ``[lo, hi]`` (inclusive)."""
+    return int(torch.randint(lo, hi + 1, (), generator=g))
+
+
+class ClipTransform:
+    """Base: ``__call__(x, g)`` applies to one clip ``(C,T,H,W)`` or each clip of ``(B,C,T,H,W)``."""
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        if g is None:
+            g = torch.Generator().manual_seed(0)
+        if x.dim() == 5:
+            return torch.stack([self.apply(c, g) for c in x])
+        if x.dim() != 4:
+            raise ValueError(f"expected a clip (C,T,H,W) or batch (B,C,T,H,W), got shape {tuple(x.shape)}")
+        return self.apply(x, g)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class Compose:
+    """Apply transforms in order with one shared generator."""
+
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        if g is None:
+            g = torch.Generator().manual_seed(0)
+        for t in self.transforms:
+            x = t(x, g)
+        return x
+
+    def __repr__(self) -> str:
+        return "Compose(" + ", ".join(repr(t) for t in self.transforms) + ")"
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (antialiased) resize of the last two dims of ``(C, T, H, W)``; dtype preserved."""
+    c, t, h, w = x.shape
+    if (h, w) == tuple(size):
+        return x
+    # C acts as the batch and T as the channels, so all frames are resized in one call.
+    if x.dtype == torch.uint8:
+        return F.interpolate(x.contiguous(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False).to(x.dtype)
+
+
+def _short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    if h <= w:
+        return size, max(1, int(math.floor(w * size / h)))
+    return max(1, int(math.floor(h * size / w))), size
+
+
+class ShortSideScale(ClipTransform):
+    """Resize so the shorter side is ``size`` (aspect ratio kept)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return resize(x, _short_side_size(x.shape[-2], x.shape[-1], self.size))
+
+
+class RandomShortSideScale(ClipTransform):
+    """Short side drawn uniformly in ``[min_size, max_size]`` per clip (scale jitter)."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        self.min_size, self.max_size = int(min_size), int(max_size)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        size = _randint(g, self.min_size, self.max_size)
+        return resize(x, _short_side_size(x.shape[-2], x.shape[-1], size))
+
+
+class RandomResizedCrop(ClipTransform):
+    """Crop an area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform), resize to
+    ``size``; one box for the whole clip. Falls back to a centre crop after 10 tries (torchvision)."""
+
+    def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+        self.size = int(size)
+        self.scale = tuple(float(s) for s in scale)
+        self.ratio = tuple(float(r) for r in ratio)
+
+    def params(self, h: int, w: int, g: torch.Generator) -> tuple[int, int, int, int]:
+        area = h * w
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * _uniform(g, *self.scale)
+            ar = math.exp(_uniform(g, *log_r))
+            cw = int(round(math.sqrt(target * ar)))
+            ch = int(round(math.sqrt(target / ar)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return _randint(g, 0, h - ch), _randint(g, 0, w - cw), ch, cw
+        in_ratio = w / h
+        if in_ratio < min(self.ratio):
+            cw, ch = w, int(round(w / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            ch, cw = h, int(round(h * max(self.ratio)))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        top, left, ch, cw = self.params(x.shape[-2], x.shape[-1], g)
+        return resize(x[..., top : top + ch, left : left + cw], (self.size, self.size))
+
+
+class RandomCrop(ClipTransform):
+    """A ``size`` x ``size`` crop at a uniform random position (one per clip)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h < self.size or w < self.size:
+            x = resize(x, _short_side_size(h, w, self.size))
+            h, w = x.shape[-2:]
+        top, left = _randint(g, 0, h - self.size), _randint(g, 0, w - self.size)
+        return x[..., top : top + self.size, left : left + self.size]
+
+
+def _center(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        x = resize(x, _short_side_size(h, w, size))
+        h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+class CenterCrop(ClipTransform):
+    """The central ``size`` x ``size`` crop (a short side below ``size`` is scaled up first)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return _center(x, self.size)
+
+
+class ThreeCrop(ClipTransform):
+    """Three ``size`` x ``size`` crops along the long side: left/centre/right (or top/centre/bottom).
+
+    Returns ``(3, C, T, size, size)`` for one clip. Resize the short side to ``size`` first for the
+    SlowFast 3-crop test protocol (METHODS.md section 0).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    @staticmethod
+    def offsets(h: int, w: int, size: int) -> list[tuple[int, int]]:
+        if w >= h:
+            top = (h - size) // 2
+            return [(top, 0), (top, (w - size) // 2), (top, w - size)]
+        left = (w - size) // 2
+        return [(0, left), ((h - size) // 2, left), (h - size, left)]
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h < self.size or w < self.size:
+            x = resize(x, _short_side_size(h, w, self.size))
+            h, w = x.shape[-2:]
+        return torch.stack([x[..., t : t + self.size, l : l + self.size] for t, l in self.offsets(h, w, self.size)])
+
+
+class RandomHorizontalFlip(ClipTransform):
+    """Flip the whole clip left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = float(p)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return x.flip(-1) if _rand(g) < self.p else x
+
+
+class TemporalSubsample(ClipTransform):
+    """Keep ``num_samples`` frames at ``trunc(linspace(0, T-1, n))``."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = int(num_samples)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        t = x.shape[1]
+        idx = torch.linspace(0, t - 1, self.num_samples).long()
+        return x.index_select(1, idx)
+
+
+class Normalize(ClipTransform):
+    """``uint8`` -> float32: ``(x / 255 - mean) / std`` per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        shape = (-1, 1, 1, 1)  # broadcast over C of (..., C, T, H, W)
+        mean = torch.tensor(self.mean).view(shape) * 255.0
+        inv = 1.0 / (torch.tensor(self.std).view(shape) * 255.0)
+        return (x.float() - mean) * inv
+
+    apply = None  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour (SimCLR-style, frame-consistent)
+# ----------------------------------------------------------------------------------------------
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _to_u8(x: torch.Tensor) -> torch.Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _gray(xf: torch.Tensor) -> torch.Tensor:
+    """Luma of a float clip ``(3, T, H, W)`` -> ``(1, T, H, W)``."""
+    return _LUMA[0] * xf[0:1] + _LUMA[1] * xf[1:2] + _LUMA[2] * xf[2:3]
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: float) -> torch.Tensor:
+    return (a * factor + b * (1.0 - factor)).clamp_(0, 255)
+
+
+def _adjust_hue(xf: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate hue by ``shift`` (fraction of a turn) on a float clip in [0, 255]; vectorised HSV."""
+    x = xf / 255.0
+    r, gch, b = x[0], x[1], x[2]
+    maxc, _ = x.max(0)
+    minc, _ = x.min(0)
+    v = maxc
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    dc = delta.clamp_min(1e-12)
+    rc, gc, bc = (maxc - r) / dc, (maxc - gch) / dc, (maxc - b) / dc
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == gch, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    h = (h + shift) % 1.0
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.long() % 6
+    rr = torch.stack([v, q, p, p, t, v]).gather(0, i.unsqueeze(0)).squeeze(0)
+    gg = torch.stack([t, v, v, q, p, p]).gather(0, i.unsqueeze(0)).squeeze(0)
+    bb = torch.stack([p, p, t, v, v, q]).gather(0, i.unsqueeze(0)).squeeze(0)
+    return torch.stack([rr, gg, bb]) * 255.0
+
+
+class ColorJitter(ClipTransform):
+    """Brightness, contrast, saturation and hue in random order (torchvision semantics), applied
+    with probability ``p``; factors drawn once per clip. Contrast blends with each frame's mean luma."""
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1, p: float = 0.8) -> None:
+        self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if _rand(g) >= self.p:
+            return x
+        order = torch.randperm(4, generator=g).tolist()
+        fb = _uniform(g, max(0.0, 1 - self.brightness), 1 + self.brightness)
+        fc = _uniform(g, max(0.0, 1 - self.contrast), 1 + self.contrast)
+        fs = _uniform(g, max(0.0, 1 - self.saturation), 1 + self.saturation)
+        fh = _uniform(g, -self.hue, self.hue)
+        xf = x.float()
+        for op in order:
+            if op == 0 and self.brightness > 0:
+                xf = (xf * fb).clamp_(0, 255)
+            elif op == 1 and self.contrast > 0:
+                mean = _gray(xf).mean(dim=(-2, -1), keepdim=True)
+                xf = _blend(xf, mean, fc)
+            elif op == 2 and self.saturation > 0:
+                xf = _blend(xf, _gray(xf), fs)
+            elif op == 3 and self.hue > 0:
+                xf = _adjust_hue(xf, fh)
+        return _to_u8(xf) if x.dtype == torch.uint8 else xf
+
+
+class RandomGrayscale(ClipTransform):
+    """Replace the clip by its luma (3 channels) with probability ``p``."""
+
+    def __init__(self, p: float = 0.2) -> None:
+        self.p = float(p)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if _rand(g) >= self.p:
+            return x
+        out = _gray(x.float()).expand(3, -1, -1, -1)
+        return _to_u8(out.clone()) if x.dtype == torch.uint8 else out.clone()
+
+
+class GaussianBlur(ClipTransform):
+    """Separable Gaussian blur with sigma in ``sigma`` (per clip), probability ``p``; kernel about
+    10% of the short side (SimCLR appendix A)."""
+
+    def __init__(self, p: float = 0.5, sigma: Sequence[float] = (0.1, 2.0), kernel_frac: float = 0.1) -> None:
+        self.p, self.sigma, self.kernel_frac = float(p), tuple(sigma), float(kernel_frac)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if _rand(g) >= self.p:
+            return x
+        sigma = _uniform(g, *self.sigma)
+        c, t, h, w = x.shape
+        k = max(3, int(self.kernel_frac * min(h, w)) | 1)
+        r = k // 2
+        ax = torch.arange(-r, r + 1, dtype=torch.float32)
+        ker = torch.exp(-(ax**2) / (2 * sigma**2))
+        ker = ker / ker.sum()
+        xf = x.float().reshape(c * t, 1, h, w)
+        xf = F.conv2d(F.pad(xf, (r, r, 0, 0), mode="reflect" if w > r else "replicate"), ker.view(1, 1, 1, k))
+        xf = F.conv2d(F.pad(xf, (0, 0, r, r), mode="reflect" if h > r else "replicate"), ker.view(1, 1, k, 1))
+        xf = xf.reshape(c, t, h, w)
+        return _to_u8(xf) if x.dtype == torch.uint8 else xf
+
+
+# ----------------------------------------------------------------------------------------------
+# RandAugment (timm conventions, one op sequence per clip)
+# ----------------------------------------------------------------------------------------------
+
+_MAX_LEVEL = 10.0
+_FILL = 128.0
+
+
+def _affine(x: torch.Tensor, matrix: Sequence[float]) -> torch.Tensor:
+    """Inverse-map affine warp of a clip with a 2x3 pixel matrix (PIL ``Image.transform`` semantics):
+    output pixel (x, y) samples input at ``(a x + b y + c, d x + e y + f)``. Fill 128."""
+    c, t, h, w = x.shape
+    a, b, cc, d, e, f = matrix
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    # Pixel centres: PIL maps output centre (x+0.5) through the matrix.
+    sx = a * (xs + 0.5) + b * (ys + 0.5) + cc
+    sy = d * (xs + 0.5) + e * (ys + 0.5) + f
+    grid = torch.stack([sx / w * 2 - 1, sy / h * 2 - 1], dim=-1).unsqueeze(0).expand(c, h, w, 2)
+    xf = x.float() - _FILL
+    out = F.grid_sample(xf, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + _FILL
+    return out
+
+
+def _rotate_matrix(angle: float, h: int, w: int) -> list[float]:
+    # PIL rotate(angle) turns counter-clockwise about the centre; inverse map for transform().
+    a = math.radians(angle)
+    cx, cy = w / 2, h / 2
+    cos, sin = math.cos(a), math.sin(a)
+    m = [cos, sin, 0.0, -sin, cos, 0.0]
+    m[2] = cx - m[0] * cx - m[1] * cy
+    m[5] = cy - m[3] * cx - m[4] * cy
+    return m
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """PIL ``ImageOps.equalize`` per channel and frame, vectorised over all of them."""
+    c, t, h, w = x.shape
+    flat = x.reshape(c * t, h * w).long()
+    hist = torch.zeros(c * t, 256, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
+    last_idx = 255 - (hist.flip(1) > 0).long().argmax(1)  # last non-zero bin
+    last = hist.gather(1, last_idx.unsqueeze(1)).squeeze(1)
+    step = (h * w - last) // 255
+    cum = torch.cumsum(hist, 1) - hist  # counts strictly below each bin
+    lut = ((cum + (step // 2).unsqueeze(1)) // step.clamp_min(1).unsqueeze(1)).clamp_(0, 255)
+    lut = torch.where((step > 0).unsqueeze(1), lut, torch.arange(256).expand(c * t, 256))
+    return lut.gather(1, flat).reshape(c, t, h, w).float()
+
+
+def _autocontrast(xf: torch.Tensor) -> torch.Tensor:
+    lo = xf.amin(dim=(-2, -1), keepdim=True)
+    hi = xf.amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(hi > lo, 255.0 / (hi - lo).clamp_min(1e-6), torch.ones_like(hi))
+    off = torch.where(hi > lo, lo, torch.zeros_like(lo))
+    return ((xf - off) * scale).clamp_(0, 255)
+
+
+def _sharpness_degenerate(xf: torch.Tensor) -> torch.Tensor:
+    c, t, h, w = xf.shape
+    ker = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    out = xf.clone()
+    if h > 2 and w > 2:
+        inner = F.conv2d(xf.reshape(c * t, 1, h, w), ker.view(1, 1, 3, 3)).reshape(c, t, h - 2, w - 2)
+        out[..., 1:-1, 1:-1] = inner.round()
+    return out
+
+
+def _sign(g: torch.Generator) -> float:
+    return -1.0 if _rand(g) < 0.5 else 1.0
+
+
+def _op(name: str, x: torch.Tensor, m: float, g: torch.Generator) -> torch.Tensor:
+    """One timm RandAugment op at magnitude ``m`` in [0, 10] on a float clip in [0, 255]."""
+    c, t, h, w = x.shape
+    lvl = m / _MAX_LEVEL
+    if name == "AutoContrast":
+        return _autocontrast(x)
+    if name == "Equalize":
+        return _equalize(x.round().clamp(0, 255).to(torch.uint8))
+    if name == "Invert":
+        return 255.0 - x
+    if name == "Rotate":
+        return _affine(x, _rotate_matrix(lvl * 30.0 * _sign(g), h, w))
+    if name == "ShearX":
+        return _affine(x, [1.0, lvl * 0.3 * _sign(g), 0.0, 0.0, 1.0, 0.0])
+    if name == "ShearY":
+        return _affine(x, [1.0, 0.0, 0.0, lvl * 0.3 * _sign(g), 1.0, 0.0])
+    if name == "TranslateXRel":
+        return _affine(x, [1.0, 0.0, lvl * 0.45 * _sign(g) * w, 0.0, 1.0, 0.0])
+    if name == "TranslateYRel":
+        return _affine(x, [1.0, 0.0, 0.0, 0.0, 1.0, lvl * 0.45 * _sign(g) * h])
+    if name == "PosterizeIncreasing":
+        bits = 4 - int(lvl * 4)
+        mask = (0xFF << (8 - max(bits, 0))) & 0xFF if bits > 0 else 0
+        return (x.round().clamp(0, 255).to(torch.uint8) & mask).float()
+    if name == "SolarizeIncreasing":
+        thresh = 256 - int(lvl * 256)
+        return torch.where(x >= thresh, 255.0 - x, x)
+    if name == "SolarizeAdd":
+        add = int(lvl * 110)
+        return torch.where(x < 128, (x + add).clamp(max=255), x)
+    factor = 1.0 + lvl * 0.9 * _sign(g)  # the "...Increasing" enhance ops
+    if name == "ColorIncreasing":
+        return _blend(x, _gray(x), factor)
+    if name == "ContrastIncreasing":
+        # PIL's ImageEnhance.Contrast blends with the mean of the grayscale image (per frame here).
+        return _blend(x, _gray(x).mean(dim=(-2, -1), keepdim=True), factor)
+    if name == "BrightnessIncreasing":
+        return _blend(x, torch.zeros_like(x), factor)
+    if name == "SharpnessIncreasing":
+        return _blend(x, _sharpness_degenerate(x), factor)
+    raise ValueError(f"unknown RandAugment op '{name}'")
+
+
+_RAND_INCREASING = [
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
+    "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    magnitude: float = 9.0
+    num_ops: int = 2
+    magnitude_std: float = 0.0
+    increasing: bool = True
+    prob: float = 0.5
+
+
+def parse_randaugment(spec: str) -> RandAugmentSpec:
+    """Parse a timm config string such as ``"rand-m7-n4-mstd0.5-inc1"``.
+
+    ``m``: magnitude (0-10), ``n``: ops per clip, ``mstd``: std of a Gaussian magnitude noise drawn
+    per op, ``inc``: 1 for the "increasing" op set (only that set is implemented), ``p``: op probability.
+    """
+    parts = spec.split("-")
+    if not parts or parts[0] != "rand":
+        raise ValueError(f"RandAugment spec must start with 'rand', got '{spec}'")
+    kw: dict = {}
+    for part in parts[1:]:
+        mm = re.match(r"^(mstd|inc|m|n|p)([\d.]+)$", part)
+        if mm is None:
+            raise ValueError(f"RandAugment spec '{spec}': cannot parse '{part}'")
+        key, val = mm.groups()
+        if key == "m":
+            kw["magnitude"] = float(val)
+        elif key == "n":
+            kw["num_ops"] = int(val)
+        elif key == "mstd":
+            kw["magnitude_std"] = float(val)
+        elif key == "p":
+            kw["prob"] = float(val)
+        elif key == "inc":
+            kw["increasing"] = bool(int(val))
+    if not kw.get("increasing", True):
+        raise ValueError(f"RandAugment spec '{spec}': only the increasing op set (inc1) is implemented")
+    return RandAugmentSpec(**kw)
+
+
+class RandAugment(ClipTransform):
+    """RandAugment (arXiv 1909.13719) with timm semantics: ``n`` ops drawn with replacement from the
+    increasing set, each applied with probability 0.5 at magnitude ``gauss(m, mstd)`` clipped to [0, 10].
+    The same op sequence and magnitudes are used for every frame of a clip."""
+
+    def __init__(self, spec: str | RandAugmentSpec = "rand-m7-n4-mstd0.5-inc1") -> None:
+        self.spec = parse_randaugment(spec) if isinstance(spec, str) else spec
+        self.ops = list(_RAND_INCREASING)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s = self.spec
+        choice = torch.randint(0, len(self.ops), (s.num_ops,), generator=g).tolist()
+        xf = x.float()
+        for i in choice:
+            if _rand(g) >= s.prob:
+                continue
+            m = s.magnitude
+            if s.magnitude_std > 0:
+                m = m + s.magnitude_std * float(torch.randn((), generator=g))
+            m = min(max(m, 0.0), _MAX_LEVEL)
+            xf = _op(self.ops[i], xf, m, g)
+        return _to_u8(xf) if x.dtype == torch.uint8 else xf
+
+
+class RandomErasing(ClipTransform):
+    """Cube random erasing (arXiv 1708.04896, timm "pixel" mode): with probability ``p`` one box of
+    area fraction in ``scale`` and aspect in ``ratio`` is filled with N(0, 1) noise in every frame.
+    Use after :class:`Normalize`."""
+
+    def __init__(self, p: float = 0.25, scale: Sequence[float] = (0.02, 1 / 3), ratio: Sequence[float] = (0.3, 1 / 0.3)) -> None:
+        self.p, self.scale, self.ratio = float(p), tuple(scale), tuple(ratio)
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if _rand(g) >= self.p:
+            return x
+        c, t, h, w = x.shape
+        log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = h * w * _uniform(g, *self.scale)
+            ar = math.exp(_uniform(g, *log_r))
+            eh, ew = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+            if 0 < eh < h and 0 < ew < w:
+                top, left = _randint(g, 0, h - eh), _randint(g, 0, w - ew)
+                out = x.clone() if x.is_floating_point() else x.float()
+                noise = torch.randn((c, t, eh, ew), generator=g, dtype=out.dtype)
+                out[..., top : top + eh, left : left + ew] = noise
+                return out
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipelines
+# ----------------------------------------------------------------------------------------------
+
+
+def build_transforms(data_cfg, split: str) -> Compose:
+    """The clip pipeline of a split, from ``DataConfig`` (``tubelet.config.schema``).
+
+    train: short-side jitter -> random resized crop (or random crop) -> flip -> [colour jitter,
+    grayscale, blur] -> [RandAugment] -> normalise -> [cube erasing]. Output ``(C, T, S, S)`` float.
+
+    val/test: with ``test_crops == 3`` short side to ``crop_size`` then three crops, else short side
+    to ``test_short_side`` then the centre crop. Output ``(crops, C, T, S, S)`` float.
+    """
+    aug = data_cfg.augment
+    size = int(data_cfg.crop_size)
+    norm = Normalize(data_cfg.mean, data_cfg.std)
+    if split == "train":
+        ts: list[Callable] = []
+        lo, hi = (list(aug.short_side) + list(aug.short_side))[:2]
+        ts.append(RandomShortSideScale(int(lo), int(hi)))
+        if aug.random_resized_crop:
+            ts.append(RandomResizedCrop(size, aug.rrc_scale, aug.rrc_ratio))
+        else:
+            ts.append(RandomCrop(size))
+        if aug.hflip > 0:
+            ts.append(RandomHorizontalFlip(aug.hflip))
+        if aug.color_jitter > 0:
+            s = float(aug.color_jitter)
+            ts.append(ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8))
+        if aug.grayscale > 0:
+            ts.append(RandomGrayscale(aug.grayscale))
+        if aug.blur > 0:
+            ts.append(GaussianBlur(aug.blur))
+        if aug.randaugment:
+            ts.append(RandAugment(aug.randaugment))
+        ts.append(norm)
+        if aug.random_erasing > 0:
+            ts.append(RandomErasing(aug.random_erasing))
+        return Compose(ts)
+    if int(data_cfg.test_crops) == 3:
+        return Compose([ShortSideScale(size), ThreeCrop(size), norm])
+    if int(data_cfg.test_crops) != 1:
+        raise ValueError(f"data.test_crops must be 1 or 3, got {data_cfg.test_crops}")
+    return Compose([ShortSideScale(int(data_cfg.test_short_side)), CenterCrop(size), _AddViewDim(), norm])
+
+
+class _AddViewDim(ClipTransform):
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return x.unsqueeze(0)

@@ -1,0 +1,222 @@
+"""Decoding on the real clips of ../shared/data/videos (facts from SOURCES.md)."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from tubelet.data.decoding import PyAVReader, open_video, to_cthw, torchcodec_available
+from tubelet.errors import VideoError
+
+# "frames decoded" column of SOURCES.md
+DECODED = {
+    "v_SoccerJuggling_g23_c01.avi": 240,
+    "WUzgd7C1pWA.mp4": 327,
+    "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi": 83,
+    "RATRACE_wave_f_nm_np1_fr_goo_37.avi": 72,
+    "bbb_480p_vp9_opus_1second.webm": 24,
+    "frames.webm": 100,
+    "video_0.mov": 3,
+    "video_90.mov": 3,
+    "video_180.mov": 3,
+    "video_270.mov": 3,
+    "unordered.mov": 4,
+}
+
+
+def _sequential(path):
+    """Independent oracle: full decode with plain PyAV, frames sorted by PTS, rotation not applied."""
+    with av.open(str(path), metadata_errors="ignore") as c:
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+    frames.sort(key=lambda x: x[0])
+    return np.stack([f for _, f in frames])
+
+
+@pytest.mark.parametrize("name", sorted(DECODED))
+def test_frame_count_matches_sources(videos_dir, name):
+    r = open_video(videos_dir / name)
+    assert r.num_frames == DECODED[name]
+    assert r.metadata.num_frames == DECODED[name]
+    assert len(r.timestamps) == DECODED[name]
+
+
+@pytest.mark.parametrize("name", ["hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi", "RATRACE_wave_f_nm_np1_fr_goo_37.avi", "WUzgd7C1pWA.mp4"])
+def test_all_frames_equal_sequential_decode(videos_dir, name):
+    # Packed-B-frame AVIs (non-monotonic PTS, container count != decoded count) and an H.264 with
+    # B-frames: every index gives the frame of the sorted sequential decode.
+    ref = _sequential(videos_dir / name)
+    r = open_video(videos_dir / name)
+    got = r.get_frames(np.arange(r.num_frames))
+    assert got.shape == ref.shape
+    assert np.array_equal(got, ref)
+
+
+def test_metadata(videos_dir):
+    m = open_video(videos_dir / "v_SoccerJuggling_g23_c01.avi").metadata
+    assert (m.width, m.height, m.codec, m.rotation) == (320, 240, "mpeg4", 0)
+    assert m.fps == Fraction(30000, 1001)
+    assert m.duration == Fraction(8008, 1000)
+    m = open_video(videos_dir / "RATRACE_wave_f_nm_np1_fr_goo_37.avi").metadata
+    assert (m.width, m.height) == (560, 240)
+
+
+@pytest.mark.parametrize("name,rotation,shape", [
+    ("video_0.mov", 0, (320, 568, 3)), ("video_180.mov", 180, (320, 568, 3)),
+    ("video_90.mov", 90, (568, 320, 3)), ("video_270.mov", 270, (568, 320, 3)),
+])  # fmt: skip
+def test_rotation_applied(videos_dir, name, rotation, shape):
+    r = open_video(videos_dir / name)
+    m = r.metadata
+    assert m.rotation == rotation
+    assert (m.height, m.width) == shape[:2]
+    frames = r.get_frames([0, 1, 2])
+    assert frames.shape == (3, *shape)
+    coded = _sequential(videos_dir / name)[0]
+    # Rotating back by the reported angle gives the coded frame exactly.
+    assert np.array_equal(np.rot90(frames[0], k=rotation // 90), coded)
+
+
+def test_rotation_180_is_not_identity(videos_dir):
+    coded = _sequential(videos_dir / "video_180.mov")[0]
+    got = open_video(videos_dir / "video_180.mov").get_frames([0])[0]
+    assert not np.array_equal(got, coded)
+    assert np.array_equal(got, coded[::-1, ::-1])
+
+
+def test_unordered_timestamps_sorted(videos_dir):
+    r = open_video(videos_dir / "unordered.mov")
+    assert [float(t) for t in r.timestamps] == [0.0, 0.03125, 0.0625, 0.09375]
+    assert r.timestamps == sorted(r.timestamps)
+
+
+def test_packed_avi_timestamps_monotonic(videos_dir):
+    ts = open_video(videos_dir / "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi").timestamps
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+    assert ts[0] == 0
+
+
+def test_frame_accurate_seeking_frames_webm(videos_dir):
+    path = videos_dir / "frames.webm"
+    ref = _sequential(path)
+    assert ref.shape[0] == 100
+    rng = np.random.default_rng(0)
+    r = open_video(path)
+    for _ in range(4):
+        idx = np.sort(rng.choice(100, size=5, replace=False))
+        assert np.array_equal(r.get_frames(idx), ref[idx])
+    # arbitrary order and repeats, fresh reader each time
+    idx = np.array([99, 57, 10, 10, 0, 73])
+    assert np.array_equal(open_video(path).get_frames(idx), ref[idx])
+    # distinct frames really differ (the digits change), so equality above is meaningful
+    assert not np.array_equal(ref[10], ref[57])
+
+
+def test_get_clip_half_open_window(videos_dir):
+    r = open_video(videos_dir / "frames.webm")  # 30 fps; WebM stores PTS in whole milliseconds
+    frames, idx = r.get_clip(Fraction(1), Fraction(2))
+    assert idx.tolist() == list(range(30, 60))
+    assert frames.shape[0] == 30
+    assert r.timestamps[1] == Fraction(33, 1000)  # the stored time, not 1/30
+    assert r.indices_in(Fraction(33, 1000), Fraction(34, 1000)).tolist() == [1]
+    assert r.indices_in(Fraction(32, 1000), Fraction(33, 1000)).tolist() == []  # end is exclusive
+    assert r.indices_in(Fraction(0), Fraction(1, 60)).tolist() == [0]
+    assert r.indices_in(Fraction(3), Fraction(10)).tolist() == list(range(90, 100))
+    assert r.indices_in(Fraction(5), Fraction(6)).size == 0
+
+
+def test_only_needed_range_is_decoded(videos_dir, monkeypatch):
+    # v_SoccerJuggling has a keyframe every 12 frames: a clip near the end must not decode from 0.
+    r = open_video(videos_dir / "v_SoccerJuggling_g23_c01.avi")
+    seen = []
+    orig = r._to_rgb
+    monkeypatch.setattr(r, "_to_rgb", lambda f: seen.append(f.pts) or orig(f))
+    import av.container
+
+    count = {"n": 0}
+    real_decode = av.container.InputContainer.decode
+
+    def counting(self, *a, **k):
+        for f in real_decode(self, *a, **k):
+            count["n"] += 1
+            yield f
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting)
+    r.get_frames([200, 204, 208])
+    assert len(seen) == 3
+    assert count["n"] <= 24  # at most the frames from the keyframe before 200
+
+
+def test_reader_reopens_after_fork(videos_dir):
+    import os
+
+    r = open_video(videos_dir / "unordered.mov")
+    r.get_frames([0])
+    c = r._container
+    r._pid = os.getpid() + 1  # what a forked worker sees
+    r.get_frames([1])
+    assert r._container is not c
+
+
+def test_to_cthw(videos_dir):
+    frames = open_video(videos_dir / "unordered.mov").get_frames([0, 1, 2])
+    x = to_cthw(frames)
+    assert tuple(x.shape) == (3, 3, 50, 50)
+    assert x.dtype.is_floating_point is False
+    assert np.array_equal(x[:, 1].permute(1, 2, 0).numpy(), frames[1])
+
+
+def test_corrupted_raises_video_error_naming_file(videos_dir):
+    r = open_video(videos_dir / "corrupted.mp4")  # opens fine, fails mid-decode
+    with pytest.raises(VideoError) as ei:
+        r.get_frames(np.arange(40))
+    assert ei.value.path.endswith("corrupted.mp4")
+    assert "corrupted.mp4" in str(ei.value)
+    assert "corrupt" in ei.value.reason
+
+
+def test_truncated_cannot_open(videos_dir):
+    with pytest.raises(VideoError) as ei:
+        open_video(videos_dir / "corrupt_truncated.mp4")
+    assert "corrupt_truncated.mp4" in str(ei.value)
+    assert "cannot open" in ei.value.reason
+
+
+def test_empty_missing_and_text_files(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    for path, reason in [(empty, "empty"), (tmp_path / "missing.mp4", "not found"), (text, "cannot open")]:
+        with pytest.raises(VideoError) as ei:
+            open_video(path)
+        assert ei.value.path == str(path)
+        assert reason in ei.value.reason
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path):
+    path = tmp_path / "tone.wav"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+    with pytest.raises(VideoError, match="no video stream"):
+        PyAVReader(path)
+
+
+def test_backends():
+    with pytest.raises(ValueError):
+        open_video("x.mp4", backend="opencv")
+    if not torchcodec_available():
+        with pytest.raises(VideoError, match="torchcodec"):
+            open_video(__file__, backend="torchcodec")
+
+
+@pytest.mark.skipif(not torchcodec_available(), reason="torchcodec not importable")
+def test_torchcodec_matches_pyav(videos_dir):
+    path = videos_dir / "frames.webm"
+    a = open_video(path, backend="pyav").get_frames([0, 50, 99])
+    b = open_video(path, backend="torchcodec").get_frames([0, 50, 99])
+    assert np.array_equal(a, b)
