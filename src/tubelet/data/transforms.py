@@ -64,7 +64,10 @@ class ClipTransform:
         if g is None:
             g = torch.Generator().manual_seed(0)
         if x.dim() == 5:
-            return torch.stack([self.apply(c, g) for c in x])
+            outs = [self.apply(c, g) for c in x]
+            if any(o.shape != outs[0].shape for o in outs):
+                raise ValueError(f"{type(self).__name__} gives clips of different sizes in one batch; apply it per clip")
+            return torch.stack(outs)
         if x.dim() != 4:
             raise ValueError(f"expected a clip (C,T,H,W) or batch (B,C,T,H,W), got shape {tuple(x.shape)}")
         return self.apply(x, g)
