@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     speedup = fp32_step[0] / bf16_step[0]
     default_step = rows[1][1]
     print()
-    print(f"| ratio | value | target |")
+    print("| ratio | value | target |")
     print("|---|---|---|")
     print(f"| fp32 step MFU | {100 * mfu:.1f}% | >= 85% {'met' if mfu >= 0.85 else 'MISSED'} |")
     print(f"| bf16 step speed-up over fp32 step | {speedup:.2f}x | >= 1.5x {'met' if speedup >= 1.5 else 'MISSED'} |")

@@ -6,7 +6,7 @@ import torch
 from tubelet.cli.main import main
 from tubelet.flops import count_flops, register_cpu_sdpa_formulas
 from tubelet.models import create_model
-from tubelet.models.vit import ViTConfig, VisionTransformer
+from tubelet.models.vit import VisionTransformer, ViTConfig
 
 CFG = dict(embed_dim=32, depth=2, num_heads=4, num_frames=4, img_size=32, patch_size=8, num_classes=5)
 
@@ -117,7 +117,8 @@ def test_cli_prints_params_and_gmacs(capsys):
     assert main(["flops", "--model", "vit_base"]) == 0
     out = capsys.readouterr().out
     assert "86,701,456" in out and "180.49" in out and "multiply-add" in out
-    assert main(["flops", "--model", "vit_tiny", "--frames", "4", "--size", "32", "--classes", "3", "--backward", "--device", "cpu"]) == 0
+    argv = ["flops", "--model", "vit_tiny", "--frames", "4", "--size", "32", "--classes", "3", "--backward"]
+    assert main(argv + ["--device", "cpu"]) == 0
     assert "forward + backward" in capsys.readouterr().out
     assert main(["flops", "--model", "vit_tiny", "--frames", "5"]) == 1
     assert "not divisible" in capsys.readouterr().err

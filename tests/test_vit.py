@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tubelet.models import create_model, list_models
-from tubelet.models.vit import ViTConfig, VisionTransformer
+from tubelet.models.vit import VisionTransformer, ViTConfig
 
 
 def tiny(**kw) -> VisionTransformer:

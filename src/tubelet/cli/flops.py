@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model      {args.model}")
     print(f"input      {args.batch} x 3 x {args.frames} x {args.size} x {args.size} ({passes})")
     print(f"params     {result.params:,} ({result.params / 1e6:.2f} M)")
-    print(f"GMACs      {result.gmacs:.2f}  (multiply-adds, the papers' 'GFLOPs'; = {result.flops / 1e9:.2f} GFLOP in torch's count)")
+    print(
+        f"GMACs      {result.gmacs:.2f}  (multiply-adds, the papers' 'GFLOPs'; "
+        f"= {result.flops / 1e9:.2f} GFLOP in torch's count)"
+    )
     if args.by_op:
         for op, macs in sorted(result.by_op.items(), key=lambda kv: -kv[1]):
             print(f"  {op:56s} {macs / 1e9:10.3f}")

@@ -8,7 +8,6 @@ differs from the one they were built for; sin-cos tables are computed exactly fo
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,7 +97,9 @@ class SeparablePosEmbed(nn.Module):
         pos_t, pos_s = self.tables(grid)
         return (pos_t[:, None, :] + pos_s[None, :, :]).reshape(1, -1, self.embed_dim)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int, int], keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, grid: tuple[int, int, int], keep_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``tokens + positions``; with ``keep_idx (B, K)`` the tokens are the kept subset ``(B, K, D)``."""
         pos = self.table(grid)
         pos = pos.to(device=tokens.device, dtype=tokens.dtype)
