@@ -51,7 +51,7 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 
 class ResumableSampler(Sampler):
-    """Yields ``(dataset_index, sample_seed)`` for this rank's shard of a seeded per-epoch order."""
+    """Yields ``(dataset_index, sample_seed, epoch)`` for this rank's shard of a seeded per-epoch order."""
 
     def __init__(
         self,
@@ -93,7 +93,7 @@ class ResumableSampler(Sampler):
         indices += indices[: total - len(indices)]  # pad so that every rank gets as many
         return indices[self.rank : total : self.num_replicas]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         start = 0
         if self._resume is not None:
             epoch, consumed = self._resume
@@ -103,7 +103,7 @@ class ResumableSampler(Sampler):
         self.consumed = start
         for pos, index in enumerate(self.order(self.epoch)[start:], start=start):
             global_pos = pos * self.num_replicas + self.rank
-            yield index, sample_seed(self.seed, self.epoch, global_pos)
+            yield index, sample_seed(self.seed, self.epoch, global_pos), self.epoch
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
@@ -120,17 +120,26 @@ class ResumableSampler(Sampler):
 
 
 class SeededDataset(Dataset):
-    """Wraps a map-style dataset: ``ds[(index, seed)]`` reads ``base[index]`` under seeded RNGs."""
+    """Wraps a map-style dataset: ``ds[(index, seed, epoch)]`` reads ``base[index]`` under seeded RNGs.
+
+    Datasets that draw from ``(seed, epoch, index)`` themselves get ``set_epoch(epoch)`` here, in the
+    process that reads the sample: persistent worker processes hold their own copy of the dataset,
+    which a ``set_epoch`` call in the main process would never reach.
+    """
 
     def __init__(self, base: Dataset) -> None:
         self.base = base
+        self._epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, tuple):
-            index, seed = key
+            index, seed, epoch = key
+            if epoch != self._epoch and hasattr(self.base, "set_epoch"):
+                self.base.set_epoch(epoch)
+            self._epoch = epoch
             with seeded_rng(seed):
                 sample = self.base[index]
             if isinstance(sample, dict):
@@ -140,11 +149,20 @@ class SeededDataset(Dataset):
         return self.base[key]
 
 
+def default_batch_collate(seed: int = 0) -> Callable[[list[Any]], Any]:
+    """The data package's ``ClipCollate`` (drops and reports unreadable samples) when present."""
+    try:
+        from tubelet.data.mixing import ClipCollate
+    except ImportError:
+        return default_collate
+    return ClipCollate(seed=seed)
+
+
 class SeededCollate:
     """Collate under RNGs seeded from the batch's first sample seed (mixup/cutmix draws repeat on resume)."""
 
     def __init__(self, collate: Callable[[list[Any]], Any] | None = None) -> None:
-        self.collate = collate or default_collate
+        self.collate = collate or default_batch_collate()
 
     def __call__(self, samples: list[Any]) -> Any:
         seeds = [s.pop(SEED_KEY) for s in samples if isinstance(s, dict) and SEED_KEY in s]
@@ -227,5 +245,6 @@ class TubeletDataModule(pl.LightningDataModule):
             batch_size=self.val_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
+            collate_fn=default_batch_collate(self.seed),
             generator=torch.Generator().manual_seed(self.seed),
         )

@@ -13,6 +13,7 @@ Run folder (``recipe.run_dir``)::
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -70,17 +71,22 @@ def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | N
 def build_datasets(recipe: Recipe, method: nn.Module) -> dict[str, Dataset | None]:
     from tubelet.data.builder import build_dataset
 
-    train = build_dataset(recipe.data, "train")
-    val = build_dataset(recipe.data, "val") if hasattr(method, "classify") else None
+    train = build_dataset(recipe.data, "train", seed=recipe.seed)
+    val = build_dataset(recipe.data, "val", seed=recipe.seed) if hasattr(method, "classify") else None
     return {"train": train, "val": val}
 
 
-def _collate(recipe: Recipe) -> Any:
-    # Mixup/cutmix live in a batch collate of the data package, when it provides one.
-    from tubelet.data import builder
+def build_collate(recipe: Recipe) -> Any:
+    """The data package's batch collate: drops unreadable samples, and mixes with mixup/cutmix when
+    ``data.augment.mixup_alpha`` or ``cutmix_alpha`` is set (labels become soft ``(B, K)`` targets)."""
+    from tubelet.data.mixing import ClipCollate, Mixup
 
-    make = getattr(builder, "build_collate", None)
-    return make(recipe.data, "train") if make is not None else None
+    aug = recipe.data.augment
+    mixup = None
+    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+        mixup = Mixup(recipe.model.num_classes, mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
+                      label_smoothing=aug.label_smoothing)
+    return ClipCollate(mixup=mixup, seed=recipe.seed)
 
 
 def _strategy(recipe: Recipe) -> Any:
@@ -155,6 +161,34 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
     )
 
 
+def _read_csv_log(path: Path, before_step: int) -> list[dict[str, str]]:
+    """Rows of an earlier CSV log up to the resumed step (rows past it were logged after the
+    checkpoint by the interrupted run, and are logged again)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if not r.get("step") or int(float(r["step"])) < before_step]
+
+
+def _merge_csv_log(path: Path, old: list[dict[str, str]]) -> None:
+    # Lightning's CSVLogger starts a fresh file; put the rows of the runs before the resume back in front.
+    if not old:
+        return
+    new: list[dict[str, str]] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            new = list(csv.DictReader(f))
+    keys: list[str] = []
+    for row in old + new:
+        keys.extend(k for k in row if k not in keys)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted(keys))
+        writer.writeheader()
+        writer.writerows(old + new)
+
+
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -196,19 +230,38 @@ def fit(
         batch_size=recipe.data.batch_size,
         num_workers=recipe.data.num_workers,
         seed=recipe.seed,
-        collate=_collate(recipe) if from_recipe else None,
+        collate=build_collate(recipe) if from_recipe else None,
     )
+    tracker = None
+    try:
+        from tubelet.data.datasets.base import FailureTracker
+
+        tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
+    except ImportError:
+        pass
     module = TubeletModule(
         method, recipe.optim,
+        failure_tracker=tracker,
         batch_size=recipe.data.batch_size,
         nonfinite=recipe.trainer.nonfinite,
         max_skipped_steps=recipe.trainer.max_skipped_steps,
         checkpoint_dir=run_dir / "checkpoints",
     )
     trainer = build_trainer(recipe, callbacks, has_val=val is not None and hasattr(method, "classify"))
+    csv_log = run_dir / "logs" / "csv" / "metrics.csv"
+    old_rows: list[dict[str, str]] = []
     if trainer.is_global_zero:
         dump_recipe(recipe, run_dir / "config.yaml")
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+        if ckpt_path is not None:
+            from tubelet.engine.checkpoint import safe_torch_load
+
+            step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
+            old_rows = _read_csv_log(csv_log, step)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    finally:
+        if trainer.is_global_zero:
+            _merge_csv_log(csv_log, old_rows)
 
     paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
              "method": run_dir / "method.safetensors", "metrics": run_dir / "metrics.json"}
@@ -224,6 +277,9 @@ def fit(
         if isinstance(backbone, nn.Module):
             paths["backbone"] = run_dir / "backbone.safetensors"
             save_safetensors(backbone.state_dict(), paths["backbone"], metadata={"format": "tubelet-backbone"})
+        if tracker is not None and tracker.failures:
+            paths["bad_files"] = run_dir / "bad_files.txt"
+            tracker.write(paths["bad_files"])
         text = json.dumps(metrics, indent=2, sort_keys=True)
         paths["metrics"].write_text(text + "\n", encoding="utf-8")
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))

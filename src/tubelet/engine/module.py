@@ -51,6 +51,7 @@ class TubeletModule(pl.LightningModule):
         nonfinite: str = "stop",
         max_skipped_steps: int = 10,
         checkpoint_dir: str | Path | None = None,
+        failure_tracker: Any | None = None,
     ) -> None:
         super().__init__()
         if nonfinite not in NONFINITE:
@@ -62,6 +63,9 @@ class TubeletModule(pl.LightningModule):
         self.max_skipped_steps = max_skipped_steps
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.skipped_steps = 0
+        # Counts the samples the data collate dropped as unreadable (``batch["bad_samples"]``) against
+        # data.max_failure_fraction (``tubelet.data.datasets.FailureTracker``).
+        self.failure_tracker = failure_tracker
         self.peak_lr: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._last_batch_time: float | None = None
@@ -71,6 +75,10 @@ class TubeletModule(pl.LightningModule):
         return self.method(batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if self.failure_tracker is not None and isinstance(batch, dict) and batch.get("bad_samples"):
+            self.failure_tracker.observe(batch)
+        if isinstance(batch, dict) and "video" not in batch and "bad_samples" in batch:
+            return None  # every sample of this batch failed to load: nothing to learn from
         out = self.method(batch)
         if not isinstance(out, dict) or "loss" not in out:
             raise TubeletError(f"{type(self.method).__name__}.forward(batch) must return a dict with 'loss'")
@@ -111,7 +119,7 @@ class TubeletModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if not hasattr(self.method, "classify"):
+        if not hasattr(self.method, "classify") or "video" not in batch:
             return
         video, labels = batch["video"], batch["label"]
         if video.ndim == 6:  # (B, V, C, T, H, W) views: average the softmax scores per video

@@ -1,0 +1,28 @@
+"""``tubelet fit --config RECIPE [section.key=value ...] [--resume auto|PATH]``: train a recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="train a recipe (Lightning); checkpoints and logs go to run_dir")
+    p.add_argument("--config", "-c", required=True, help="recipe file or shipped recipe name")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, e.g. optim.lr=1e-3")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="'auto': newest complete checkpoint in run_dir/checkpoints (fresh start if none); or a path")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tubelet.config import load_recipe
+    from tubelet.engine import fit
+
+    recipe = load_recipe(args.config, args.overrides)
+    result = fit(recipe, resume=args.resume)
+    print(f"run folder: {result.run_dir}")
+    for key in sorted(result.metrics):
+        print(f"  {key:<20} {result.metrics[key]:.6g}")
+    for name, path in sorted(result.paths.items()):
+        print(f"  {name:<20} {path}")
+    return 0

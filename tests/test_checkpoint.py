@@ -1,0 +1,170 @@
+"""Checkpoint files: atomic writes, weights-only loading, refusal of code, completeness."""
+
+import os
+import pickle
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from toys import ToyMethod, ToyVideos, toy_recipe
+
+from tubelet.engine import fit
+from tubelet.engine.checkpoint import (
+    capture_rng_state,
+    find_latest_checkpoint,
+    is_complete,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from tubelet.errors import CheckpointError
+
+
+def _state(step=3):
+    w = torch.randn(4, 3)
+    return {
+        "epoch": 1, "global_step": step,
+        "state_dict": {"method.w": w, "method.tied": w, "method.b": torch.arange(3.0)},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}],
+        "loops": {"fit_loop": {"combined_loader": [{"epoch": 1, "consumed": 8}]}},
+        "rng": capture_rng_state(),
+        "np_array": np.arange(5),
+        "np_scalar": np.float32(2.5),
+    }
+
+
+def test_round_trip_and_weights_only(tmp_path):
+    ckpt = save_checkpoint(_state(), tmp_path / "step=000003.ckpt")
+    weights = list(tmp_path.glob("step=000003-*.safetensors"))
+    assert len(weights) == 1 and is_complete(ckpt)
+    raw = torch.load(ckpt, weights_only=True)  # the state file alone loads without any allow-listing
+    assert "state_dict" not in raw and raw["tubelet"]["weights_file"] == weights[0].name
+    back = load_checkpoint(ckpt)
+    ref = _state()
+    assert set(back["state_dict"]) == {"method.w", "method.tied", "method.b"}
+    assert torch.equal(back["state_dict"]["method.w"], back["state_dict"]["method.tied"])
+    assert torch.equal(back["optimizer_states"][0]["state"][0]["exp_avg"], torch.ones(2))
+    assert back["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert torch.equal(back["np_array"], torch.arange(5)) and back["np_scalar"] == 2.5
+    assert back["loops"] == ref["loops"]
+
+
+def test_rng_states_round_trip(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    save_checkpoint({"rng": capture_rng_state(), "state_dict": {}}, tmp_path / "a.ckpt")
+    expect = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    restore_rng_state(load_checkpoint(tmp_path / "a.ckpt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+def test_unsupported_objects_are_refused_at_save(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint.hparams.obj"):
+        save_checkpoint({"state_dict": {}, "hparams": {"obj": object()}}, tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_naming_the_file(tmp_path):
+    good = save_checkpoint(_state(), tmp_path / "step=000003.ckpt")
+    marker = tmp_path / "pwned"
+    state = torch.load(good, weights_only=True)
+    state["evil"] = _Evil(marker)
+    torch.save(state, good)  # a full pickle: loading it unrestricted would run os.system
+    with pytest.raises(CheckpointError, match=str(good)) as err:
+        load_checkpoint(good)
+    assert "refused" in str(err.value)
+    assert not marker.exists()
+    assert not is_complete(good)
+    # a raw pickle file (not a torch zip) is refused as well
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps(_Evil(marker)))
+    with pytest.raises(CheckpointError, match="raw.ckpt"):
+        load_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_truncated_files_give_checkpoint_error(tmp_path):
+    ckpt = save_checkpoint(_state(), tmp_path / "step=000003.ckpt")
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(ckpt)
+    assert not is_complete(ckpt)
+    ckpt2 = save_checkpoint(_state(), tmp_path / "step=000004.ckpt")
+    (weights,) = tmp_path.glob("step=000004-*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(ckpt2)
+    assert not is_complete(ckpt2)
+    assert find_latest_checkpoint(tmp_path) is None
+
+
+def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    first = save_checkpoint(_state(2), tmp_path / "step=000002.ckpt")
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if str(dst).endswith(".ckpt"):  # the weights land, then the state write "crashes"
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(_state(4), tmp_path / "step=000004.ckpt")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(calls) == 2
+    assert not (tmp_path / "step=000004.ckpt").exists()
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob("step=000004-*"))
+    # a half-written temp file from a killed process is ignored too
+    (tmp_path / ".step=000006.ckpt.deadbeef.tmp").write_bytes(b"PK\x03\x04 partial")
+    (tmp_path / "step=000008.ckpt").write_bytes(b"PK\x03\x04 partial")  # renamed but garbage
+    assert find_latest_checkpoint(tmp_path) == first
+    assert load_checkpoint(first)["global_step"] == 2
+
+
+def test_kill_during_write_leaves_previous_loadable(tmp_path):
+    """A process killed (SIGKILL) in the middle of writing: the folder still yields the old checkpoint."""
+    first = save_checkpoint(_state(2), tmp_path / "step=000002.ckpt")
+    code = (
+        "import os, torch, sys\n"
+        "from tubelet.engine import checkpoint as c\n"
+        "def boom(f):\n"
+        "    f.write(b'PK' + b'0' * 1000); f.flush(); os.kill(os.getpid(), 9)\n"
+        "c.atomic_write(sys.argv[1], boom)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "step=000004.ckpt")], timeout=60)
+    assert proc.returncode == -9
+    assert list(tmp_path.glob(".step=000004.ckpt.*.tmp"))  # the partial temp file is left behind...
+    assert find_latest_checkpoint(tmp_path) == first  # ...and ignored
+    assert load_checkpoint(first)["global_step"] == 2
+
+
+def test_keep_last_k_and_overwrite(tmp_path):
+    torch.manual_seed(0)
+    recipe = toy_recipe(tmp_path / "run", max_steps=8, checkpoint_every_n_steps=2, keep_last_k=2)
+    result = fit(recipe, method=ToyMethod(), datasets={"train": ToyVideos(12)})
+    ckdir = tmp_path / "run" / "checkpoints"
+    names = sorted(p.name for p in ckdir.glob("*.ckpt"))
+    assert names == ["step=000006.ckpt", "step=000008.ckpt"]
+    assert len(list(ckdir.glob("*.safetensors"))) == 2  # removed checkpoints take their weights along
+    assert [p.name for p in result.checkpoints] == names
+    assert find_latest_checkpoint(ckdir).name == "step=000008.ckpt"
+    # overwriting a checkpoint replaces its weights file
+    state = load_checkpoint(ckdir / "step=000008.ckpt")
+    save_checkpoint(state, ckdir / "step=000008.ckpt")
+    assert len(list(ckdir.glob("step=000008-*.safetensors"))) == 1
+    assert is_complete(ckdir / "step=000008.ckpt")
