@@ -285,7 +285,10 @@ class SyntheticVideoDataset(Dataset):
       in training, middle frame otherwise), the still-image baseline with the same input shape.
     """
 
-    def __init__(self, data_cfg: DataConfig, split: str):
+    def __init__(self, data_cfg: DataConfig, split: str, cache: dict[int, SyntheticClip] | None = None):
+        """``cache``: a dict of rendered clips by global index to share between datasets over the same set
+        (e.g. a video run and its single-frame baseline); clips only depend on ``synthetic`` minus
+        ``single_frame``."""
         self.cfg = data_cfg
         self.syn = data_cfg.synthetic
         self.split = split
@@ -304,7 +307,7 @@ class SyntheticVideoDataset(Dataset):
         self.flip_ok = flip_is_safe(self.names)
         self.mean = torch.tensor(data_cfg.mean, dtype=torch.float32).view(3, 1, 1, 1)
         self.std = torch.tensor(data_cfg.std, dtype=torch.float32).view(3, 1, 1, 1)
-        self._cache: dict[int, SyntheticClip] = {}
+        self._cache: dict[int, SyntheticClip] = {} if cache is None else cache
 
     def __len__(self) -> int:
         return len(self.indices)
