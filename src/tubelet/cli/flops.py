@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "operation (the papers' 'GFLOPs'); torch.utils.flop_counter's FLOPs are twice that.",
     )
     p.add_argument("--model", required=True, help="registered model name (see `tubelet models`)")
-    p.add_argument("--frames", type=int, default=16, help="clip length T (default 16)")
+    p.add_argument("--frames", type=int, default=16, help="clip length T (default 16; 1 for image models)")
     p.add_argument("--size", type=int, default=224, help="spatial size H = W (default 224)")
     p.add_argument("--classes", type=int, default=None, help="number of classes (default: the variant's)")
     p.add_argument("--batch", type=int, default=1, help="clips per batch (default 1)")
