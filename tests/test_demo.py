@@ -1,0 +1,45 @@
+import json
+import re
+
+import pytest
+
+from tubelet.cli.main import main
+from tubelet.config.loader import load_recipe
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_recipes_differ_only_in_single_frame():
+    video, still = load_recipe("demo"), load_recipe("demo_single_frame")
+    assert not video.data.synthetic.single_frame and still.data.synthetic.single_frame
+    still.data.synthetic.single_frame = False
+    assert video.model == still.model and video.data == still.data and video.optim == still.optim
+    assert video.trainer == still.trainer
+    assert video.model.num_classes == video.data.synthetic.num_classes
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_table_and_report(tmp_path, capsys):
+    # Smaller still than --quick so the test stays well under a minute on one thread.
+    rc = main(["demo", "--quick", "--threads", "1", "--out", str(tmp_path),
+               "--set", "trainer.max_steps=6", "--set", "data.synthetic.num_videos=96",
+               "--set", "trainer.val_check_interval=3", "--set", "trainer.log_every_n_steps=1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\| ViT, 8 frames \| [01]\.\d{3} \| [01]\.\d{3} \|", out)
+    report = tmp_path / "report"
+    rows = json.loads((report / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["ViT, 8 frames", "ViT, 1 frame repeated"]
+    for r in rows:
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
+        assert r["test_clips"] == 12 and float(r["train_s"]) > 0
+    page = (report / "index.html").read_text()
+    for name in ("loss.png", "accuracy.png", "samples_vit__8_frames.png", "confusion_vit__8_frames.png",
+                 "samples_vit__1_frame_repeated.png", "confusion_vit__1_frame_repeated.png"):
+        assert (report / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert name in page
+    for stage in ("video", "single_frame"):
+        run = tmp_path / stage
+        assert (run / "backbone.safetensors").is_file() and (run / "config.yaml").is_file()
+        assert (run / "logs" / "csv" / "metrics.csv").is_file()
+    assert load_recipe(str(tmp_path / "single_frame" / "config.yaml")).data.synthetic.single_frame
