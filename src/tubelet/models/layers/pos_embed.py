@@ -67,9 +67,10 @@ class SeparablePosEmbed(nn.Module):
         """``(pos_t (T', D), pos_s (H'W', D))`` for ``grid``, interpolated if it differs from build time."""
         t, h, w = grid
         if self.kind == "sincos":
-            device = None
-            pos_s = sincos_2d(h, w, self.embed_dim, device)
-            pos_t = sincos_1d(torch.arange(t), self.embed_dim)
+            # computed on the CPU even under a meta/other default device, so the values are real
+            cpu = torch.device("cpu")
+            pos_s = sincos_2d(h, w, self.embed_dim, cpu)
+            pos_t = sincos_1d(torch.arange(t, device=cpu), self.embed_dim)
             return pos_t, pos_s
         t0, h0, w0 = self.grid_size
         pos_s = self.spatial[0]
