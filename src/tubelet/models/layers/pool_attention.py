@@ -64,13 +64,16 @@ def pool_tokens(
     prefix, x = x[:, :, :num_prefix], x[:, :, num_prefix:]
     B, n, L, C = x.shape
     T, H, W = grid
-    x = x.reshape(B * n, T, H, W, C).permute(0, 4, 1, 2, 3)
+    # Token-major memory is exactly channels-last for the pooling op: CPU depthwise Conv3d and MaxPool3d
+    # are tens of times faster on a dense channels-last input than on channels-first (or strided) ones,
+    # and their channels-last output reads back as tokens without a copy.
+    x = x.reshape(B * n, T, H, W, C).contiguous().permute(0, 4, 1, 2, 3)
     if spatial_only:
         x = pool(x.squeeze(2)).unsqueeze(2)
     else:
         x = pool(x)
     new_grid: Grid = (x.shape[2], x.shape[3], x.shape[4])
-    x = x.reshape(B, n, C, -1).transpose(2, 3)
+    x = x.permute(0, 2, 3, 4, 1).reshape(B, n, -1, C)
     if num_prefix:
         x = torch.cat((prefix, x), dim=2)
     if squeeze:
