@@ -24,6 +24,7 @@ RANDOM = [
     T.RandomShortSideScale(32, 60),
     T.RandomResizedCrop(32, (0.08, 1.0)),
     T.RandomCrop(32),
+    T.ScaleJitterCrop(36, 44, 32),
     T.RandomHorizontalFlip(1.0),
     T.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1.0),
     T.RandomGrayscale(1.0),
@@ -92,6 +93,24 @@ def test_short_side_scale():
     for s in range(5):
         y = T.RandomShortSideScale(100, 120)(clip, g(s))
         assert 100 <= min(y.shape[-2:]) <= 120
+
+
+def test_scale_jitter_crop_matches_scale_then_crop_box():
+    # A flat-per-column ramp: after the fused op the crop's columns come from the mapped source box.
+    ramp = torch.arange(200, dtype=torch.uint8).view(1, 1, 1, 200).expand(3, 2, 100, 200).contiguous()
+    y = T.ScaleJitterCrop(50, 50, 40)(ramp, g(0))  # scale x0.5 -> 50x100, 40x40 crop = 80x80 source box
+    assert y.shape == (3, 2, 40, 40)
+    span = int(y[0, 0, 0, -1]) - int(y[0, 0, 0, 0])
+    assert 74 <= span <= 80
+    assert torch.equal(y[:, 0], y[:, 1])
+
+
+def test_sharpness_degenerate_matches_pil():
+    from PIL import ImageFilter
+
+    x = torch.randint(0, 256, (1, 1, 12, 15), generator=g(8), dtype=torch.uint8)
+    ref = np.asarray(Image.fromarray(x[0, 0].numpy(), mode="L").filter(ImageFilter.SMOOTH))
+    assert np.array_equal(T._sharpness_degenerate(x.float())[0, 0].numpy().astype(np.uint8), ref)
 
 
 def test_rrc_area_and_output():

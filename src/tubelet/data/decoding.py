@@ -181,6 +181,7 @@ class _Index:
 
 
 _INDEX_CACHE: "OrderedDict[tuple, _Index]" = OrderedDict()
+_ROTATION_CACHE: dict[tuple, int] = {}
 _INDEX_CACHE_SIZE = 4096
 _INDEX_LOCK = threading.Lock()
 
@@ -215,6 +216,7 @@ class PyAVReader(VideoReader):
         self._pid: int | None = None
         self._reformatter = None
         self._rotation: int | None = None
+        self._key: tuple = ()
         self._index = self._load_index()
         if len(self._index.pts) == 0:
             raise VideoError(self.path, "video stream has no frames")
@@ -257,6 +259,8 @@ class PyAVReader(VideoReader):
     def _load_index(self) -> _Index:
         st = os.stat(self.path)
         key = (self.path, st.st_mtime_ns, st.st_size)
+        self._key = key
+        self._rotation = _ROTATION_CACHE.get(key)
         with _INDEX_LOCK:
             hit = _INDEX_CACHE.get(key)
             if hit is not None:
@@ -320,10 +324,16 @@ class PyAVReader(VideoReader):
                     break
             except Exception as exc:
                 raise VideoError(self.path, f"cannot decode first frame: {_ffmpeg_reason(exc)}") from exc
-            if rot % 90:
-                rot = 0  # arbitrary angles are not supported; show the coded frame
-            self._rotation = rot
+            self._set_rotation(rot)
         return self._rotation
+
+    def _set_rotation(self, rot: int) -> None:
+        if rot % 90:
+            rot = 0  # arbitrary angles are not supported; show the coded frame
+        self._rotation = rot
+        if len(_ROTATION_CACHE) > _INDEX_CACHE_SIZE:
+            _ROTATION_CACHE.clear()
+        _ROTATION_CACHE[self._key] = rot
 
     @property
     def metadata(self) -> VideoMetadata:
@@ -379,36 +389,49 @@ class PyAVReader(VideoReader):
         # One reformatter per reader; threads=1 keeps the converter from spawning a pool per call.
         return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= self.num_frames:
+            return super().get_frames(idx)  # empty result or IndexError
+        unique, inverse = np.unique(idx, return_inverse=True)
+        return self._decode_into(unique, inverse.reshape(-1))
+
     def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
+        return self._decode_into(unique_sorted, np.arange(len(unique_sorted)))
+
+    def _decode_into(self, unique_sorted: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+        """Decode the frames ``unique_sorted`` once and write each to every output slot that wants it
+        (``out[j] = frame[unique_sorted[inverse[j]]]``): one RGB conversion and one copy per frame."""
         ix = self._index
         wanted_pts = ix.pts[unique_sorted]
         first = int(wanted_pts[0])
         # Last keyframe at or before the first wanted frame; the file start when there is none.
         k = int(np.searchsorted(ix.key_pts, first, side="right")) - 1
         seek_pts = int(ix.key_pts[k]) if k >= 0 else int(ix.pts[0])
-        out = self._decode_from(seek_pts, wanted_pts)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(unique_sorted) + 1))
+        targets = [order[bounds[i] : bounds[i + 1]] for i in range(len(unique_sorted))]
+        out = self._decode_from(seek_pts, wanted_pts, targets, len(inverse))
         if out is None:  # landed after the first wanted frame (bad index): decode from the start
-            out = self._decode_from(int(ix.pts[0]), wanted_pts, from_start=True)
-        frames = np.stack(out)
-        return _rotate(frames, self.rotation)
+            out = self._decode_from(int(ix.pts[0]), wanted_pts, targets, len(inverse), from_start=True)
+        return _rotate(out, self.rotation)
 
-    def _decode_from(self, seek_pts: int, wanted_pts: np.ndarray, from_start: bool = False) -> list | None:
+    def _decode_from(
+        self, seek_pts: int, wanted_pts: np.ndarray, targets: list[np.ndarray], n_out: int, from_start: bool = False
+    ) -> np.ndarray | None:
         container, stream = self._ensure_open()
         wanted = {int(p): i for i, p in enumerate(wanted_pts)}
         last_wanted = int(wanted_pts[-1])
-        result: list[np.ndarray | None] = [None] * len(wanted_pts)
+        done = [False] * len(wanted_pts)
         remaining = len(wanted)
+        out: np.ndarray | None = None
         # Frames that decode past the last wanted PTS before we give up on a missing one; packed
         # B-frames and B-pyramids reorder within a few frames.
         slack = 16
         decoded = 0
-        prev = None  # (pts, rgb) of the latest frame decoded before a wanted one
         got_any = False
         try:
-            if from_start:
-                container.seek(0, stream=stream, backward=True, any_frame=False)
-            else:
-                container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+            container.seek(0 if from_start else seek_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 decoded += 1
                 pts = frame.pts if frame.pts is not None else frame.dts
@@ -416,11 +439,19 @@ class PyAVReader(VideoReader):
                     continue
                 if not got_any:
                     got_any = True
+                    if self._rotation is None:  # read from the display matrix of the first decoded frame
+                        self._set_rotation(int(round(-float(getattr(frame, "rotation", 0) or 0))) % 360)
                     if pts > int(wanted_pts[0]) and not from_start and seek_pts > 0:
                         return None
                 slot = wanted.get(int(pts))
-                if slot is not None and result[slot] is None:
-                    result[slot] = self._to_rgb(frame)
+                if slot is not None and not done[slot]:
+                    rgb = self._to_rgb(frame)
+                    if out is None:
+                        out = np.empty((n_out, *rgb.shape), dtype=np.uint8)
+                    elif rgb.shape != out.shape[1:]:
+                        raise VideoError(self.path, f"frame size changes mid-stream ({out.shape[1:3]} -> {rgb.shape[:2]})")
+                    out[targets[slot]] = rgb
+                    done[slot] = True
                     remaining -= 1
                     if remaining == 0:
                         break
@@ -435,17 +466,17 @@ class PyAVReader(VideoReader):
                 self.path, f"corrupt data while decoding (after {decoded} frames from pts {seek_pts}): {_ffmpeg_reason(exc)}"
             ) from exc
         if remaining:
-            missing = [int(p) for p, i in wanted.items() if result[i] is None]
-            if decoded == 0 or remaining == len(wanted):
+            missing = [int(p) for p, i in wanted.items() if not done[i]]
+            if out is None:
                 raise VideoError(self.path, f"no frame decoded for pts {missing[:5]} (truncated or corrupt stream)")
             # A frame listed in the index that the decoder never produced (rare): use the nearest
             # decoded neighbour in presentation order rather than fail the whole clip.
-            filled = [i for i, r in enumerate(result) if r is not None]
-            for i, r in enumerate(result):
-                if r is None:
+            filled = [i for i, d in enumerate(done) if d]
+            for i, d in enumerate(done):
+                if not d:
                     j = min(filled, key=lambda f: abs(f - i))
-                    result[i] = result[j]
-        return result
+                    out[targets[i]] = out[targets[j][0]]
+        return out
 
     def decode_all(self) -> tuple[int, list[Fraction]]:
         """Decode the whole stream once (probing): number of frames decoded and their sorted times.

@@ -1,0 +1,202 @@
+"""Clip loading throughput on the real clips, one thread, against references measured in the same run.
+
+Claim: loading a "16 x 4" training clip with tubelet (open, frame index, seek, decode, RGB) runs at
+>= 0.8 of the decode-only bound on every clip; repeated sampling (k clips per decode) multiplies
+clips/s; PyTorchVideo's EncodedVideo path and a whole-file decode per clip are far slower.
+
+Rows per clip (clips/s, same clip windows for every row):
+
+* ``bound``: bare PyAV, the least work any loader must do: open the file, seek to the keyframe
+  before the clip, decode forward to its last frame, convert only the 16 needed frames to RGB with
+  one reused ``VideoReformatter`` (the frame table is given for free).
+* ``tubelet decode``: ``open_video`` + sampler indices + ``get_frames`` (uint8 ``(T,H,W,C)``).
+* ``tubelet train``: ``ClipDataset.__getitem__`` with the training transforms (short side 256-320,
+  random resized crop 224, flip, RandAugment, normalise, erasing), i.e. what a worker returns.
+* ``tubelet k=4``: the same with ``repeated_sampling=4`` (4 clips per decode; clips/s counts clips).
+* ``naive``: decode the whole file with ``frame.to_ndarray`` for each clip and pick 16 frames.
+* ``pytorchvideo``: ``EncodedVideo.from_path(decoder="pyav")`` + ``get_clip`` + uniform temporal
+  subsample, when pytorchvideo is importable (its package ``__init__`` files and ``iopath`` are
+  bypassed because torchvision is not installed); the row is skipped otherwise.
+
+Usage: ``python benchmarks/data_throughput.py [--quick] [--iters N] [--crop 224]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+import types
+from fractions import Fraction
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from av.video.reformatter import VideoReformatter  # noqa: E402
+
+from tubelet.config.schema import DataConfig  # noqa: E402
+from tubelet.data.datasets import ClipDataset, Sample  # noqa: E402
+from tubelet.data.decoding import open_video  # noqa: E402
+from tubelet.data.sampling import clip_duration, clip_frame_indices, expected_frames, random_clip, sample_rng  # noqa: E402
+from tubelet.data.transforms import build_transforms  # noqa: E402
+
+VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+CLIPS = [
+    "v_SoccerJuggling_g23_c01.avi",
+    "WUzgd7C1pWA.mp4",
+    "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
+    "RATRACE_wave_f_nm_np1_fr_goo_37.avi",
+    "frames.webm",
+    "bbb_480p_vp9_opus_1second.webm",
+]
+T_FRAMES, TAU = 16, 4
+
+
+def plan(path: Path, iters: int) -> list[tuple[tuple[Fraction, Fraction], np.ndarray, np.ndarray]]:
+    """Clip windows, the 16 frame indices of each, and their PTS (prepared outside the timings)."""
+    r = open_video(path)
+    pts = r._index.pts
+    out = []
+    for i in range(iters):
+        w = random_clip(r.duration, clip_duration(T_FRAMES, TAU), sample_rng(0, 0, i))
+        idx = clip_frame_indices(r.indices_in(*w) if r.indices_in(*w).size else r.indices_in(0, r.duration)[-1:],
+                                 expected_frames(w, r.fps), T_FRAMES)  # fmt: skip
+        out.append((w, idx, pts[idx]))
+    return out
+
+
+def bound(path: Path, wanted_pts: np.ndarray) -> np.ndarray:
+    with av.open(str(path), metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        fmt = VideoReformatter()
+        need = {int(p) for p in wanted_pts}
+        last = int(wanted_pts.max())
+        got = {}
+        c.seek(int(wanted_pts.min()), stream=s, backward=True, any_frame=False)
+        for f in c.decode(s):
+            if f.pts in need and f.pts not in got:
+                got[f.pts] = fmt.reformat(f, format="rgb24", threads=1).to_ndarray()
+                if len(got) == len(need):
+                    break
+            elif f.pts is not None and f.pts > last + 16:
+                break
+    return np.stack([got[int(p)] for p in wanted_pts if int(p) in got])
+
+
+def naive(path: Path, idx: np.ndarray) -> np.ndarray:
+    with av.open(str(path), metadata_errors="ignore") as c:
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+    frames.sort(key=lambda x: x[0])
+    return np.stack([frames[int(i)][1] for i in idx])
+
+
+def load_pytorchvideo():
+    """EncodedVideo without pytorchvideo's package __init__ files (they need torchvision) or iopath."""
+    spec = importlib.util.find_spec("pytorchvideo")
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0])
+    if "iopath.common.file_io" not in sys.modules:
+        io_mod = types.ModuleType("iopath.common.file_io")
+        io_mod.g_pathmgr = types.SimpleNamespace(open=open, exists=os.path.exists)
+        sys.modules.setdefault("iopath", types.ModuleType("iopath"))
+        sys.modules.setdefault("iopath.common", types.ModuleType("iopath.common"))
+        sys.modules["iopath.common.file_io"] = io_mod
+    for name, sub in [("pytorchvideo", root), ("pytorchvideo.data", root / "data")]:
+        if name not in sys.modules:
+            m = types.ModuleType(name)
+            m.__path__ = [str(sub)]
+            sys.modules[name] = m
+    try:
+        from pytorchvideo.data.encoded_video import EncodedVideo
+    except Exception as exc:  # noqa: BLE001 - any import problem means "not available"
+        print(f"pytorchvideo not usable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return EncodedVideo
+
+
+def ptv_clip(EncodedVideo, path: Path, window) -> torch.Tensor:
+    v = EncodedVideo.from_path(str(path), decode_audio=False, decoder="pyav")
+    clip = v.get_clip(window[0], window[1])["video"]  # (C, T, H, W) float
+    t = clip.shape[1]
+    idx = torch.clamp(torch.linspace(0, t - 1, T_FRAMES), 0, t - 1).long()  # uniform_temporal_subsample
+    v.close()
+    return clip.index_select(1, idx)
+
+
+def rate(fn, n_items: int, clips_per_item: int = 1, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for i in range(n_items):
+            fn(i)
+        best = min(best, time.perf_counter() - t0)
+    return n_items * clips_per_item / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 clips, 3 windows each, crop 112: checks that it runs")
+    ap.add_argument("--iters", type=int, default=20, help="clip windows per video")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes; the best is kept")
+    ap.add_argument("--crop", type=int, default=224)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    names = CLIPS[:2] if args.quick else CLIPS
+    iters = 3 if args.quick else args.iters
+    repeat = 1 if args.quick else args.repeat
+    crop = 112 if args.quick else args.crop
+
+    cfg = DataConfig(num_frames=T_FRAMES, sampling_rate=TAU, crop_size=crop)
+    cfg.augment.short_side = [crop * 256 // 224, crop * 320 // 224]
+    cfg.augment.randaugment = "rand-m7-n4-mstd0.5-inc1"
+    cfg.augment.random_erasing = 0.25
+    tf = build_transforms(cfg, "train")
+    EncodedVideo = load_pytorchvideo()
+
+    print(f"clips/s, {T_FRAMES}x{TAU} clips, 1 thread, {iters} windows per video, best of {repeat}; "
+          f"train transforms crop {crop}; ratio = clips/s / bound")  # fmt: skip
+    cols = ["bound", "tubelet decode", "tubelet train", "tubelet k=4", "naive", "pytorchvideo"]
+    print("| clip | " + " | ".join(cols) + " | decode/bound | train/bound | k=4/bound |")
+    print("|---|" + "---|" * (len(cols) + 3))
+    worst = float("inf")
+    for name in names:
+        path = VIDEOS / name
+        p = plan(path, iters)
+        # correctness first: the bound, tubelet and the naive decode return the same frames
+        a = bound(path, p[0][2])
+        b = open_video(path).get_frames(p[0][1])
+        assert np.array_equal(a, b), f"{name}: tubelet frames differ from the bare PyAV bound"
+        assert np.array_equal(naive(path, p[0][1]), b), f"{name}: tubelet frames differ from a full decode"
+
+        r_bound = rate(lambda i: bound(path, p[i][2]), iters, repeat=repeat)
+
+        def tub(i):
+            r = open_video(path)
+            r.get_frames(p[i][1])
+            r.close()
+
+        r_dec = rate(tub, iters, repeat=repeat)
+        ds = ClipDataset([Sample(str(path), 0)], cfg, "train", transform=tf)
+        r_train = rate(lambda i: (ds.set_epoch(i), ds[0]), iters, repeat=repeat)
+        cfg4 = DataConfig(num_frames=T_FRAMES, sampling_rate=TAU, crop_size=crop, repeated_sampling=4)
+        cfg4.augment = cfg.augment
+        ds4 = ClipDataset([Sample(str(path), 0)], cfg4, "train", transform=tf)
+        r_k4 = rate(lambda i: (ds4.set_epoch(i), ds4[0]), iters, clips_per_item=4, repeat=repeat)
+        r_naive = rate(lambda i: naive(path, p[i][1]), max(1, iters // 3), repeat=1)
+        r_ptv = rate(lambda i: ptv_clip(EncodedVideo, path, p[i][0]), iters, repeat=repeat) if EncodedVideo else None
+        worst = min(worst, r_dec / r_bound)
+        vals = [r_bound, r_dec, r_train, r_k4, r_naive, r_ptv]
+        cells = ["-" if v is None else f"{v:.1f}" for v in vals]
+        print(f"| {name[:28]} | " + " | ".join(cells) + f" | {r_dec / r_bound:.2f} | {r_train / r_bound:.2f} | {r_k4 / r_bound:.2f} |")
+    print(f"\nworst tubelet decode / bound: {worst:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
