@@ -284,7 +284,7 @@ def test_cli_pretrain_then_finetune_and_probe_round_trip(tmp_path):
         assert main(args) == 0
         tuned = load_file(str(run / "backbone.safetensors"))
         for key in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight",
-                    "pos_embed.spatial", "cls_token"):
+                    "pos_embed.spatial", "norm.weight"):
             assert torch.allclose(tuned[key], pretrained[key], rtol=0, atol=1e-8), (name, key)
         head = "backbone.head.fc.weight" if name == "ft" else "head.weight"  # the probe owns its classifier
         assert head in load_file(str(run / "method.safetensors"))
