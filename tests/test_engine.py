@@ -275,3 +275,34 @@ def test_recipe_path_end_to_end(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "views per video   4" in table and "top-1 (%)" in table and "top-5 (%)         100.00" in table
     assert (run / "report" / "confusion.png").is_file()
+
+
+def test_trainer_settings_come_from_the_recipe(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
+
+    from tubelet.engine.checkpoint import SafeCheckpointIO
+    from tubelet.engine.fit import build_trainer
+
+    recipe = toy_recipe(tmp_path / "run", accumulate_grad_batches=3, checkpoint_every_n_steps=7, keep_last_k=4)
+    recipe.optim.clip_grad = 0.5
+    recipe.optim.ema_decay = 0.99
+    trainer = build_trainer(recipe)
+    assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 3
+    ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(ckpt) == 1 and ckpt[0]._every_n_train_steps == 7 and ckpt[0].save_top_k == 4
+    assert any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks)
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    assert {lg.log_dir for lg in trainer.loggers} == {str(tmp_path / "run" / "logs" / "csv"),
+                                                    str(tmp_path / "run" / "logs" / "tensorboard")}
+
+
+def test_cli_accepts_positional_recipe(tmp_path, capsys):
+    from tubelet.cli.main import main
+
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(yaml.safe_dump({"trainer": {"max_steps": 3}}))
+    assert main(["test", str(cfg), "--checkpoint", str(tmp_path / "none.ckpt")]) == 1
+    assert "none.ckpt: checkpoint not found" in capsys.readouterr().err
+    assert main(["fit"]) == 1
+    assert "no recipe given" in capsys.readouterr().err

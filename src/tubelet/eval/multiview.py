@@ -136,6 +136,8 @@ def evaluate(
     from tubelet.engine.fit import set_threads
 
     set_threads(recipe)
+    if checkpoint is not None and not Path(checkpoint).exists():  # fail before building anything
+        raise CheckpointError(f"{checkpoint}: checkpoint not found")
     if method is None:
         from tubelet.methods import build_method
 
