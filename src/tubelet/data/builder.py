@@ -74,8 +74,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
     if cfg.kind == "images":
         return ImageDataset(samples, cfg, split, **kw)
     if cfg.kind == "frames":
-        fps = cfg.frames_fps
-        return ClipDataset(samples, cfg, split, opener=lambda p: FrameFolderReader(p, fps=fps), **kw)
+        from functools import partial
+
+        return ClipDataset(samples, cfg, split, opener=partial(FrameFolderReader, fps=cfg.frames_fps), **kw)
     return ClipDataset(samples, cfg, split, **kw)
 
 

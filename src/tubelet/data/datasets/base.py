@@ -17,6 +17,7 @@ from the batches' ``"bad_samples"``.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -126,7 +127,8 @@ class ClipDataset(Dataset):
         self.class_names = class_names
         threads = int(getattr(cfg, "decode_threads", 1))
         backend = str(cfg.decoder)
-        self.opener = opener or (lambda p: open_video(p, backend=backend, threads=threads))
+        # functools.partial, not a lambda: the dataset must pickle for spawn-started workers.
+        self.opener = opener or functools.partial(open_video, backend=backend, threads=threads)
         self.failures: list[tuple[int, str, str]] = []
 
     def __len__(self) -> int:
