@@ -225,6 +225,9 @@ def test_linear_probe_trains_only_the_head():
     # soft labels (after mixup) work too
     soft = torch.softmax(torch.randn(4, 5), -1)
     assert torch.isfinite(probe({"video": video, "label": soft})["loss"])
+    # repeated sampling: (B, r, C, T, H, W) with one label per video
+    out = probe({"video": video.view(2, 2, 3, 4, 32, 32), "label": torch.tensor([1, 3])})
+    assert torch.isfinite(out["loss"])
 
 
 def test_linear_probe_loads_a_pretrained_backbone(tmp_path):
@@ -240,6 +243,12 @@ def test_linear_probe_loads_a_pretrained_backbone(tmp_path):
     probe = build_method(recipe)
     for k, v in src.state_dict().items():
         assert torch.equal(probe.backbone.state_dict()[k], v)
+    # an encoder that does not fit is an error, not a silently random probe
+    from tubelet.errors import CheckpointError
+
+    recipe.model.overrides = {"depth": 3}
+    with pytest.raises(CheckpointError, match="missing keys"):
+        build_method(recipe)
 
 
 def test_reconstruction_png_is_written(tmp_path):

@@ -17,20 +17,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from tubelet.config.schema import LinearProbeConfig, Recipe
+from tubelet.methods.supervised import Supervised, load_backbone_checkpoint
 from tubelet.models import create_model
-from tubelet.models.weights import load_weights
 
 FEATURE_NORMS = ("layernorm", "none")
 
 
-class LinearProbe(nn.Module):
-    """``classify(video (B, C, T, H, W)) -> logits (B, num_classes)`` through a frozen ``backbone``."""
+class LinearProbe(Supervised):
+    """``classify(video (B, C, T, H, W)) -> logits (B, num_classes)`` through a frozen ``backbone``.
 
-    def __init__(self, backbone: nn.Module, num_classes: int, feature_norm: str = "layernorm") -> None:
-        super().__init__()
+    The objective is the supervised one (cross entropy on hard or soft labels, repeated sampling
+    flattened); only ``classify`` differs.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, feature_norm: str = "layernorm", label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__(backbone, label_smoothing=label_smoothing)
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(f"method.feature_norm must be one of {FEATURE_NORMS}, got '{feature_norm}'")
-        self.backbone = backbone
         self.feature_norm = feature_norm
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -56,17 +61,9 @@ class LinearProbe(nn.Module):
     def classify(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(video))
 
-    def forward(self, batch: dict) -> dict:
-        video, label = batch["video"], batch["label"]
-        if video.ndim == 6:  # repeated sampling: (B, r, C, T, H, W)
-            video = video.flatten(0, 1)
-            label = label.flatten(0, 1) if label.ndim == 2 and label.dtype != torch.float32 else label
-        logits = self.classify(video)
-        loss = F.cross_entropy(logits, label)  # hard (B,) or soft (B, K) targets
-        with torch.no_grad():
-            hard = label.argmax(-1) if label.ndim == 2 else label
-            acc = (logits.argmax(-1) == hard).float().mean()
-        return {"loss": loss, "acc": acc}
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
 
 
 def build(recipe: Recipe) -> LinearProbe:
@@ -80,6 +77,6 @@ def build(recipe: Recipe) -> LinearProbe:
     overrides.setdefault("img_size", m.img_size)
     overrides["num_classes"] = 0  # the probe owns the classifier
     backbone = create_model(m.name, **overrides)
-    if m.checkpoint:
-        load_weights(backbone, m.checkpoint, strict=False)
-    return LinearProbe(backbone, m.num_classes, cfg.feature_norm)
+    if m.checkpoint:  # every encoder weight must fit; a classifier head in the file is ignored
+        load_backbone_checkpoint(backbone, m.checkpoint)
+    return LinearProbe(backbone, m.num_classes, cfg.feature_norm, recipe.data.augment.label_smoothing)
