@@ -194,7 +194,11 @@ def main() -> None:
         worst = min(worst, r_dec / r_bound)
         vals = [r_bound, r_dec, r_train, r_k4, r_naive, r_ptv]
         cells = ["-" if v is None else f"{v:.1f}" for v in vals]
-        print(f"| {name[:28]} | " + " | ".join(cells) + f" | {r_dec / r_bound:.2f} | {r_train / r_bound:.2f} | {r_k4 / r_bound:.2f} |")
+        print(
+            f"| {name[:28]} | "
+            + " | ".join(cells)
+            + f" | {r_dec / r_bound:.2f} | {r_train / r_bound:.2f} | {r_k4 / r_bound:.2f} |"
+        )
     print(f"\nworst tubelet decode / bound: {worst:.2f} (target >= 0.8)")
 
 

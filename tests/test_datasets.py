@@ -12,6 +12,7 @@ from tubelet.data.builder import build_collate, build_dataset
 from tubelet.data.datasets import ClipDataset, FailureTracker, LabelMap, load_label_map, read_manifest
 from tubelet.data.decoding import open_video
 from tubelet.data.mixing import BadSample
+from tubelet.data.sampling import sample_rng
 from tubelet.errors import DataError
 
 GOOD = ["v_SoccerJuggling_g23_c01.avi", "WUzgd7C1pWA.mp4", "bbb_480p_vp9_opus_1second.webm", "unordered.mov"]
@@ -58,7 +59,11 @@ def test_clip_frames_are_the_sampled_frames(tmp_path, videos_dir):
     cfg = small_cfg(kind="manifest", train=str(m), root=str(videos_dir))
     samples, _ = read_manifest(m, root=videos_dir)
     ds = ClipDataset(samples, cfg, "train", transform=None, seed=0)
-    rng_idx = ds.clip_indices(open_video(videos_dir / "frames.webm"), samples[0], __import__("tubelet.data.sampling", fromlist=["x"]).sample_rng(0, 0, 0))[0]
+    rng_idx = ds.clip_indices(
+        open_video(videos_dir / "frames.webm"),
+        samples[0],
+        sample_rng(0, 0, 0),
+    )[0]
     clip = ds[0]["video"]
     assert clip.dtype == torch.uint8 and clip.shape == (3, 4, 1080, 1080)
     ref = open_video(videos_dir / "frames.webm").get_frames(rng_idx)
@@ -72,7 +77,6 @@ def test_short_video_pads_with_last_frame(tmp_path, videos_dir):
     cfg = DataConfig(num_frames=8, sampling_rate=4)
     samples, _ = read_manifest(m, root=videos_dir)
     ds = ClipDataset(samples, cfg, "train", transform=None)
-    from tubelet.data.sampling import sample_rng
 
     idx = ds.clip_indices(open_video(videos_dir / "unordered.mov"), samples[0], sample_rng(0, 0, 0))[0]
     assert idx[0] == 0 and idx[-1] == 3 and list(idx) == sorted(idx) and (idx == 3).sum() >= 4
@@ -85,7 +89,6 @@ def test_repeated_sampling_and_rho_span(tmp_path, videos_dir):
     s = ds[0]
     assert s["video"].shape == (3, 3, 4, 32, 32) and s["label"].tolist() == [2, 2, 2]
     assert not torch.equal(s["video"][0], s["video"][1])  # independent clips / augmentations
-    from tubelet.data.sampling import sample_rng
 
     for i in range(20):
         w = ds.windows(ds.samples[0].end or open_video(ds.samples[0].path).duration, sample_rng(0, 0, i))
@@ -119,7 +122,9 @@ def test_bad_rows_are_skipped_and_counted(tmp_path, videos_dir):
 
 def test_failure_fraction_exceeded_raises_with_report(tmp_path, videos_dir):
     m = write_manifest(tmp_path, [("corrupt_truncated.mp4", 0), (GOOD[0], 0), (GOOD[1], 0)])
-    ds = build_dataset(small_cfg(kind="manifest", train=str(m), root=str(videos_dir), max_failure_fraction=0.2), "train")
+    ds = build_dataset(
+        small_cfg(kind="manifest", train=str(m), root=str(videos_dir), max_failure_fraction=0.2), "train"
+    )
     with pytest.raises(DataError) as ei:
         ds[0]
     assert "corrupt_truncated.mp4" in str(ei.value) and "1 of 3" in str(ei.value)
@@ -152,7 +157,6 @@ def test_jsonl_manifest_names_ranges_captions(tmp_path, videos_dir):
     ds = build_dataset(cfg, "train")
     assert ds[0]["caption"] == "a boy juggles"
     # the clip lies in [0.5, 2): check the indices directly
-    from tubelet.data.sampling import sample_rng
 
     r = open_video(samples[0].path)
     idx = ds.clip_indices(r, samples[0], sample_rng(0, 0, 0))[0]
@@ -196,7 +200,6 @@ def test_class_folders(tmp_path, videos_dir):
 
 
 def test_frame_folders(tmp_path):
-    rng = np.random.default_rng(0)
     root = tmp_path / "frames"
     for cls, vid, n in [("push", "v1", 12), ("pull", "v2", 7)]:
         d = root / cls / vid
@@ -204,7 +207,16 @@ def test_frame_folders(tmp_path):
         for i in range(n):
             # frame i is a flat image of value 10 * i (robust to JPEG)
             Image.fromarray(np.full((24, 30, 3), 10 * i, dtype=np.uint8)).save(d / f"{i + 1:05d}.jpg", quality=95)
-    cfg = DataConfig(kind="frames", train=str(root), val=str(root), num_frames=4, sampling_rate=1, frames_fps=30, crop_size=24, test_short_side=24)
+    cfg = DataConfig(
+        kind="frames",
+        train=str(root),
+        val=str(root),
+        num_frames=4,
+        sampling_rate=1,
+        frames_fps=30,
+        crop_size=24,
+        test_short_side=24,
+    )
     ds = build_dataset(cfg, "train")
     assert [s.label for s in ds.samples] == [0, 1] and ds.class_names == ["pull", "push"]
     samples = ds.samples
@@ -258,7 +270,9 @@ def test_dataloader_workers(tmp_path, videos_dir):
     ds[0]  # the parent has used its decoders before the fork
     copy = pickle.loads(pickle.dumps(ds))  # what spawn-started workers receive
     assert torch.equal(copy[2]["video"], ds[2]["video"])
-    dl = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=build_collate(cfg, "train"), multiprocessing_context="fork")
+    dl = DataLoader(
+        ds, batch_size=2, num_workers=2, collate_fn=build_collate(cfg, "train"), multiprocessing_context="fork"
+    )
     batches = list(dl)
     assert sum(b["video"].shape[0] for b in batches) == 3
     assert [p for b in batches for _, p, _ in b["bad_samples"]] == [str(videos_dir / "corrupt_truncated.mp4")]

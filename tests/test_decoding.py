@@ -41,7 +41,14 @@ def test_frame_count_matches_sources(videos_dir, name):
     assert len(r.timestamps) == DECODED[name]
 
 
-@pytest.mark.parametrize("name", ["hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi", "RATRACE_wave_f_nm_np1_fr_goo_37.avi", "WUzgd7C1pWA.mp4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
+        "RATRACE_wave_f_nm_np1_fr_goo_37.avi",
+        "WUzgd7C1pWA.mp4",
+    ],
+)
 def test_all_frames_equal_sequential_decode(videos_dir, name):
     # Packed-B-frame AVIs (non-monotonic PTS, container count != decoded count) and an H.264 with
     # B-frames: every index gives the frame of the sorted sequential decode.

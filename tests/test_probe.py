@@ -12,7 +12,9 @@ def _probe(capsys, *paths):
 
 
 def test_probe_good_files(capsys, videos_dir):
-    rc, recs = _probe(capsys, videos_dir / "video_90.mov", videos_dir / "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi")
+    rc, recs = _probe(
+        capsys, videos_dir / "video_90.mov", videos_dir / "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi"
+    )
     assert rc == 0
     a, b = recs
     assert a["ok"] and a["rotation"] == 90 and (a["width"], a["height"]) == (320, 568) and a["frames"] == 3

@@ -66,7 +66,10 @@ def test_rho_span_respected():
         assert len(w) == 4
         assert max(e for _, e in w) - min(s for s, _ in w) <= 5
         assert all(0 <= s and e <= 30 and e - s == 2 for s, e in w)
-    spans = [max(e for _, e in w) - min(s for s, _ in w) for w in (rho_clips(30, 2, 4, sample_rng(0, 0, i)) for i in range(200))]
+    spans = [
+        max(e for _, e in w) - min(s for s, _ in w)
+        for w in (rho_clips(30, 2, 4, sample_rng(0, 0, i)) for i in range(200))
+    ]
     assert max(spans) > 5  # global sampling without a span limit really spreads out
     assert rho_clips(30, 2, 3, sample_rng(1, 2, 3), 5) == rho_clips(30, 2, 3, sample_rng(1, 2, 3), 5)
 
@@ -104,7 +107,10 @@ def test_padding_repeats_last_frame():
     # A 10-frame window that should hold 64 frames: the real frames keep their spacing.
     idx = clip_frame_indices(np.arange(10), 64, 16)
     assert idx.tolist() == [0, 4, 8, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]
-    assert clip_frame_indices(np.arange(64) + 5, 64, 16).tolist() == (np.trunc(np.linspace(0, 63, 16)).astype(int) + 5).tolist()
+    assert (
+        clip_frame_indices(np.arange(64) + 5, 64, 16).tolist()
+        == (np.trunc(np.linspace(0, 63, 16)).astype(int) + 5).tolist()
+    )
     assert expected_frames((Fr(0), Fr(64, 30)), Fr(30)) == 64
     with pytest.raises(ValueError):
         clip_frame_indices(np.arange(0), 4, 4)

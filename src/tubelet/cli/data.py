@@ -61,7 +61,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     row_errors: list[tuple[str, str]] = []
     samples, _ = read_manifest(args.manifest, root=args.root, label_map=args.label_map, row_errors=row_errors)
-    for where, msg in row_errors:
+    for _where, msg in row_errors:
         print(f"BAD {msg}", flush=True)
     bad_files = 0
     for s in samples:

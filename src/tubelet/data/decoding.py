@@ -245,11 +245,15 @@ class PyAVReader(VideoReader):
             cc = self._stream.codec_context
             cc.thread_count = self.threads
             cc.thread_type = self.thread_type
-            from av.stream import Discard
+            try:
+                from av.stream import Discard
 
+                discard_all = Discard.all
+            except ImportError:  # PyAV < 14 takes the name
+                discard_all = "all"
             for s in self._container.streams:
                 if s is not self._stream:
-                    s.discard = Discard.all  # audio and other streams are skipped
+                    s.discard = discard_all  # audio and other streams are skipped
             self._pid = pid
             from av.video.reformatter import VideoReformatter
 
@@ -387,7 +391,10 @@ class PyAVReader(VideoReader):
     # -- decoding --------------------------------------------------------------------------------
     def _to_rgb(self, frame) -> np.ndarray:
         # One reformatter per reader; threads=1 keeps the converter from spawning a pool per call.
-        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        try:
+            return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        except TypeError:  # PyAV without the threads argument
+            return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -449,7 +456,9 @@ class PyAVReader(VideoReader):
                     if out is None:
                         out = np.empty((n_out, *rgb.shape), dtype=np.uint8)
                     elif rgb.shape != out.shape[1:]:
-                        raise VideoError(self.path, f"frame size changes mid-stream ({out.shape[1:3]} -> {rgb.shape[:2]})")
+                        raise VideoError(
+                            self.path, f"frame size changes mid-stream ({out.shape[1:3]} -> {rgb.shape[:2]})"
+                        )
                     out[targets[slot]] = rgb
                     done[slot] = True
                     remaining -= 1
@@ -463,7 +472,8 @@ class PyAVReader(VideoReader):
             raise
         except Exception as exc:
             raise VideoError(
-                self.path, f"corrupt data while decoding (after {decoded} frames from pts {seek_pts}): {_ffmpeg_reason(exc)}"
+                self.path,
+                f"corrupt data while decoding (after {decoded} frames from pts {seek_pts}): {_ffmpeg_reason(exc)}",
             ) from exc
         if remaining:
             missing = [int(p) for p, i in wanted.items() if not done[i]]
@@ -492,7 +502,9 @@ class PyAVReader(VideoReader):
                 if frame.pts is not None:
                     pts.append(int(frame.pts))
         except Exception as exc:
-            raise VideoError(self.path, f"corrupt data while decoding (after {len(pts)} frames): {_ffmpeg_reason(exc)}") from exc
+            raise VideoError(
+                self.path, f"corrupt data while decoding (after {len(pts)} frames): {_ffmpeg_reason(exc)}"
+            ) from exc
         if not pts:
             raise VideoError(self.path, "no frame could be decoded")
         pts.sort()
@@ -564,7 +576,9 @@ class TorchCodecReader(VideoReader):
             from torchcodec.decoders import VideoDecoder
 
             try:
-                self._decoder = VideoDecoder(self.path, seek_mode="exact", num_ffmpeg_threads=self.threads, dimension_order="NHWC")
+                self._decoder = VideoDecoder(
+                    self.path, seek_mode="exact", num_ffmpeg_threads=self.threads, dimension_order="NHWC"
+                )
             except Exception as exc:
                 raise VideoError(self.path, f"cannot open: {type(exc).__name__}: {exc}") from exc
             self._pid = pid
@@ -614,6 +628,8 @@ def open_video(path: str | os.PathLike, backend: str = "pyav", threads: int = 1)
         raise ValueError(f"backend must be one of {BACKENDS}, got '{backend}'")
     if backend == "torchcodec" or (backend == "auto" and torchcodec_available()):
         if backend == "torchcodec" and not torchcodec_available():
-            raise VideoError(path, "backend 'torchcodec' requested but torchcodec (or FFmpeg's libraries) is not importable")
+            raise VideoError(
+                path, "backend 'torchcodec' requested but torchcodec (or FFmpeg's libraries) is not importable"
+            )
         return TorchCodecReader(path, threads=threads)
     return PyAVReader(path, threads=threads)

@@ -61,7 +61,9 @@ class Mixup:
         seed = int(torch.randint(0, 2**63 - 1, (), generator=g))
         return float(np.random.default_rng(seed).beta(alpha, alpha))
 
-    def __call__(self, video: torch.Tensor, label: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def __call__(
+        self, video: torch.Tensor, label: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Returns ``(mixed video, soft labels (B, ..., K), lam)``."""
         lam = 1.0
         use_cutmix = False

@@ -64,7 +64,9 @@ def clip_duration(num_frames: int, sampling_rate: int, ref_fps: float = 30.0) ->
     return Fraction(int(num_frames) * int(sampling_rate)) / Fraction(ref_fps).limit_denominator(1001000)
 
 
-def source_frames_per_clip(num_frames: int, sampling_rate: int, fps: Fraction | float, ref_fps: float = 30.0) -> Fraction:
+def source_frames_per_clip(
+    num_frames: int, sampling_rate: int, fps: Fraction | float, ref_fps: float = 30.0
+) -> Fraction:
     """Source frames covered by a "T x tau" clip on a video at ``fps``: ``T * tau * fps / 30``."""
     return clip_duration(num_frames, sampling_rate, ref_fps) * Fraction(fps)
 
@@ -128,7 +130,10 @@ def multiview_clips(duration: Fraction | float, clip_dur: Fraction | float, num_
 
 
 def uniform_clips(
-    duration: Fraction | float, clip_dur: Fraction | float, stride: Fraction | float | None = None, backpad_last: bool = False
+    duration: Fraction | float,
+    clip_dur: Fraction | float,
+    stride: Fraction | float | None = None,
+    backpad_last: bool = False,
 ) -> list[Window]:
     """Sliding windows ``[k*stride, k*stride + l)`` that fit in the video (PyTorchVideo UniformClipSampler).
 
@@ -186,7 +191,9 @@ def rho_clips(
     return out
 
 
-def repeated_clips(duration: Fraction | float, clip_dur: Fraction | float, k: int, rng: np.random.Generator) -> list[Window]:
+def repeated_clips(
+    duration: Fraction | float, clip_dur: Fraction | float, k: int, rng: np.random.Generator
+) -> list[Window]:
     """``k`` independent random windows of one video, decoded together (MAE-ST repeated sampling,
     arXiv 2205.09113 section 4); see :func:`union_window`."""
     return [random_clip(duration, clip_dur, rng) for _ in range(k)]
@@ -197,7 +204,9 @@ def union_window(windows: list[Window]) -> Window:
     return min(w[0] for w in windows), max(w[1] for w in windows)
 
 
-def sequential_clips(duration: Fraction | float, clip_dur: Fraction | float, stride: Fraction | float | None = None) -> Iterator[Window]:
+def sequential_clips(
+    duration: Fraction | float, clip_dur: Fraction | float, stride: Fraction | float | None = None
+) -> Iterator[Window]:
     """Consecutive windows through a long video for streaming models (MeMViT, arXiv 2201.08383):
     ``[k*stride, k*stride + l)`` while the start is inside the video; the last one may run past the
     end (padded)."""

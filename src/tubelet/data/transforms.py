@@ -67,7 +67,9 @@ class ClipTransform:
         if x.dim() == 5:
             outs = [self.apply(c, g) for c in x]
             if any(o.shape != outs[0].shape for o in outs):
-                raise ValueError(f"{type(self).__name__} gives clips of different sizes in one batch; apply it per clip")
+                raise ValueError(
+                    f"{type(self).__name__} gives clips of different sizes in one batch; apply it per clip"
+                )
             return torch.stack(outs)
         if x.dim() != 4:
             raise ValueError(f"expected a clip (C,T,H,W) or batch (B,C,T,H,W), got shape {tuple(x.shape)}")
@@ -148,7 +150,9 @@ class RandomResizedCrop(ClipTransform):
     """Crop an area fraction in ``scale`` with aspect ratio in ``ratio`` (log-uniform), resize to
     ``size``; one box for the whole clip. Falls back to a centre crop after 10 tries (torchvision)."""
 
-    def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+    def __init__(
+        self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
+    ) -> None:
         self.size = int(size)
         self.scale = tuple(float(s) for s in scale)
         self.ratio = tuple(float(r) for r in ratio)
@@ -256,7 +260,7 @@ class ThreeCrop(ClipTransform):
         if h < self.size or w < self.size:
             x = resize(x, _short_side_size(h, w, self.size))
             h, w = x.shape[-2:]
-        return torch.stack([x[..., t : t + self.size, l : l + self.size] for t, l in self.offsets(h, w, self.size)])
+        return torch.stack([x[..., y : y + self.size, x0 : x0 + self.size] for y, x0 in self.offsets(h, w, self.size)])
 
 
 class RandomHorizontalFlip(ClipTransform):
@@ -347,7 +351,9 @@ class ColorJitter(ClipTransform):
     """Brightness, contrast, saturation and hue in random order (torchvision semantics), applied
     with probability ``p``; factors drawn once per clip. Contrast blends with each frame's mean luma."""
 
-    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1, p: float = 0.8) -> None:
+    def __init__(
+        self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1, p: float = 0.8
+    ) -> None:
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -601,7 +607,9 @@ class RandomErasing(ClipTransform):
     area fraction in ``scale`` and aspect in ``ratio`` is filled with N(0, 1) noise in every frame.
     Use after :class:`Normalize`."""
 
-    def __init__(self, p: float = 0.25, scale: Sequence[float] = (0.02, 1 / 3), ratio: Sequence[float] = (0.3, 1 / 0.3)) -> None:
+    def __init__(
+        self, p: float = 0.25, scale: Sequence[float] = (0.02, 1 / 3), ratio: Sequence[float] = (0.3, 1 / 0.3)
+    ) -> None:
         self.p, self.scale, self.ratio = float(p), tuple(scale), tuple(ratio)
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -145,7 +145,9 @@ class ClipDataset(Dataset):
             return multiview_clips(duration, self.clip_dur, self.views_t)
         span = getattr(self.cfg, "clip_max_span", None)
         if self.repeats > 1 and span is not None:
-            return rho_clips(duration, self.clip_dur, self.repeats, rng, max_span=Fraction(span).limit_denominator(10**6))
+            return rho_clips(
+                duration, self.clip_dur, self.repeats, rng, max_span=Fraction(span).limit_denominator(10**6)
+            )
         return [random_clip(duration, self.clip_dur, rng) for _ in range(self.repeats)]
 
     def clip_indices(self, reader: VideoReader, sample: Sample, rng: np.random.Generator) -> list[np.ndarray]:

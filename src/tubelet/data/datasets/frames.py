@@ -63,7 +63,9 @@ class FrameFolderReader(VideoReader):
         first = read_image(self.files[0])
         n = len(self.files)
         self._first = first
-        self._meta = VideoMetadata(self.path, n, self._fps, Fraction(n) / self._fps, first.shape[1], first.shape[0], 0, "image-sequence")
+        self._meta = VideoMetadata(
+            self.path, n, self._fps, Fraction(n) / self._fps, first.shape[1], first.shape[0], 0, "image-sequence"
+        )
 
     @property
     def metadata(self) -> VideoMetadata:
