@@ -95,35 +95,42 @@ def test_lr_rule_scales_with_videos_per_step(tmp_path):
     assert result.metrics["peak_lr"] == pytest.approx(0.02)
 
 
-def _fit_pair(tmp_path, n_train, **trainer):
-    """(straight run to max_steps, run crashed at `crash` then resumed with resume='auto')."""
-    crash = trainer.pop("crash")
-    ema = trainer.pop("ema", None)
+def _fit_pair(tmp_path, n_train, crash, ema=None, workers=0, **trainer):
+    """(straight run to 2*crash steps, run crashed after `crash` steps then resumed with resume='auto')."""
     kw = dict(checkpoint_every_n_steps=crash, keep_last_k=3, val_check_interval=3, max_steps=2 * crash, **trainer)
+
+    def recipe(name):
+        r = toy_recipe(tmp_path / name, **kw)
+        r.optim.ema_decay = ema
+        r.data.num_workers = workers
+        return r
+
     rec_a, rec_b = Record(), Record()
     torch.manual_seed(0)
     straight = ToyMethod()
-    ra = toy_recipe(tmp_path / "a", **kw)
-    ra.optim.ema_decay = ema
-    fit(ra, method=straight, datasets=_data(n_train), callbacks=[rec_a])
+    fit(recipe("a"), method=straight, datasets=_data(n_train), callbacks=[rec_a])
     torch.manual_seed(0)
-    rb = toy_recipe(tmp_path / "b", **kw)
-    rb.optim.ema_decay = ema
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(rb, method=ToyMethod(), datasets=_data(n_train), callbacks=[Crash(crash), rec_b])
+        fit(recipe("b"), method=ToyMethod(), datasets=_data(n_train), callbacks=[Crash(crash), rec_b])
     assert find_latest_checkpoint(tmp_path / "b" / "checkpoints").name == f"step={crash:06d}.ckpt"
     torch.manual_seed(123)  # a different init and RNG: everything must come from the checkpoint
     resumed = ToyMethod()
-    result = fit(rb, method=resumed, datasets=_data(n_train), resume="auto", callbacks=[rec_b])
+    result = fit(recipe("b"), method=resumed, datasets=_data(n_train), resume="auto", callbacks=[rec_b])
     assert result.metrics["global_step"] == 2 * crash
     return straight, resumed, rec_a.batches, rec_b.batches
 
 
-@pytest.mark.parametrize("n_train,crash,ema", [(12, 4, None), (10, 4, None), (12, 3, 0.9)])
-def test_resume_is_bitwise_exact(tmp_path, n_train, crash, ema):
-    # (12, 4): the crash falls mid-epoch (3 batches per epoch); (10, 4): on an epoch boundary;
-    # (12, 3) with EMA: the averaged weights and their callback state are restored too.
-    straight, resumed, seen_a, seen_b = _fit_pair(tmp_path, n_train, crash=crash, ema=ema)
+@pytest.mark.parametrize(
+    "n_train,crash,extra",
+    [(12, 4, {}), (10, 4, {}), (12, 3, {"ema": 0.9}), (12, 4, {"accumulate_grad_batches": 2}),
+     (12, 4, {"workers": 1})],
+    ids=["mid-epoch", "epoch-boundary", "ema", "accumulation", "worker-process"],
+)
+def test_resume_is_bitwise_exact(tmp_path, n_train, crash, extra):
+    # 12 samples / batch 4 = 3 batches per epoch: a crash after step 4 is mid-epoch; with 10 samples
+    # (2 batches) it falls on an epoch boundary. EMA: the averaged weights and callback state are
+    # restored too. A worker process: per-sample seeding makes its augmentations repeat.
+    straight, resumed, seen_a, seen_b = _fit_pair(tmp_path, n_train, crash, **extra)
     assert seen_a == seen_b  # same data order, no batch repeated or skipped
     # the CSV log of the resumed run holds every step once, the earlier ones included
     rows = list(csv.DictReader(open(tmp_path / "b" / "logs" / "csv" / "metrics.csv")))
