@@ -310,3 +310,35 @@ def test_sdpa_is_used_for_attention():
             model.eval()(x)
         model.train()(x).sum().backward()
     assert seen == ["mask"] * 4 + ["concat"] * 4
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------
+def test_recipes_load_and_build():
+    from tubelet.config.loader import load_recipe
+    from tubelet.methods import build_method
+    from tubelet.models import get_model_config
+
+    k400 = load_recipe("mvitv2_s_k400")
+    m = k400.model
+    cfg = get_model_config(m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
+                           drop_path_rate=m.drop_path_rate, **m.overrides)
+    assert (cfg.depth, cfg.drop_path_rate, cfg.head_dropout) == (16, 0.2, 0.0)
+    assert k400.method.head_dropout == 0.5 and k400.data.repeated_sampling == 2
+    a = k400.data.augment
+    assert (a.mixup_alpha, a.cutmix_alpha, a.label_smoothing, a.randaugment) == (0.8, 1.0, 0.1, "rand-m7-n4-mstd0.5-inc1")
+    assert k400.optim.name == "adamw" and k400.optim.schedule == "cosine" and k400.optim.warmup_steps > 0
+
+    syn = load_recipe("mvitv2_synthetic")
+    torch.manual_seed(0)
+    method = build_method(syn).train()
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    batch = {"video": torch.randn(4, 3, 8, 32, 32), "label": torch.tensor([0, 1, 2, 3])}
+    losses = []
+    for _ in range(3):
+        out = method(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+    assert method.backbone.blocks[-1].attn.q_stride == (1, 2, 2) and len(method.backbone.blocks) == 4
