@@ -283,6 +283,7 @@ def test_cli_pretrain_then_finetune_and_probe_round_trip(tmp_path):
     pretrained = load_file(str(backbone))
     assert not any(k.startswith(("head.", "decoder")) for k in pretrained)  # encoder only, no head
     assert "blocks.1.attn.qkv.weight" in pretrained
+    assert (pre / "report" / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
 
     # With a negligible learning rate the fine-tuned encoder must equal the pre-trained one (a fresh
     # initialisation would differ by ~0.02 per weight): the checkpoint really went in.
@@ -295,5 +296,6 @@ def test_cli_pretrain_then_finetune_and_probe_round_trip(tmp_path):
         for key in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight",
                     "pos_embed.spatial", "norm.weight"):
             assert torch.allclose(tuned[key], pretrained[key], rtol=0, atol=1e-8), (name, key)
+        assert not (run / "report" / "reconstructions.png").exists()  # only methods that reconstruct
         head = "backbone.head.fc.weight" if name == "ft" else "head.weight"  # the probe owns its classifier
         assert head in load_file(str(run / "method.safetensors"))

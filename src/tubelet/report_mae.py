@@ -89,21 +89,45 @@ def clips_from(dataset, num_clips: int = 3) -> torch.Tensor:
 
 
 class ReconstructionCallback(Callback):
-    """At the end of training, write ``<run_dir>/report/reconstructions.png`` from ``dataset`` clips.
+    """At the end of training, write ``<run_dir>/report/reconstructions.png`` from a few clips.
 
-    Pass it to ``tubelet.engine.fit(..., callbacks=[ReconstructionCallback(val_set, mean, std)])``.
-    Only the global-zero process writes; methods without ``reconstruct`` are skipped.
+    ``fit(..., callbacks=[ReconstructionCallback(val_set, mean, std)])``, or
+    ``ReconstructionCallback.for_recipe(recipe)``, which builds the recipe's val split (else train)
+    only when the trained method has ``reconstruct`` (so it is a no-op for other methods). Only the
+    global-zero process writes.
     """
 
-    def __init__(self, dataset, mean: Sequence[float], std: Sequence[float], num_clips: int = 3) -> None:
+    def __init__(self, dataset=None, mean: Sequence[float] = (0.45,) * 3, std: Sequence[float] = (0.225,) * 3,
+                 num_clips: int = 3, data_cfg=None) -> None:
         self.dataset, self.mean, self.std, self.num_clips = dataset, list(mean), list(std), num_clips
+        self.data_cfg = data_cfg
         self.path: Path | None = None
+
+    @classmethod
+    def for_recipe(cls, recipe, num_clips: int = 3) -> "ReconstructionCallback":
+        return cls(None, recipe.data.mean, recipe.data.std, num_clips, data_cfg=recipe.data)
+
+    def _clips(self):
+        if self.dataset is None and self.data_cfg is not None:
+            from tubelet.data.builder import build_dataset
+
+            for split in ("val", "train"):
+                try:
+                    ds = build_dataset(self.data_cfg, split)
+                except Exception:  # noqa: BLE001 - a missing split only means: try the next one
+                    continue
+                if len(ds):
+                    self.dataset = ds
+                    break
+        return None if self.dataset is None else clips_from(self.dataset, self.num_clips)
 
     def on_train_end(self, trainer, pl_module) -> None:
         method = getattr(pl_module, "method", pl_module)
-        if not trainer.is_global_zero or not hasattr(method, "reconstruct") or self.dataset is None:
+        if not trainer.is_global_zero or not hasattr(method, "reconstruct"):
+            return
+        clips = self._clips()
+        if clips is None:
             return
         self.path = save_reconstructions(
-            method, clips_from(self.dataset, self.num_clips),
-            Path(trainer.default_root_dir) / "report" / "reconstructions.png", self.mean, self.std,
+            method, clips, Path(trainer.default_root_dir) / "report" / "reconstructions.png", self.mean, self.std,
         )

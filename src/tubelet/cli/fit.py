@@ -31,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from tubelet.config import load_recipe
     from tubelet.engine import fit
 
+    from tubelet.report_mae import ReconstructionCallback
+
     recipe = load_recipe(*recipe_and_overrides(args))
-    result = fit(recipe, resume=args.resume)
+    # Methods with ``reconstruct`` (MAE-ST) leave run_dir/report/reconstructions.png; a no-op otherwise.
+    result = fit(recipe, resume=args.resume, callbacks=[ReconstructionCallback.for_recipe(recipe)])
     print(f"run folder: {result.run_dir}")
     for key in sorted(result.metrics):
         print(f"  {key:<20} {result.metrics[key]:.6g}")
