@@ -313,3 +313,21 @@ def test_cli_accepts_positional_recipe(tmp_path, capsys):
     assert "none.ckpt: checkpoint not found" in capsys.readouterr().err
     assert main(["fit"]) == 1
     assert "no recipe given" in capsys.readouterr().err
+
+
+def test_mixup_from_recipe_reaches_the_batches(tmp_path):
+    class Labels(Callback):
+        def __init__(self):
+            self.labels = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.labels.append(batch["label"])
+
+    recipe = toy_recipe(tmp_path / "run", max_steps=2)
+    recipe.data.augment.mixup_alpha = 0.8
+    recipe.model.num_classes = 4
+    rec = Labels()
+    fit(recipe, method=ToyMethod(), datasets=_data(), callbacks=[rec])
+    assert all(lab.shape == (4, 4) and lab.dtype == torch.float32 for lab in rec.labels)
+    assert torch.allclose(rec.labels[0].sum(1), torch.ones(4))
+    assert not torch.equal(rec.labels[0], rec.labels[0].round())  # mixed, not one-hot

@@ -217,7 +217,6 @@ def fit(
         from tubelet.methods import build_method
 
         method = build_method(recipe)
-    from_recipe = datasets is None
     if datasets is None:
         datasets = build_datasets(recipe, method)
     if "train" not in datasets or datasets["train"] is None:
@@ -230,7 +229,7 @@ def fit(
         batch_size=recipe.data.batch_size,
         num_workers=recipe.data.num_workers,
         seed=recipe.seed,
-        collate=build_collate(recipe) if from_recipe else None,
+        collate=build_collate(recipe),  # mixup/cutmix follow the recipe whoever built the datasets
     )
     tracker = None
     try:
