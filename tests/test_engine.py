@@ -330,4 +330,5 @@ def test_mixup_from_recipe_reaches_the_batches(tmp_path):
     fit(recipe, method=ToyMethod(), datasets=_data(), callbacks=[rec])
     assert all(lab.shape == (4, 4) and lab.dtype == torch.float32 for lab in rec.labels)
     assert torch.allclose(rec.labels[0].sum(1), torch.ones(4))
-    assert not torch.equal(rec.labels[0], rec.labels[0].round())  # mixed, not one-hot
+    soft = torch.cat(rec.labels)
+    assert ((soft > 0.01) & (soft < 0.99)).any()  # mixed, not one-hot
