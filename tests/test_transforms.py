@@ -220,3 +220,32 @@ def test_collate_drops_bad_samples():
     assert ClipCollate()([bad]) == {"bad_samples": [(1, "/x/broken.mp4", "cannot open")]}
     mixed = ClipCollate(Mixup(3, 0.8, 0.0, 0.1), seed=1)([good, dict(good, index=2, label=torch.tensor(2))])
     assert mixed["label"].shape == (2, 3) and torch.allclose(mixed["label"].sum(-1), torch.ones(2))
+
+
+def test_hue_shift_matches_colorsys():
+    import colorsys
+
+    x = torch.randint(0, 256, (3, 1, 4, 5), generator=g(9), dtype=torch.uint8).float()
+    y = T._adjust_hue(x, 0.3)
+    for i in range(4):
+        for j in range(5):
+            r, gg, b = (x[:, 0, i, j] / 255).tolist()
+            hh, ss, vv = colorsys.rgb_to_hsv(r, gg, b)
+            ref = colorsys.hsv_to_rgb((hh + 0.3) % 1.0, ss, vv)
+            assert torch.allclose(y[:, 0, i, j] / 255, torch.tensor(ref, dtype=torch.float32), atol=1e-4)
+
+
+def test_gaussian_blur_matches_numpy_separable():
+    x = torch.randint(0, 256, (3, 2, 30, 40), generator=g(10), dtype=torch.uint8)
+    blur = T.GaussianBlur(p=1.0, sigma=(1.5, 1.5))
+    y = blur(x, g(0))
+    k = max(3, int(0.1 * 30) | 1)
+    r = k // 2
+    ker = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * 1.5**2))
+    ker /= ker.sum()
+    xs = x.numpy().astype(np.float64)
+    p = np.pad(xs, ((0, 0), (0, 0), (0, 0), (r, r)), mode="reflect")
+    a = sum(ker[i] * p[..., i : i + 40] for i in range(k))
+    p = np.pad(a, ((0, 0), (0, 0), (r, r), (0, 0)), mode="reflect")
+    ref = np.clip(np.round(sum(ker[i] * p[..., i : i + 30, :] for i in range(k))), 0, 255)
+    assert np.abs(y.numpy().astype(np.float64) - ref).max() <= 1

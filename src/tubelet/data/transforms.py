@@ -324,27 +324,28 @@ def _blend(a: torch.Tensor, b: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def _adjust_hue(xf: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate hue by ``shift`` (fraction of a turn) on a float clip in [0, 255]; vectorised HSV."""
-    x = xf / 255.0
-    r, gch, b = x[0], x[1], x[2]
-    maxc, _ = x.max(0)
-    minc, _ = x.min(0)
-    v = maxc
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    dc = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / dc, (maxc - gch) / dc, (maxc - b) / dc
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == gch, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    h = (h + shift) % 1.0
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    rr = torch.stack([v, q, p, p, t, v]).gather(0, i.unsqueeze(0)).squeeze(0)
-    gg = torch.stack([t, v, v, q, p, p]).gather(0, i.unsqueeze(0)).squeeze(0)
-    bb = torch.stack([p, p, t, v, v, q]).gather(0, i.unsqueeze(0)).squeeze(0)
-    return torch.stack([rr, gg, bb]) * 255.0
+    """Rotate hue by ``shift`` (fraction of a turn) on a float clip ``(3, ...)`` in [0, 255].
+
+    HSV round trip in closed form: with ``v = max``, ``d = max - min`` and hue ``h`` in [0, 6), each
+    output channel ``n`` (5 for R, 3 for G, 1 for B) is ``v - d * clamp(min(k, 4 - k), 0, 1)`` with
+    ``k = (n + h) mod 6`` (saturation and value are unchanged, so ``v * s = d``).
+    """
+    r, g, b = xf[0], xf[1], xf[2]
+    # Element-wise max/min: a reduction over the outer channel dim is ~10x slower on CPU.
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)
+    is_r, is_g = r == maxc, g == maxc
+    # hue numerator for the channel that holds the max (R first, then G, as colorsys): (g - b) + 0,
+    # (b - r) + 2 or (r - g) + 4, in sixths of a turn
+    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
+    h = num.div_(delta.clamp_min(1e-6)).add_(offset).add_(shift * 6.0).remainder_(6.0)
+    out = torch.empty_like(xf)
+    for c, n in enumerate((5.0, 3.0, 1.0)):  # three channels, not a loop over frames or pixels
+        k = (h + n).remainder_(6.0)
+        w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(maxc, delta * w, out=out[c])
+    return out
 
 
 class ColorJitter(ClipTransform):
@@ -408,9 +409,14 @@ class GaussianBlur(ClipTransform):
         ax = torch.arange(-r, r + 1, dtype=torch.float32)
         ker = torch.exp(-(ax**2) / (2 * sigma**2))
         ker = ker / ker.sum()
-        xf = x.float().reshape(c * t, 1, h, w)
-        xf = F.conv2d(F.pad(xf, (r, r, 0, 0), mode="reflect" if w > r else "replicate"), ker.view(1, 1, 1, k))
-        xf = F.conv2d(F.pad(xf, (0, 0, r, r), mode="reflect" if h > r else "replicate"), ker.view(1, 1, k, 1))
+        n = c * t
+        # All frames and channels as one channels-last depthwise convolution: ~30x faster on CPU
+        # than a planar single-channel conv2d.
+        xf = x.float().reshape(1, n, h, w).contiguous(memory_format=torch.channels_last)
+        kw = ker.view(1, 1, 1, k).expand(n, 1, 1, k).contiguous()
+        kh = ker.view(1, 1, k, 1).expand(n, 1, k, 1).contiguous()
+        xf = F.conv2d(F.pad(xf, (r, r, 0, 0), mode="reflect" if w > r else "replicate"), kw, groups=n)
+        xf = F.conv2d(F.pad(xf, (0, 0, r, r), mode="reflect" if h > r else "replicate"), kh, groups=n)
         xf = xf.reshape(c, t, h, w)
         return _to_u8(xf) if x.dtype == torch.uint8 else xf
 
