@@ -26,8 +26,16 @@ class _ToyCfg:
     num_classes: int = 4
 
 
-if "engine_test_toy" not in list_models():
-    register_model("engine_test_toy", _ToyCfg())(lambda cfg: ToyBackbone(cfg.num_classes))
+@pytest.fixture
+def toy_model_name():
+    """A registered toy backbone, removed again so that other tests see the real registry only."""
+    from tubelet.models import registry
+
+    name = "engine_test_toy"
+    if name not in list_models():
+        register_model(name, _ToyCfg())(lambda cfg: ToyBackbone(cfg.num_classes))
+    yield name
+    registry._REGISTRY.pop(name, None)
 
 
 def _data(n_train=12, repeat=1):
@@ -53,7 +61,7 @@ class Record(Callback):
         self.batches.append(batch["index"].tolist())
 
 
-def test_quick_fit_writes_run_folder(tmp_path):
+def test_quick_fit_writes_run_folder(tmp_path, toy_model_name):
     torch.manual_seed(0)
     recipe = toy_recipe(tmp_path / "run", max_steps=6, val_check_interval=3)
     result = fit(recipe, method=ToyMethod(), datasets=_data())
@@ -75,7 +83,7 @@ def test_quick_fit_writes_run_folder(tmp_path):
     assert [p.name for p in result.checkpoints] == ["step=000004.ckpt", "step=000006.ckpt"]
     method_sd = read_state_dict(run / "method.safetensors")
     assert method_sd.keys() == result_method_keys()
-    backbone = create_model("engine_test_toy", checkpoint=str(run / "backbone.safetensors"))
+    backbone = create_model(toy_model_name, checkpoint=str(run / "backbone.safetensors"))
     assert torch.equal(backbone.head.weight, method_sd["backbone.head.weight"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and "val/top1" in metrics and metrics["peak_lr"] == 0.05

@@ -24,7 +24,9 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
 
         return SyntheticVideoDataset(cfg, split)
     if cfg.kind not in CLIP_KINDS:
-        raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use synthetic, manifest, folders, frames or images")
+        raise ConfigError(
+            f"data.kind '{cfg.kind}' is not supported; use synthetic, manifest, folders, frames or images"
+        )
     return build_clip_dataset(cfg, split, seed=seed)
 
 
@@ -55,6 +57,16 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
     from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, is_video_file
     from tubelet.data.transforms import build_transforms
 
+    from tubelet.data.decoding import BACKENDS, torchcodec_available
+
+    if cfg.decoder not in BACKENDS:
+        raise ConfigError(f"data.decoder must be one of {BACKENDS}, got '{cfg.decoder}'")
+    if cfg.decoder == "torchcodec" and not torchcodec_available():
+        raise ConfigError(
+            "data.decoder 'torchcodec' needs torchcodec and FFmpeg's shared libraries; use 'pyav' or 'auto'"
+        )
+    if int(cfg.test_crops) not in (1, 3):
+        raise ConfigError(f"data.test_crops must be 1 or 3, got {cfg.test_crops}")
     src = _source(cfg, split)
     path = Path(src)
     if cfg.root and not path.is_absolute() and not path.exists():
@@ -66,7 +78,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
     elif cfg.kind == "frames":
         samples, lmap = scan_class_folders(path, lambda p: p.is_dir(), cfg.label_map)
     else:
-        samples, lmap = scan_class_folders(path, lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, cfg.label_map)
+        samples, lmap = scan_class_folders(
+            path, lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, cfg.label_map
+        )
     transform = build_transforms(cfg, "train" if split == "train" else "test")
     names = lmap.names if lmap is not None else None
     num_classes = len(names) if names is not None else max(s.label for s in samples) + 1
