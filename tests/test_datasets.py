@@ -255,6 +255,10 @@ def test_unknown_kind_and_missing_source():
         build_dataset(DataConfig(kind="webdataset"), "train")
     with pytest.raises(ConfigError, match="data.train"):
         build_dataset(DataConfig(kind="manifest"), "train")
+    with pytest.raises(ConfigError, match="data.decoder"):
+        build_dataset(DataConfig(kind="manifest", train="x.csv", decoder="opencv"), "train")
+    with pytest.raises(ConfigError, match="test_crops"):
+        build_dataset(DataConfig(kind="manifest", train="x.csv", test_crops=2), "train")
 
 
 def test_dataloader_workers(tmp_path, videos_dir):
