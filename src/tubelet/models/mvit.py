@@ -280,9 +280,21 @@ class MViT(nn.Module):
         return [s.input_grid for s in specs] + [last]
 
     # -- forward ------------------------------------------------------------------------------------------
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-        """Patch tokens ``(B, T'H'W', D)`` (no CLS; v2 has no absolute positions) and their grid."""
-        return self.patch_embed(x)
+    def embed(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Grid]:
+        """Patch tokens ``(B, T'H'W', D)`` (no CLS; v2 has no absolute positions) and their grid.
+
+        With ``token_mask (B, T'H'W')`` (1/True = masked, on the stem grid) and ``mask_token (D,)``,
+        masked tokens are replaced, ``x <- x (1 - m) + mask_token m`` (MaskFeat pre-training).
+        """
+        x, grid = self.patch_embed(x)
+        if token_mask is not None:
+            if mask_token is None:
+                raise ValueError("token_mask needs a mask_token")
+            m = token_mask.to(x.dtype).unsqueeze(-1)
+            x = x * (1 - m) + mask_token.to(x.dtype).view(1, 1, -1) * m
+        return x, grid
 
     def forward_blocks(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         """Run the blocks on tokens (CLS included when the model has one); no final norm."""
@@ -293,9 +305,18 @@ class MViT(nn.Module):
                 x, grid = blk(x, grid)
         return x, grid
 
-    def forward_features(self, x: torch.Tensor, return_grid: bool = False):
-        """``(B, C, T, H, W) -> (B, 1 + T'H'W', D)`` final tokens (normed unless ``head_pool='mean_norm'``)."""
-        x, grid = self.embed(x)
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        return_grid: bool = False,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ):
+        """``(B, C, T, H, W) -> (B, 1 + T'H'W', D)`` final tokens (normed unless ``head_pool='mean_norm'``).
+
+        ``token_mask``/``mask_token``: masked-token replacement after the stem (see ``embed``).
+        """
+        x, grid = self.embed(x, token_mask, mask_token)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x, grid = self.forward_blocks(x, grid)

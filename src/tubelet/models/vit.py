@@ -184,13 +184,30 @@ class VisionTransformer(nn.Module):
         return len(self.blocks) + 1
 
     # --------------------------------------------------------------------------------- forward
-    def embed(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        x: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Tubelet tokens plus positions, no CLS: ``(B, C, T, H, W) -> (B, N, D)``.
 
         With ``keep_idx (B, K)`` only those tokens are embedded, ``-> (B, K, D)``; equal to gathering
         the full result, without projecting the dropped cubes.
+
+        With ``token_mask (B, N)`` (1/True = masked) and ``mask_token (D,)``, masked embeddings are
+        replaced before positions are added, ``x <- x (1 - m) + mask_token m`` (MaskFeat, BEiT), so a
+        mask token still knows where it is.
         """
         grid = self.patch_embed.grid_size(*x.shape[-3:])
+        if token_mask is not None:
+            if keep_idx is not None or mask_token is None:
+                raise ValueError("token_mask needs mask_token and cannot be combined with keep_idx")
+            tokens = self.patch_embed(x)  # (B, N, D)
+            m = token_mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+            tokens = tokens * (1 - m) + mask_token.to(tokens.dtype).view(1, 1, -1) * m
+            return self.pos_embed(tokens, grid)
         if keep_idx is None:
             return self.pos_embed(self.patch_embed(x), grid)
         n = grid[0] * grid[1] * grid[2]
@@ -205,9 +222,18 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"keep_idx has indices outside [0, {n}) for a {grid} token grid")
         return self.pos_embed(self.patch_embed.forward_subset(x, keep_idx), grid, keep_idx)
 
-    def forward_features(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder tokens ``(B, N (+1 CLS), D)``, or ``(B, K (+1), D)`` for the kept tokens only."""
-        x = self.embed(x, keep_idx)
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encoder tokens ``(B, N (+1 CLS), D)``, or ``(B, K (+1), D)`` for the kept tokens only.
+
+        ``token_mask``/``mask_token``: masked-token replacement after the embedding (see ``embed``).
+        """
+        x = self.embed(x, keep_idx, token_mask, mask_token)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
