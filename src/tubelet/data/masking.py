@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 MASK_TYPES = ("random", "tube", "frame", "cube")
@@ -134,3 +135,163 @@ def cube_masking(
 ) -> TokenMask:
     """Space-time block masking with fixed ``block`` = (bt, bh, bw) tokens (Table 2a "cube")."""
     return mask_tokens(batch_size, grid, ratio, "cube", block=block, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# MaskFeat block masks (Wei et al., arXiv 2112.09133; PySlowFast ``MaskingGenerator3D`` / BEiT's
+# ``MaskingGenerator``, METHODS.md §3.3-3.4). Unlike the index masks above, the encoder sees every token
+# (masked ones replaced by a mask token), so these are dense boolean masks over a grid of *units*
+# (True = masked) and samples may mask slightly different counts.
+# --------------------------------------------------------------------------------------------------
+
+MASKFEAT_MASK_TYPES = ("cube", "tube", "frame", "block")
+
+
+def _draw_block_mask(
+    shape: Sequence[int],
+    budget: int,
+    min_area: float,
+    max_area: float,
+    min_aspect: float,
+    max_aspect: float,
+    max_tries: int,
+    max_extent_t: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Greedy block masking on a ``(T, H, W)`` unit grid; ``(T, H, W)`` bool, at most ``budget`` True.
+
+    Each block: spatial area ``a ~ U[min_area, max_area]``, aspect ``r = exp(U[ln min_aspect,
+    ln max_aspect])``, ``h = round(sqrt(a r))``, ``w = round(sqrt(a / r))`` (strictly smaller than the
+    grid, as the reference), temporal extent ``t ~ U{1..max_extent_t}``, uniform position. A block is
+    accepted when it covers at least one new unit and its new units fit the remaining budget; up to
+    ``max_tries`` draws per block. Blocks are added until the budget is met or a block finds no place.
+    The loop is over blocks and tries (tens per mask), never over units.
+    """
+    T, H, W = (int(s) for s in shape)
+    mask = np.zeros((T, H, W), dtype=bool)
+    lo, hi = math.log(min_aspect), math.log(max_aspect)
+    count = 0
+    while count < budget:
+        remaining = budget - count
+        # All of this block's random numbers in one draw (reproducible under a seeded generator).
+        u = torch.rand(max_tries, 6, generator=generator, dtype=torch.float64).numpy()
+        delta = 0
+        for area_u, aspect_u, t_u, top_u, left_u, front_u in u:
+            area = min_area + (max_area - min_area) * area_u
+            aspect = math.exp(lo + (hi - lo) * aspect_u)
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            t = 1 + int(t_u * max_extent_t)
+            if not (w < W and h < H) or t > T:
+                continue
+            top = int(top_u * (H - h + 1))
+            left = int(left_u * (W - w + 1))
+            front = int(front_u * (T - t + 1))
+            window = mask[front : front + t, top : top + h, left : left + w]
+            new = int(t * h * w - window.sum())
+            if 0 < new <= remaining:
+                window[...] = True
+                delta = new
+                break
+        if delta == 0:
+            break
+        count += delta
+    return torch.from_numpy(mask)
+
+
+def maskfeat_cube_mask(
+    grid: Sequence[int] = (8, 7, 7),
+    ratio: float = 0.4,
+    min_area: float | None = None,
+    max_area: float | None = None,
+    min_aspect: float = 0.3,
+    max_aspect: float | None = None,
+    max_tries: int = 100,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MaskFeat's video cube mask on a ``(T, H, W)`` unit grid -> ``(T, H, W)`` bool (True = masked).
+
+    Defaults are the Kinetics setting: 8x7x7 units (a unit is 2 frames x 32x32 pixels = 1x2x2 output
+    tokens), budget ``round(0.4 * 392) = 157`` units; block area ``U[H*W // 5, H*W] = U[9, 49]`` units,
+    aspect ``exp(U[ln 0.3, ln 1/0.3])``, temporal extent ``U{1..T}``, 100 tries per block.
+    """
+    T, H, W = (int(g) for g in grid)
+    budget = int(round(ratio * T * H * W))
+    max_area = float(H * W if max_area is None else max_area)
+    min_area = float((H * W) // 5 if min_area is None else min_area)
+    return _draw_block_mask((T, H, W), budget, min_area, max_area, min_aspect, max_aspect or 1.0 / min_aspect,
+                            max_tries, T, generator)
+
+
+def beit_block_mask(
+    grid: Sequence[int] = (14, 14),
+    ratio: float = 0.4,
+    min_area: float = 15,
+    max_area: float | None = None,
+    min_aspect: float = 0.3,
+    max_aspect: float | None = None,
+    max_tries: int = 10,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """BEiT block-wise mask on an ``(H, W)`` token grid -> ``(H, W)`` bool (MaskFeat on images).
+
+    14x14 tokens at 40%: budget ``round(196 * 0.4) = 78``, blocks of at least 15 tokens (at most the
+    budget), aspect in [0.3, 1/0.3] (log-uniform), 10 tries per block.
+    """
+    H, W = (int(g) for g in grid)
+    budget = int(round(ratio * H * W))
+    max_area = float(budget if max_area is None else max_area)
+    m = _draw_block_mask((1, H, W), budget, float(min_area), max_area, min_aspect, max_aspect or 1.0 / min_aspect,
+                         max_tries, 1, generator)
+    return m[0]
+
+
+def maskfeat_masks(
+    batch_size: int,
+    grid: Sequence[int],
+    ratio: float = 0.4,
+    mask_type: str = "cube",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``(B, T, H, W)`` bool unit masks, one independent draw per sample.
+
+    ``cube``: ``maskfeat_cube_mask``; ``tube``: one 2-D BEiT-style block mask on (H, W) (budget
+    ``round(ratio * H * W)``, block area ``U[H*W // 5, H*W]``, 100 tries) repeated over all T;
+    ``frame``: ``round(ratio * T)`` whole time steps; ``block``: ``beit_block_mask`` on (H, W) (images:
+    T must be 1).
+    """
+    T, H, W = (int(g) for g in grid)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    out = torch.zeros(batch_size, T, H, W, dtype=torch.bool)
+    for b in range(batch_size):
+        if mask_type == "cube":
+            out[b] = maskfeat_cube_mask((T, H, W), ratio, generator=generator)
+        elif mask_type == "tube":
+            budget = int(round(ratio * H * W))
+            m = _draw_block_mask((1, H, W), budget, float((H * W) // 5), float(H * W), 0.3, 1 / 0.3, 100, 1, generator)
+            out[b] = m.expand(T, H, W)
+        elif mask_type == "frame":
+            k = int(round(ratio * T))
+            out[b, torch.randperm(T, generator=generator)[:k]] = True
+        elif mask_type == "block":
+            if T != 1:
+                raise ValueError(f"block (image) masks need a one-frame grid, got {tuple(grid)}")
+            out[b, 0] = beit_block_mask((H, W), ratio, generator=generator)
+        else:
+            raise ValueError(f"unknown MaskFeat mask type '{mask_type}'; known: {', '.join(MASKFEAT_MASK_TYPES)}")
+    return out
+
+
+def upsample_unit_mask(mask: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Nearest-upsample ``(B, t, h, w)`` unit masks to a token ``grid`` (T', H', W') -> ``(B, N)``.
+
+    Token n (time slowest) takes the value of the unit it lies in; ``grid`` must be a whole multiple of
+    the unit grid (8x7x7 units -> 8x14x14 output tokens or 8x56x56 MViT stem tokens).
+    """
+    B, t, h, w = mask.shape
+    T, H, W = (int(g) for g in grid)
+    if T % t or H % h or W % w:
+        raise ValueError(f"token grid {tuple(grid)} is not a multiple of the unit grid {(t, h, w)}")
+    m = mask[:, :, None, :, None, :, None].expand(B, t, T // t, h, H // h, w, W // w)
+    return m.reshape(B, T * H * W)
