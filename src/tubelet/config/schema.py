@@ -178,10 +178,25 @@ class LinearProbeConfig(MethodConfig):
     feature_norm: str = "layernorm"  # layernorm (parameter-free standardisation) | none
 
 
+@dataclass
+class MaskFeatConfig(MethodConfig):
+    """Masked feature prediction (methods/maskfeat.py, arXiv 2112.09133)."""
+
+    name: str = "maskfeat"
+    mask_ratio: float = 0.4
+    mask_type: str = "cube"  # cube | tube | frame (video) | block (images, BEiT)
+    mask_unit: list[int] = field(default_factory=lambda: [1, 2, 2])  # output tokens per mask unit (t, h, w)
+    target: str = "hog"  # hog | pixel_norm | pixel
+    hog_bins: int = 9
+    hog_cell: int = 8  # pixels per HOG cell side
+    target_frame_stride: int = 2  # targets use frames 0, s, 2s, ... (the first frame of each 2-frame cube)
+
+
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "supervised": SupervisedConfig,
     "mae_st": MAESTConfig,
     "linear_probe": LinearProbeConfig,
+    "maskfeat": MaskFeatConfig,
 }
 
 

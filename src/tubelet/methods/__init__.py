@@ -18,6 +18,7 @@ METHODS = {
     "supervised": "tubelet.methods.supervised:build",
     "mae_st": "tubelet.methods.mae_st:build",
     "linear_probe": "tubelet.methods.linear_probe:build",
+    "maskfeat": "tubelet.methods.maskfeat:build",
 }
 
 
