@@ -22,7 +22,7 @@ from torch import nn
 from tubelet.config.schema import OptimConfig
 from tubelet.errors import ConfigError
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "lars")
 
 
 def resolve_lr(cfg: OptimConfig, videos_per_step: int) -> float:
@@ -117,4 +117,8 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.opt
         return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if name == "lars":  # rho-SSL / SimCLR / BYOL: trust 0.001, no adaptation on 1-D params (engine/lars.py)
+        from tubelet.engine.lars import LARS
+
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ConfigError(f"optim.name '{cfg.name}' is unknown; use one of {', '.join(OPTIMIZERS)}")
