@@ -72,6 +72,23 @@ class AugmentConfig:
 
 
 @dataclass
+class RhoConfig:
+    """Multi-clip views for self-supervised pre-training (rho-SSL, arXiv 2104.14558; data/rho.py).
+
+    ``clips`` = rho > 0 replaces the train split by rho clips per video (``data.clip_max_span`` bounds their
+    spread); rho = 1 gives two differently augmented views of one clip. The other fields add the
+    asymmetric views of arXiv 2204.00613 (source = the branch with gradients, target = the key branch).
+    """
+
+    clips: int = 0  # rho; 0 = off
+    target_augment: AugmentConfig | None = None  # AsymAug: weak pipeline for the target views
+    small_crops: int = 0  # MultiCrop: small source crops per clip
+    small_size: int = 96
+    small_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    mix_views: bool = False  # ScaleMix: a second source view per clip to mix with
+
+
+@dataclass
 class DataConfig:
     """Where clips come from and how they are sampled.
 
@@ -102,6 +119,7 @@ class DataConfig:
     max_failure_fraction: float = 0.01
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    rho: RhoConfig = field(default_factory=RhoConfig)
 
 
 @dataclass
@@ -179,6 +197,37 @@ class LinearProbeConfig(MethodConfig):
 
 
 @dataclass
+class ContrastiveConfig(MethodConfig):
+    """rho-SSL frameworks (methods/contrastive.py, arXiv 2104.14558) with the asymmetric designs of
+    arXiv 2204.00613 (methods/asym.py). ``None`` fields take the framework's paper value."""
+
+    name: str = "contrastive"
+    framework: str = "byol"  # simclr | moco | byol | swav
+    temperature: float | None = None  # 0.1 (simclr, moco, swav)
+    proj_dim: int | None = None  # moco/simclr/swav 128, byol 256
+    proj_hidden: int | None = None  # 2048 (byol 4096)
+    proj_layers: int | None = None  # 3 (byol 2)
+    proj_bn: bool | None = None  # all but moco
+    pred_hidden: int | None = None  # byol 4096
+    pred_layers: int | None = None  # byol 2, others 0 (no predictor)
+    momentum: float | None = None  # m0: moco 0.994, byol 0.996 (cosine to 1); simclr/swav share the encoder
+    momentum_schedule: str = "cosine"  # cosine | constant
+    queue_size: int = 65536  # moco
+    num_prototypes: int = 1000  # swav
+    sinkhorn_iters: int = 3
+    sinkhorn_eps: float = 0.05
+    freeze_prototypes_steps: int | None = None  # swav; None = one epoch (steps_per_epoch)
+    steps_per_epoch: int | None = None  # None: from the synthetic set's size, else required by swav
+    total_steps: int | None = None  # momentum schedule length; None = trainer.max_steps
+    asym_bn: bool = False  # AsymBN: target projector BN over all views (and SyncBN across processes)
+    mean_enc: bool = False  # MeanEnc: target = mean of the other clips' embeddings, then normalised
+    knn_every_n_steps: int | None = None  # kNN monitor (eval/knn.py); None = off, 0 = at the end only
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_max_train: int = 2048  # memory-bank videos (first N of the train split)
+
+
+@dataclass
 class MaskFeatConfig(MethodConfig):
     """Masked feature prediction (methods/maskfeat.py, arXiv 2112.09133)."""
 
@@ -197,6 +246,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "mae_st": MAESTConfig,
     "linear_probe": LinearProbeConfig,
     "maskfeat": MaskFeatConfig,
+    "contrastive": ContrastiveConfig,
 }
 
 

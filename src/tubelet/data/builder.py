@@ -19,6 +19,10 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
+    if split == "train" and cfg.rho.clips > 0:  # rho clips per video for SSL pre-training (data/rho.py)
+        from tubelet.data.rho import build_rho_dataset
+
+        return build_rho_dataset(cfg, split, seed=seed)
     if cfg.kind == "synthetic":
         from tubelet.data.synthetic import SyntheticVideoDataset
 

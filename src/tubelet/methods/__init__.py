@@ -19,6 +19,7 @@ METHODS = {
     "mae_st": "tubelet.methods.mae_st:build",
     "linear_probe": "tubelet.methods.linear_probe:build",
     "maskfeat": "tubelet.methods.maskfeat:build",
+    "contrastive": "tubelet.methods.contrastive:build",
 }
 
 

@@ -1,0 +1,190 @@
+"""rho clips per video for self-supervised pre-training (rho-SSL, arXiv 2104.14558, Sec. 3), with the
+per-branch views of the asymmetric Siamese designs (arXiv 2204.00613, Sec. 4).
+
+From each video, ``rho`` clip windows are drawn with independent uniform starts
+(:func:`tubelet.data.sampling.rho_clips`); with ``data.clip_max_span`` all of them lie inside one
+window of that many seconds. ``rho = 1`` is the paper's "spatial-only" setting: two views of the *same*
+clip that differ only by augmentation. Every view gets its own augmentation draw.
+
+Sample (``V = max(rho, 2)`` views)::
+
+    video   (V, C, T, S, S)       source views: the ``data.augment`` pipeline (strong for AsymAug)
+    label   (V,)                  the video's label (monitoring only)
+    index   int
+    target  (V, C, T, S, S)       AsymAug: the same windows through ``data.rho.target_augment``
+    small   (V, n, C, T, s, s)    MultiCrop: ``n`` small source crops of each window
+    mix     (V, C, T, S, S)       ScaleMix: a second source draw of each window (mixed in the method)
+
+Sources: the synthetic set (:class:`SyntheticRhoDataset`, rendered by ``data/synthetic.py``; give it
+``synthetic.frames`` longer than one clip so that windows differ in time) or any clip dataset of real
+media (:class:`RhoClipDataset`, which reuses :class:`~tubelet.data.datasets.ClipDataset`'s decoding and
+rho windows and applies the per-branch pipelines here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tubelet.config.schema import DataConfig
+from tubelet.data.sampling import rho_clips, sample_rng, torch_generator
+from tubelet.data.transforms import build_transforms
+from tubelet.errors import ConfigError
+
+__all__ = ["RhoViews", "SyntheticRhoDataset", "RhoClipDataset", "build_rho_dataset", "view_pipelines"]
+
+
+class RhoViews:
+    """The per-branch pipelines: ``__call__(clips: list of uint8 (C,T,H,W), g) -> dict`` of the views.
+
+    ``source``: ``data.augment``; ``target``: ``data.rho.target_augment`` (AsymAug) or None; ``small``:
+    random-resized crops of ``rho.small_size`` at ``rho.small_scale`` (MultiCrop) or None; ``mix``: one
+    more source draw per clip (ScaleMix).
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        r = cfg.rho
+        self.source = build_transforms(cfg, "train")
+        self.target = None
+        if r.target_augment is not None:
+            self.target = build_transforms(dataclasses.replace(cfg, augment=r.target_augment), "train")
+        self.small = None
+        self.num_small = int(r.small_crops)
+        if self.num_small > 0:
+            aug = dataclasses.replace(cfg.augment, random_resized_crop=True, rrc_scale=list(r.small_scale))
+            self.small = build_transforms(dataclasses.replace(cfg, crop_size=r.small_size, augment=aug), "train")
+        self.mix = bool(r.mix_views)
+
+    def __call__(self, clips: list[torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+        out = {"video": torch.stack([self.source(c, g) for c in clips])}
+        if self.target is not None:
+            out["target"] = torch.stack([self.target(c, g) for c in clips])
+        if self.small is not None:
+            out["small"] = torch.stack([torch.stack([self.small(c, g) for _ in range(self.num_small)]) for c in clips])
+        if self.mix:
+            out["mix"] = torch.stack([self.source(c, g) for c in clips])
+        return out
+
+
+def view_pipelines(cfg: DataConfig) -> RhoViews:
+    return RhoViews(cfg)
+
+
+def num_views(rho: int) -> int:
+    """Views per video: rho, but two views of one clip when rho = 1."""
+    if rho < 1:
+        raise ConfigError(f"data.rho.clips must be >= 1 for multi-clip views, got {rho}")
+    return max(rho, 2)
+
+
+def frame_windows(
+    num_frames: int, span: int, rho: int, rng: np.random.Generator, max_span_frames: int | None = None
+) -> list[int]:
+    """Start frames of ``rho`` clips of ``span`` frames in a ``num_frames`` video (rho_clips on a frame grid).
+
+    With ``max_span_frames`` every clip lies in ``[min start, min start + max_span_frames)``: starts are
+    floored to frames on an integer span window, so the bound holds exactly.
+    """
+    starts = rho_clips(Fraction(num_frames), Fraction(span), rho, rng,
+                       None if max_span_frames is None else Fraction(int(max_span_frames)))
+    return [int(math.floor(s)) for s, _ in starts]
+
+
+class SyntheticRhoDataset(Dataset):
+    """rho clips per synthetic video (train split of ``data.synthetic``), drawn from ``(seed, epoch, index)``."""
+
+    def __init__(self, cfg: DataConfig, split: str = "train", seed: int = 0) -> None:
+        from tubelet.data.synthetic import SyntheticVideoDataset
+
+        self.cfg = cfg
+        self.base = SyntheticVideoDataset(cfg, split)  # rendering, split ranges and the span checks
+        self.rho = int(cfg.rho.clips)
+        self.views = num_views(self.rho)
+        self.stride, self.span = self.base.stride, self.base.span
+        self.fps = cfg.synthetic.fps
+        self.max_span_frames = None
+        if cfg.clip_max_span is not None:
+            self.max_span_frames = int(math.floor(cfg.clip_max_span * self.fps + 1e-9))
+            if self.max_span_frames < self.span:
+                raise ConfigError(
+                    f"data.clip_max_span={cfg.clip_max_span} s is {self.max_span_frames} frames, shorter than one clip "
+                    f"({self.span} frames)"
+                )
+        self.pipelines = RhoViews(cfg)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def windows(self, index: int, rng: np.random.Generator) -> list[int]:
+        starts = frame_windows(self.cfg.synthetic.frames, self.span, self.rho, rng, self.max_span_frames)
+        return starts * 2 if self.rho == 1 else starts
+
+    def __getitem__(self, i: int) -> dict:
+        clip = self.base.clip(i)
+        rng = sample_rng(self.seed, self.epoch, i)
+        frames = torch.from_numpy(clip.frames)  # (F, H, W, 3) uint8
+        clips = [frames[t0 : t0 + self.span : self.stride].permute(3, 0, 1, 2) for t0 in self.windows(i, rng)]
+        out = self.pipelines(clips, torch_generator(rng))
+        out["label"] = torch.full((self.views,), clip.label, dtype=torch.int64)
+        out["index"] = int(self.base.indices[i])
+        return out
+
+
+class RhoClipDataset(Dataset):
+    """rho clips per video of a real-media clip dataset: ``base`` must be a ClipDataset with
+    ``transform=None`` and ``repeated_sampling = rho`` (it decodes the union of the windows once)."""
+
+    def __init__(self, base, cfg: DataConfig, transform: Callable | None = None) -> None:
+        self.base = base
+        self.cfg = cfg
+        self.rho = int(cfg.rho.clips)
+        self.views = num_views(self.rho)
+        self.pipelines = transform or RhoViews(cfg)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getitem__(self, index: int):
+        from tubelet.data.mixing import BadSample
+        from tubelet.errors import VideoError
+
+        sample = self.base.samples[index]
+        rng = sample_rng(self.base.seed, self.base.epoch, index)
+        try:
+            clips = self.base.load_clips(sample, rng)
+        except VideoError as exc:
+            return self.base._fail(index, sample, exc)
+        if isinstance(clips, BadSample):  # pragma: no cover - load_clips raises, kept for safety
+            return clips
+        if self.rho == 1:
+            clips = clips * 2
+        out = self.pipelines(clips, torch_generator(rng))
+        out["label"] = torch.full((self.views,), sample.label, dtype=torch.int64)
+        out["index"] = index
+        return out
+
+
+def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0) -> Dataset:
+    """The multi-clip training set for ``cfg`` (``cfg.rho.clips >= 1``)."""
+    if cfg.kind == "synthetic":
+        return SyntheticRhoDataset(cfg, split, seed=seed)
+    from tubelet.data.builder import build_clip_dataset
+
+    # ClipDataset draws the rho windows (inside clip_max_span when set) and decodes their union once.
+    base = build_clip_dataset(dataclasses.replace(cfg, repeated_sampling=max(1, int(cfg.rho.clips))), split, seed=seed)
+    base.transform = None
+    return RhoClipDataset(base, cfg)
