@@ -94,16 +94,28 @@ def rel_pos_bias(
     rel_h: torch.Tensor,
     rel_w: torch.Tensor,
     k_grid: tuple[int, int, int],
+    num_prefix: int = 0,
 ) -> torch.Tensor:
-    """Broadcast the per-axis terms into the dense ``(B, heads, Nq, Tk*Hk*Wk)`` bias (one full-size write)."""
+    """Broadcast the per-axis terms into the dense bias ``(B, heads, P + Nq, P + Tk*Hk*Wk)``.
+
+    ``num_prefix`` (P) leading rows and columns (CLS) are zero. Without autograd the sum is written
+    straight into the padded buffer: one full-size write instead of a sum, a zero fill and a copy
+    (fresh full-size buffers are expensive on CPU: page faults).
+    """
     B, n, Nq, _ = rel_h.shape
     kt, kh, kw = k_grid
+    p = num_prefix
     hw = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, Nq, kh, kw): small
-    if rel_t is None:
-        full = hw[:, :, :, None].expand(B, n, Nq, kt, kh, kw)
-    else:
-        full = rel_t[..., :, None, None] + hw[..., None, :, :]
-    return full.reshape(B, n, Nq, kt * kh * kw)
+    t = rel_t[..., :, None, None] if rel_t is not None else hw.new_zeros(1, 1, 1, kt, 1, 1)
+    hw = hw[..., None, :, :]
+    if p and not (torch.is_grad_enabled() and (t.requires_grad or hw.requires_grad)):
+        bias = hw.new_empty(B, n, p + Nq, p + kt * kh * kw)
+        bias[:, :, :p].zero_()
+        bias[:, :, p:, :p].zero_()
+        torch.add(t, hw, out=bias[:, :, p:, p:].view(B, n, Nq, kt, kh, kw))
+        return bias
+    full = (t + hw).reshape(B, n, Nq, kt * kh * kw)
+    return F.pad(full, (p, 0, p, 0)) if p else full
 
 
 def rel_pos_onehot(k_grid: tuple[int, int, int], temporal: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
