@@ -227,3 +227,54 @@ def test_torchcodec_matches_pyav(videos_dir):
     a = open_video(path, backend="pyav").get_frames([0, 50, 99])
     b = open_video(path, backend="torchcodec").get_frames([0, 50, 99])
     assert np.array_equal(a, b)
+
+
+def _fake_torchcodec(monkeypatch):
+    """A stand-in for torchcodec's VideoDecoder built on plain PyAV: frames by play time, display
+    rotation NOT applied. It exercises the adapter (index mapping, rotation check, pickling)."""
+    import sys
+    import types
+
+    import torch
+
+    class VideoDecoder:
+        def __init__(self, path, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC"):
+            assert dimension_order == "NHWC" and seek_mode == "exact"
+            with av.open(str(path), metadata_errors="ignore") as c:
+                s = c.streams.video[0]
+                tb = float(s.time_base)
+                frames = [(f.pts * tb, f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+            frames.sort(key=lambda x: x[0])
+            self.times = np.array([t for t, _ in frames])
+            self.frames = np.stack([f for _, f in frames])
+
+        def get_frames_played_at(self, seconds):
+            idx = np.searchsorted(self.times, np.asarray(seconds), side="right") - 1
+            return types.SimpleNamespace(data=torch.from_numpy(self.frames[idx]))
+
+    mod = types.ModuleType("torchcodec.decoders")
+    mod.VideoDecoder = VideoDecoder
+    monkeypatch.setitem(sys.modules, "torchcodec", types.ModuleType("torchcodec"))
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", mod)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["unordered.mov", "video_90.mov", "video_180.mov", "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi"],
+)
+def test_torchcodec_adapter_matches_pyav(monkeypatch, videos_dir, name):
+    import pickle
+
+    from tubelet.data import decoding
+
+    _fake_torchcodec(monkeypatch)
+    monkeypatch.setattr(decoding, "_TC_APPLIES_ROTATION", {})
+    assert torchcodec_available()
+    tc = open_video(videos_dir / name, backend="auto")
+    assert isinstance(tc, decoding.TorchCodecReader)
+    ref = open_video(videos_dir / name, backend="pyav")
+    n = ref.num_frames
+    idx = np.array(sorted({0, n // 3, n // 2, n - 1}) + [0])
+    assert tc.metadata == ref.metadata
+    assert np.array_equal(tc.get_frames(idx), ref.get_frames(idx))
+    assert np.array_equal(pickle.loads(pickle.dumps(tc)).get_frames(idx[:2]), ref.get_frames(idx[:2]))

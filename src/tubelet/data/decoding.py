@@ -545,34 +545,28 @@ def torchcodec_available() -> bool:
     return True
 
 
-class TorchCodecReader(VideoReader):
-    """:class:`VideoReader` on torchcodec's ``VideoDecoder`` (exact seek mode).
+_TC_APPLIES_ROTATION: dict[tuple, bool] = {}
 
-    torchcodec scans the file once on construction (``seek_mode="exact"``), which gives the same
-    presentation-ordered frame table as :class:`PyAVReader`; batched access decodes each needed range
-    once. It needs FFmpeg's shared libraries on the system.
+
+class TorchCodecReader(PyAVReader):
+    """:class:`VideoReader` whose pixels come from torchcodec's ``VideoDecoder``.
+
+    The frame table, timing, rotation and error semantics are those of :class:`PyAVReader` (the same
+    packet-PTS index), so frame ``i`` is the same frame with either backend; torchcodec decodes the
+    wanted frames in one batched call (``get_frames_played_at`` at each frame's own PTS). Whether
+    this torchcodec build applies the display rotation itself is checked once per file against
+    PyAV's first frame. It needs FFmpeg's shared libraries on the system.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
-        p = Path(path)
-        _check_file(p)
-        self.path = str(p)
-        self.threads = int(threads)
+        super().__init__(path, threads=threads)
         self._decoder = None
-        self._pid: int | None = None
-        dec = self._ensure_open()
-        md = dec.metadata
-        n = int(md.num_frames)
-        if n <= 0:
-            raise VideoError(self.path, "video stream has no frames")
-        fps = Fraction(md.average_fps).limit_denominator(1001000)
-        rot = int(round(-float(getattr(md, "rotation", 0) or 0))) % 360
-        w, h = int(md.width), int(md.height)
-        self._meta = VideoMetadata(self.path, n, fps, Fraction(n) / fps, w, h, rot, str(md.codec))
+        self._tc_pid: int | None = None
+        self._ensure_decoder()  # a file torchcodec cannot open fails here, as with PyAV
 
-    def _ensure_open(self):
+    def _ensure_decoder(self):
         pid = os.getpid()
-        if self._decoder is None or self._pid != pid:
+        if self._decoder is None or self._tc_pid != pid:
             from torchcodec.decoders import VideoDecoder
 
             try:
@@ -580,40 +574,48 @@ class TorchCodecReader(VideoReader):
                     self.path, seek_mode="exact", num_ffmpeg_threads=self.threads, dimension_order="NHWC"
                 )
             except Exception as exc:
-                raise VideoError(self.path, f"cannot open: {type(exc).__name__}: {exc}") from exc
-            self._pid = pid
+                raise VideoError(self.path, f"cannot open with torchcodec: {type(exc).__name__}: {exc}") from exc
+            self._tc_pid = pid
         return self._decoder
 
-    @property
-    def metadata(self) -> VideoMetadata:
-        return self._meta
-
-    @property
-    def timestamps(self) -> list[Fraction]:
-        return [Fraction(i) / self._meta.fps for i in range(self._meta.num_frames)]
-
-    def indices_in(self, start: Fraction | float, end: Fraction | float) -> np.ndarray:
-        fps = self._meta.fps
-        lo = math.ceil(Fraction(start) * fps)
-        hi = math.ceil(Fraction(end) * fps)
-        lo, hi = max(lo, 0), min(hi, self._meta.num_frames)
-        return np.arange(lo, max(lo, hi), dtype=np.int64)
-
-    def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
-        dec = self._ensure_open()
+    def _play(self, pts: np.ndarray) -> np.ndarray:
+        """Frames displayed at the given PTS, ``(N, H, W, 3)`` uint8 as torchcodec returns them."""
+        tb = self._index.time_base
+        # Each frame's own start time, nudged inside its display interval against float rounding.
+        secs = [float(int(p) * tb) + 1e-6 for p in pts]
         try:
-            batch = dec.get_frames_at(unique_sorted.tolist())
+            batch = self._ensure_decoder().get_frames_played_at(seconds=secs)
         except Exception as exc:
             raise VideoError(self.path, f"corrupt data while decoding: {type(exc).__name__}: {exc}") from exc
-        return batch.data.numpy()
+        data = batch.data
+        return data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+
+    def _applies_rotation(self) -> bool:
+        rot = self.rotation
+        if rot == 0:
+            return True
+        hit = _TC_APPLIES_ROTATION.get(self._key)
+        if hit is None:
+            tc0 = self._play(self._index.pts[:1])[0]
+            av0 = PyAVReader._decode_into(self, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))[0]
+            hit = tc0.shape == av0.shape and (rot != 180 or np.array_equal(tc0, av0))
+            _TC_APPLIES_ROTATION[self._key] = hit
+        return hit
+
+    def _decode_into(self, unique_sorted: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+        frames = self._play(self._index.pts[unique_sorted])
+        if not self._applies_rotation():
+            frames = _rotate(frames, self.rotation)
+        return frames[inverse]
 
     def close(self) -> None:
+        super().close()
         self._decoder = None
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_decoder"] = None
-        state["_pid"] = None
+        state["_tc_pid"] = None
         return state
 
 
