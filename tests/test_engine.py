@@ -302,7 +302,9 @@ def test_trainer_settings_come_from_the_recipe(tmp_path):
     recipe = toy_recipe(tmp_path / "run", accumulate_grad_batches=3, checkpoint_every_n_steps=7, keep_last_k=4)
     recipe.optim.clip_grad = 0.5
     recipe.optim.ema_decay = 0.99
+    deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = build_trainer(recipe)
+    torch.use_deterministic_algorithms(deterministic)  # the Trainer set it process-wide
     assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 3
     ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert len(ckpt) == 1 and ckpt[0]._every_n_train_steps == 7 and ckpt[0].save_top_k == 4
@@ -340,3 +342,9 @@ def test_mixup_from_recipe_reaches_the_batches(tmp_path):
     assert torch.allclose(rec.labels[0].sum(1), torch.ones(4))
     soft = torch.cat(rec.labels)
     assert ((soft > 0.01) & (soft < 0.99)).any()  # mixed, not one-hot
+
+
+def test_fit_restores_global_determinism_setting(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    fit(toy_recipe(tmp_path / "run", max_steps=1), method=ToyMethod(), datasets=_data())
+    assert not torch.are_deterministic_algorithms_enabled()

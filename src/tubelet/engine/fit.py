@@ -209,6 +209,22 @@ def fit(
     """Train ``method`` (default ``build_method(recipe)``) on ``datasets`` (default
     ``build_dataset(recipe.data, "train"/"val")``) as the recipe says; ``resume`` is None, ``"auto"``
     (newest complete checkpoint in ``run_dir/checkpoints``, fresh start when there is none) or a path."""
+    # Trainer(deterministic=True) switches PyTorch to deterministic algorithms process-wide; put the
+    # previous setting back afterwards for whatever the caller runs next.
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _fit(recipe, resume, method, datasets, callbacks)
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _fit(
+    recipe: Recipe,
+    resume: str | os.PathLike | None,
+    method: nn.Module | None,
+    datasets: Mapping[str, Dataset | None] | None,
+    callbacks: Iterable[Callback],
+) -> FitResult:
     run_dir = Path(recipe.run_dir)
     ckpt_path = resolve_resume(recipe, resume)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
