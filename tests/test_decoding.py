@@ -47,6 +47,7 @@ def test_frame_count_matches_sources(videos_dir, name):
         "hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi",
         "RATRACE_wave_f_nm_np1_fr_goo_37.avi",
         "WUzgd7C1pWA.mp4",
+        "v_SoccerJuggling_g23_c01.avi",
     ],
 )
 def test_all_frames_equal_sequential_decode(videos_dir, name):
@@ -57,6 +58,12 @@ def test_all_frames_equal_sequential_decode(videos_dir, name):
     got = r.get_frames(np.arange(r.num_frames))
     assert got.shape == ref.shape
     assert np.array_equal(got, ref)
+    # random positions (each a seek to the keyframe before), with a reused and with fresh readers
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        idx = np.sort(rng.choice(len(ref), size=4, replace=False))
+        reader = r if k % 2 else open_video(videos_dir / name)
+        assert np.array_equal(reader.get_frames(idx), ref[idx])
 
 
 def test_metadata(videos_dir):
