@@ -10,6 +10,7 @@ from tubelet.data.sampling import (
     clip_frame_indices,
     constant_clips,
     expected_frames,
+    multiview_clip_starts,
     multiview_clips,
     random_clip,
     repeated_clips,
@@ -42,6 +43,12 @@ def test_multiview_clip_starts():
     assert multiview_clips(10, 2, 1) == [(Fr(4), Fr(6))]  # centre
     assert multiview_clips(Fr(1001, 100), Fr(64, 30), 3)[1][0] == (Fr(1001, 100) - Fr(64, 30)) / 2
     assert multiview_clips(1, 2, 3) == [(Fr(0), Fr(2))] * 3  # shorter than a clip: all at 0 (padded)
+
+
+def test_multiview_clip_starts_in_frames():
+    assert multiview_clip_starts(300, 64, 5) == [0, 59, 118, 177, 236]  # floor(236 / 4) = 59
+    assert multiview_clip_starts(300, 64, 1) == [118]
+    assert multiview_clip_starts(50, 64, 3) == [0, 0, 0]
 
 
 def test_constant_clips():

@@ -33,6 +33,7 @@ __all__ = [
     "clip_frame_indices",
     "random_clip",
     "multiview_clips",
+    "multiview_clip_starts",
     "expected_frames",
     "uniform_clips",
     "constant_clips",
@@ -127,6 +128,18 @@ def multiview_clips(duration: Fraction | float, clip_dur: Fraction | float, num_
         s = room / 2
         return [(s, s + c)]
     return [(i * room / (num_clips - 1), i * room / (num_clips - 1) + c) for i in range(num_clips)]
+
+
+def multiview_clip_starts(num_frames: int, clip_frames: int, num_clips: int) -> list[int]:
+    """The frame form of :func:`multiview_clips` (SlowFast/METHODS.md section 0): clip i starts at
+    frame ``i * floor((L - l) / (V - 1))``; ``V = 1`` starts at ``floor((L - l) / 2)``; never below 0."""
+    room = max(int(num_frames) - int(clip_frames), 0)
+    if num_clips < 1:
+        raise ValueError("num_clips must be >= 1")
+    if num_clips == 1:
+        return [room // 2]
+    step = room // (num_clips - 1)
+    return [i * step for i in range(num_clips)]
 
 
 def uniform_clips(
