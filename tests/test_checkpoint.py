@@ -168,3 +168,13 @@ def test_keep_last_k_and_overwrite(tmp_path):
     save_checkpoint(state, ckdir / "step=000008.ckpt")
     assert len(list(ckdir.glob("step=000008-*.safetensors"))) == 1
     assert is_complete(ckdir / "step=000008.ckpt")
+
+
+def test_removing_a_checkpoint_leaves_similarly_named_ones(tmp_path):
+    from tubelet.engine.checkpoint import remove_checkpoint
+
+    a = save_checkpoint(_state(), tmp_path / "last.ckpt")
+    b = save_checkpoint(_state(), tmp_path / "last-v1.ckpt")
+    remove_checkpoint(a)
+    assert not a.exists() and len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert is_complete(b)

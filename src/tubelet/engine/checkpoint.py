@@ -172,14 +172,16 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         weights_path.unlink(missing_ok=True)
         raise
     # An overwritten checkpoint leaves its old weights file behind: remove it now that the new one is in place.
-    for old in path.parent.glob(f"{glob_escape(path.stem)}-*.safetensors"):
+    for old in _weights_files(path):
         if old.name != weights_path.name:
             old.unlink(missing_ok=True)
     return path
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
+def _weights_files(path: Path) -> list[Path]:
+    """The weights files written for checkpoint ``path`` (``<stem>-<8 hex>.safetensors``)."""
+    pattern = re.compile(re.escape(path.stem) + r"-[0-9a-f]{8}\.safetensors")
+    return [p for p in path.parent.glob("*.safetensors") if pattern.fullmatch(p.name)]
 
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -246,7 +248,7 @@ def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def remove_checkpoint(path: str | Path) -> None:
     path = Path(path)
     path.unlink(missing_ok=True)
-    for weights in path.parent.glob(f"{glob_escape(path.stem)}-*.safetensors"):
+    for weights in _weights_files(path):
         weights.unlink(missing_ok=True)
 
 
