@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(*recipe_and_overrides(args))
     # Methods with ``reconstruct`` (MAE-ST) leave run_dir/report/reconstructions.png; a no-op otherwise.
-    result = fit(recipe, resume=args.resume, callbacks=[ReconstructionCallback.for_recipe(recipe)])
+    callbacks = [ReconstructionCallback.for_recipe(recipe)]
+    from tubelet.eval.knn import monitor_from_recipe
+
+    knn = monitor_from_recipe(recipe)  # kNN accuracy during SSL pre-training (method.knn_every_n_steps)
+    if knn is not None:
+        callbacks.append(knn)
+    result = fit(recipe, resume=args.resume, callbacks=callbacks)
     print(f"run folder: {result.run_dir}")
     for key in sorted(result.metrics):
         print(f"  {key:<20} {result.metrics[key]:.6g}")
