@@ -348,3 +348,11 @@ def test_fit_restores_global_determinism_setting(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()
     fit(toy_recipe(tmp_path / "run", max_steps=1), method=ToyMethod(), datasets=_data())
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_epoch_based_training_and_unbounded_schedule(tmp_path):
+    # 12 samples / batch 4 = 3 steps per epoch; the LR schedule ends with the last epoch
+    result = fit(toy_recipe(tmp_path / "a", max_steps=-1, max_epochs=2), method=ToyMethod(), datasets=_data())
+    assert result.metrics["global_step"] == 6
+    with pytest.raises(TubeletError, match="max_steps"):
+        fit(toy_recipe(tmp_path / "b", max_steps=-1), method=ToyMethod(), datasets=_data())

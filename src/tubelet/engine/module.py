@@ -140,9 +140,10 @@ class TubeletModule(pl.LightningModule):
         lr = resolve_lr(cfg, videos_per_step)
         self.peak_lr = lr
         opt = build_optimizer(self.method, cfg, lr)
-        max_steps = int(trainer.estimated_stepping_batches)
-        if not math.isfinite(max_steps) or max_steps <= 0:
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
             raise ConfigError("set trainer.max_steps (or max_epochs) so that the LR schedule has an end")
+        max_steps = int(total)
         factor = WarmupCosine(peak=lr, max_steps=max_steps, warmup_steps=cfg.warmup_steps,
                               warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, schedule=cfg.schedule)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
