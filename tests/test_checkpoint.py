@@ -178,3 +178,17 @@ def test_removing_a_checkpoint_leaves_similarly_named_ones(tmp_path):
     remove_checkpoint(a)
     assert not a.exists() and len(list(tmp_path.glob("*.safetensors"))) == 1
     assert is_complete(b)
+
+
+def test_training_checkpoint_feeds_model_weight_loading(tmp_path):
+    """``read_state_dict`` (used by create_model and model.checkpoint) understands step=N.ckpt files."""
+    from tubelet.models.weights import read_state_dict
+
+    sd = {"method.backbone.w": torch.randn(2, 2), "method.head.b": torch.zeros(3)}
+    ckpt = save_checkpoint({"state_dict": sd, "global_step": 5}, tmp_path / "step=000005.ckpt")
+    got = read_state_dict(ckpt)
+    assert set(got) == {"backbone.w", "head.b"} and torch.equal(got["backbone.w"], sd["method.backbone.w"])
+    (weights,) = tmp_path.glob("step=000005-*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match="missing or truncated"):
+        read_state_dict(ckpt)

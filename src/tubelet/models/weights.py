@@ -29,6 +29,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path}: cannot be loaded safely (truncated, corrupt, or contains code objects): {exc}"
         ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("tubelet"), dict) and "weights_file" in obj["tubelet"]:
+        return _training_checkpoint_weights(path, obj["tubelet"])
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -58,3 +60,14 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> tup
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=False)
     return missing, unexpected
+
+
+def _training_checkpoint_weights(path: Path, info: dict) -> dict[str, torch.Tensor]:
+    """A training checkpoint of ``tubelet fit`` (``step=N.ckpt``) keeps its weights in a safetensors file
+    beside it, under ``state_dict/method.<name>``: return them as ``<name>`` (the method's own keys)."""
+    weights = path.parent / str(info["weights_file"])
+    if not weights.is_file() or weights.stat().st_size != info.get("weights_bytes", weights.stat().st_size):
+        raise CheckpointError(f"{path}: its weights file {weights.name} is missing or truncated")
+    state = read_state_dict(weights)
+    prefix = "state_dict/method."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
