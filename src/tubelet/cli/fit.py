@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(*recipe_and_overrides(args))
     # Methods with ``reconstruct`` (MAE-ST) leave run_dir/report/reconstructions.png; a no-op otherwise.
     callbacks = [ReconstructionCallback.for_recipe(recipe)]
+    from tubelet.report_maskfeat import HOGReportCallback
+
+    callbacks.append(HOGReportCallback.for_recipe(recipe))  # MaskFeat (HOG target): report/hog.png
     from tubelet.eval.knn import monitor_from_recipe
 
     knn = monitor_from_recipe(recipe)  # kNN accuracy during SSL pre-training (method.knn_every_n_steps)
