@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -227,6 +228,9 @@ def _fit(
 ) -> FitResult:
     run_dir = Path(recipe.run_dir)
     ckpt_path = resolve_resume(recipe, resume)
+    if resume is not None:
+        rank_zero_info(f"resuming from {ckpt_path}" if ckpt_path is not None
+                       else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     set_threads(recipe)
     if method is None:
