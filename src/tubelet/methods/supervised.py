@@ -93,6 +93,14 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str) -> dict[str, list[s
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break
     is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
+    # MViTv2 relative-position tables whose length follows the token grid (e.g. MaskFeat pre-trains
+    # without the last stage's query stride) are resampled linearly, as the checkpoint converter does.
+    from tubelet.models.layers.rel_pos import interpolate_rel_pos
+
+    for k, v in list(state.items()):
+        if (k.rsplit(".", 1)[-1] in ("rel_pos_h", "rel_pos_w", "rel_pos_t") and k in own and v.ndim == 2
+                and own[k].ndim == 2 and v.shape[1] == own[k].shape[1] and v.shape[0] != own[k].shape[0]):
+            state[k] = interpolate_rel_pos(v.float(), own[k].shape[0]).to(v.dtype)
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched if not is_head(k)]
     missing = [k for k in own if k not in state and not is_head(k)]
