@@ -115,3 +115,19 @@ def test_evaluate_errors(tmp_path):
         evaluate(recipe, tmp_path / "missing.ckpt", method=Reader(), dataset=data)
     with pytest.raises(ConfigError, match="classify"):
         evaluate(recipe, None, method=nn.Linear(1, 1), dataset=data)
+
+
+def test_unreadable_test_videos_are_left_out_and_reported(tmp_path):
+    from tubelet.data.mixing import BadSample
+
+    class WithBad(ToyViews):
+        def __getitem__(self, index):
+            if index == 1:
+                return BadSample(index, "clips/broken.mp4", "moov atom not found")
+            return super().__getitem__(index)
+
+    data = WithBad(torch.stack([_views(v) for v in LOGITS]), torch.tensor(LABELS))
+    res = evaluate(toy_recipe(tmp_path / "run"), None, method=Reader(), dataset=data, batch_size=3)
+    assert res["num_videos"] == 2 and [p["index"] for p in res["predictions"]] == [0, 2]
+    assert res["bad_samples"] == [[1, "clips/broken.mp4", "moov atom not found"]]
+    assert res["top1"] == 0.0 and res["top5"] == 0.5  # video 0: class 0 in top 5; video 2: not

@@ -130,8 +130,9 @@ def evaluate(
     ``checkpoint``: a training checkpoint, ``method.safetensors`` or ``backbone.safetensors`` (None:
     use ``method`` as it is). ``dataset`` defaults to ``build_dataset(recipe.data, "test")``.
     Returns ``top1``, ``top5``, ``num_videos``, ``num_views``, ``confusion`` (K x K list, rows = true),
-    ``predictions`` (per video: index, label, pred, score) and ``confusion_png`` (written under
-    ``report_dir``, default ``run_dir/report``).
+    ``predictions`` (per video: index, label, pred, score), ``confusion_png`` (written under
+    ``report_dir``, default ``run_dir/report``) and ``bad_samples`` (videos that could not be read
+    and were left out: index, path, reason).
     """
     from tubelet.engine.fit import set_threads
 
@@ -152,12 +153,19 @@ def evaluate(
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise TubeletError("the test dataset is empty")
     method.eval()
+    from tubelet.engine.datamodule import default_batch_collate
+
+    # The data package's collate drops unreadable videos (reported in batch["bad_samples"]).
     loader = DataLoader(dataset, batch_size=batch_size or recipe.data.batch_size, shuffle=False,
-                        num_workers=recipe.data.num_workers)
+                        num_workers=recipe.data.num_workers, collate_fn=default_batch_collate(recipe.seed))
     bf16 = recipe.trainer.precision.startswith("bf16")
     all_scores, all_labels, all_index = [], [], []
     num_views = 0
+    bad: list = []
     for batch in loader:
+        bad.extend(batch.get("bad_samples", []))
+        if "video" not in batch:
+            continue
         video = batch["video"]
         num_views = 1 if video.ndim == 5 else int(video.shape[1])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -166,6 +174,8 @@ def evaluate(
         all_labels.append(batch["label"].long().view(-1))
         index = batch.get("index")
         all_index.append(torch.as_tensor(index).view(-1) if index is not None else torch.full_like(all_labels[-1], -1))
+    if not all_scores:
+        raise TubeletError(f"no test video could be read ({len(bad)} failed)")
     scores = torch.cat(all_scores)
     labels = torch.cat(all_labels)
     indices = torch.cat(all_index)
@@ -189,6 +199,7 @@ def evaluate(
             for i, y, p, s in zip(indices, labels, preds, scores.max(dim=1).values)
         ],
         "confusion_png": str(png),
+        "bad_samples": [list(b) for b in bad],
     }
     (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
