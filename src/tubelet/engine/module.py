@@ -43,6 +43,9 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 
 class TubeletModule(pl.LightningModule):
+    """Holds ``method`` (as ``self.method``, so checkpoint keys are ``method.<name>``); training_step is
+    ``method(batch)``; ``optim`` and ``batch_size`` (videos per step per process) set the optimizer."""
+
     def __init__(
         self,
         method: nn.Module,
