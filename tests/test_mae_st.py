@@ -299,3 +299,13 @@ def test_cli_pretrain_then_finetune_and_probe_round_trip(tmp_path):
         assert not (run / "report" / "reconstructions.png").exists()  # only methods that reconstruct
         head = "backbone.head.fc.weight" if name == "ft" else "head.weight"  # the probe owns its classifier
         assert head in load_file(str(run / "method.safetensors"))
+
+
+def test_run_report_shows_a_runs_reconstructions(tmp_path):
+    from tubelet.report import write_report
+    from tubelet.report_mae import save_reconstructions
+
+    run = tmp_path / "pretrain"
+    save_reconstructions(tiny_mae(mask_ratio=0.75), torch.randn(1, 3, 4, 32, 32), run / "report" / "reconstructions.png")
+    index = write_report(tmp_path / "report", {"MAE-ST pre-training": run})
+    assert '<img src="../pretrain/report/reconstructions.png"' in index.read_text()

@@ -231,6 +231,10 @@ def write_report(
             if own.is_file():
                 rel = Path(_relpath(own, out))
                 section.append(f'<h3>Confusion matrix</h3><img src="{rel.as_posix()}" alt="confusion">')
+        recon = Path(run) / "report" / "reconstructions.png"
+        if recon.is_file():  # masked autoencoders (MAE-ST): original / masked / reconstructed frames
+            rel = Path(_relpath(recon, out))
+            section.append(f'<h3>Reconstructions</h3><img src="{rel.as_posix()}" alt="reconstructions">')
         if section:
             parts.append(f"<h2>{html.escape(name)}</h2><p>run folder: <code>{html.escape(str(run))}</code></p>")
             parts.extend(section)
