@@ -73,6 +73,11 @@ def test_normalised_targets_have_zero_mean_unit_variance():
     assert torch.allclose(z.mean(-1), torch.zeros(4, 10), atol=1e-5)
     assert torch.allclose(z.var(-1), torch.ones(4, 10), atol=1e-4)
     assert torch.allclose(z * (var + 1e-6) ** 0.5 + mean, y, atol=1e-5)
+    # the method's own targets, on a clip with non-zero mean and scale
+    t = tiny_mae().targets(torch.rand(2, 3, 4, 32, 32) * 4 + 1)
+    assert t.shape == (2, 8, 768)
+    assert torch.allclose(t.mean(-1), torch.zeros(2, 8), atol=1e-5)
+    assert torch.allclose(t.var(-1), torch.ones(2, 8), atol=1e-4)
 
 
 # ---------------------------------------------------------------- encoder sees kept tokens only

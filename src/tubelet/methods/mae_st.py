@@ -75,7 +75,9 @@ def patchify(
     """
     v = _cube_view(video, patch_size)  # (B, T', H', W', C, pt, ph, pw)
     if frames == "first":
-        v = v[:, :, :, :, :, 0]  # (B, T', H', W', C, ph, pw): frames 0, 2, 4, ... for pt = 2
+        # (B, T', H', W', C, ph, pw): frames 0, 2, ..., 14 for pt = 2, T = 16 (the paper / SlowFast).
+        # mae_st's torch.linspace(0, T-1, T') index gives 0, 2, ..., 12, 15 (off by one at the end).
+        v = v[:, :, :, :, :, 0]
     elif frames != "cube":
         raise ValueError(f"frames must be 'first' or 'cube', got '{frames}'")
     B, t, h, w = v.shape[:4]
