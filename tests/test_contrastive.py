@@ -212,16 +212,19 @@ def test_simclr_gradients_reach_both_views():
     assert video.grad[:, 0].abs().sum() > 0 and video.grad[:, 1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("fw", ["simclr", "moco", "byol", "swav"])
 @pytest.mark.parametrize("backbone", ["vit_tiny", "mvitv2_s"])
-def test_transformer_backbones_work(backbone):
+def test_transformer_backbones_work(backbone, fw):
     over = {"vit_tiny": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
             "mvitv2_s": {"depth": 2, "embed_dim": 8, "transitions": [1], "num_heads": 1}}[backbone]
     r = from_dict({
         "model": {"name": backbone, "num_frames": 4, "img_size": 32, "overrides": over},
         "data": {"rho": {"clips": 2}},
-        "method": {"name": "contrastive", "framework": "byol", "proj_hidden": 16, "pred_hidden": 16},
+        "method": {"name": "contrastive", "framework": fw, "proj_hidden": 16, "pred_hidden": 16, "queue_size": 8,
+                   "num_prototypes": 4, "steps_per_epoch": 1},
     })
     m = build_method(r)
+    assert m.backbone.embed_dim == (32 if backbone == "vit_tiny" else 16)  # MViT: width doubles at the transition
     out = m({"video": torch.randn(2, 2, 3, 4, 32, 32)})
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
