@@ -211,7 +211,8 @@ def test_mvit_pretrains_without_last_q_stride_and_finetunes_from_it(tmp_path):
     # Fine-tuning restores the stride: the last block's relative tables change length and are resampled.
     path = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in m.backbone.state_dict().items()}, str(path))
-    ft = build_supervised(from_dict({"model": {**model, "checkpoint": str(path)}, "data": {"synthetic": {"num_classes": 4}}}))
+    ft_recipe = {"model": {**model, "checkpoint": str(path)}, "data": {"synthetic": {"num_classes": 4}}}
+    ft = build_supervised(from_dict(ft_recipe))
     own, pre = ft.backbone.state_dict(), m.backbone.state_dict()
     assert own["blocks.4.attn.rel_pos_h"].shape[0] < pre["blocks.4.attn.rel_pos_h"].shape[0]
     assert torch.equal(own["blocks.2.attn.qkv.weight"], pre["blocks.2.attn.qkv.weight"])
@@ -230,7 +231,8 @@ def test_cli_pretrain_writes_hog_report_then_finetunes(tmp_path, monkeypatch):
     from tubelet.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    small = ["data.synthetic.num_videos=48", "data.batch_size=8", "trainer.max_steps=2", "trainer.enable_progress_bar=false"]
+    small = ["data.synthetic.num_videos=48", "data.batch_size=8", "trainer.max_steps=2",
+             "trainer.enable_progress_bar=false"]
     assert main(["fit", "--config", "maskfeat_synthetic_pretrain", *small, "run_dir=pt"]) == 0
     assert (tmp_path / "pt" / "report" / "hog.png").stat().st_size > 10_000
     assert main(["fit", "--config", "maskfeat_synthetic_finetune", *small, "trainer.val_check_interval=2",

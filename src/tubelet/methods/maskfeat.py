@@ -251,6 +251,7 @@ def build(recipe: Recipe) -> MaskFeat:
         from tubelet.models.weights import load_weights
 
         load_weights(backbone, m.checkpoint, strict=False)
-    frames = 1 if getattr(backbone, "cfg", None) is not None and getattr(backbone.cfg, "video", True) is False else m.num_frames
+    image_model = getattr(getattr(backbone, "cfg", None), "video", True) is False  # MViT image variants
+    frames = 1 if image_model else m.num_frames
     return MaskFeat(backbone, cfg, (frames, m.img_size, m.img_size))
 
