@@ -36,8 +36,8 @@ def _record(m):
         seen["source_out"].append(out[1].detach().clone())
         return out
 
-    def t(x, v):
-        out = tgt(x, v)
+    def t(x, v, pooled_source=None):
+        out = tgt(x, v, pooled_source)
         seen["target_in"].append(x.detach().clone())
         seen["target_out"].append(out.detach().clone())
         return out

@@ -269,6 +269,7 @@ class Contrastive(nn.Module):
         self.total_steps = int(total_steps)
         self.freeze_prototypes_steps = int(freeze_prototypes_steps)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._last_pooled: torch.Tensor | None = None
         self.uses_momentum = cfg.momentum is not None and cfg.momentum > 0
         if self.uses_momentum:
             self.target_backbone = copy.deepcopy(backbone)
@@ -315,18 +316,22 @@ class Contrastive(nn.Module):
         self.queue_ptr.copy_((self.queue_ptr + n) % K)
 
     # -- encoders -----------------------------------------------------------------------------------
-    def source_embed(self, x: torch.Tensor, views: int) -> torch.Tensor:
+    def source_embed(self, x: torch.Tensor, views: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(V*B, C, T, H, W) -> (z (V*B, d) projector output, q (V*B, d) query)."""
-        z = project_views(self.projector, pooled(self.backbone, x), views, joint=False)
+        self._last_pooled = pooled(self.backbone, x)
+        z = project_views(self.projector, self._last_pooled, views, joint=False)
         q = z if self.predictor is None else project_views(self.predictor, z, views, joint=False)
         return z, q
 
-    def target_embed(self, x: torch.Tensor, views: int) -> torch.Tensor:
+    def target_embed(self, x: torch.Tensor, views: int, pooled_source: torch.Tensor | None = None) -> torch.Tensor:
+        """Target projections (V*B, d); ``pooled_source``: the shared backbone's features of the same
+        input, reused instead of a second backbone pass (AsymBN on SimCLR/SwAV)."""
         if self.uses_momentum:
             with torch.no_grad():
                 h = pooled(self.target_backbone, x)
                 return project_views(self.target_projector, h, views, joint=self.cfg.asym_bn)
-        return project_views(self.projector, pooled(self.backbone, x), views, joint=self.cfg.asym_bn)
+        h = pooled_source if pooled_source is not None else pooled(self.backbone, x)
+        return project_views(self.projector, h, views, joint=self.cfg.asym_bn)
 
     def prototype_scores(self, z: torch.Tensor) -> torch.Tensor:
         w = self.prototypes.weight
@@ -366,11 +371,13 @@ class Contrastive(nn.Module):
         x = _views_first(video)
         src = scalemix(x, _views_first(batch["mix"])) if "mix" in batch else x
         z, q = self.source_embed(src, V)
+        h = self._last_pooled
+        self._last_pooled = None
         tgt = _views_first(batch["target"]) if "target" in batch else x
         if not self.uses_momentum and tgt is src and not self.cfg.asym_bn:
             k = z  # shared encoder, same input: the keys are the source projections (with gradients)
         else:
-            k = self.target_embed(tgt, V)
+            k = self.target_embed(tgt, V, pooled_source=h if tgt is src else None)
         q, k = q.view(V, B, -1), k.view(V, B, -1)
         positives = "others"
         if self.cfg.mean_enc:
