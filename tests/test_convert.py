@@ -115,8 +115,10 @@ def _to_pyslowfast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_pyslowfast_checkpoint_round_trip(tmp_path, io):
     tv = convert_state_dict(load_file(str(TV_SMALL)), "torchvision", "mvitv2_s", OVERRIDES)
     sf = _to_pyslowfast(tv.state)
-    for name in ("blocks.1.attn.pool_q.weight", "blocks.1.attn.norm_q.bias", "blocks.1.proj.weight",
-                 "blocks.0.attn.rel_pos_t", "blocks.3.mlp.fc2.weight", "patch_embed.proj.weight", "head.projection.weight"):
+    names = ("blocks.1.attn.pool_q.weight", "blocks.1.attn.norm_q.bias", "blocks.1.proj.weight",
+             "blocks.0.attn.rel_pos_t", "blocks.3.mlp.fc2.weight", "patch_embed.proj.weight",
+             "head.projection.weight")
+    for name in names:
         assert name in sf and pyslowfast.rename(name) is not None
     # PySlowFast saves {"model_state", "optimizer_state", "cfg" (YAML text), "epoch"}; DDP adds "module.".
     ckpt = {"epoch": 3, "cfg": "MVIT:\n  DEPTH: 4\n", "model_state": {"module." + k: v for k, v in sf.items()}}

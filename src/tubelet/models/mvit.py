@@ -91,7 +91,9 @@ def stem_grid(cfg: MViTConfig, num_frames: int, height: int, width: int) -> Grid
     return (t, conv_out_size(height, k[1], s[1], p[1]), conv_out_size(width, k[2], s[2], p[2]))
 
 
-def block_specs(cfg: MViTConfig, num_frames: int | None = None, img_size: int | tuple[int, int] | None = None) -> list[BlockSpec]:
+def block_specs(
+    cfg: MViTConfig, num_frames: int | None = None, img_size: int | tuple[int, int] | None = None
+) -> list[BlockSpec]:
     """Per-block widths, heads, strides and input grids for an input of the given size (default: build size)."""
     num_frames = cfg.num_frames if num_frames is None else num_frames
     size = cfg.img_size if img_size is None else img_size
@@ -364,7 +366,8 @@ MVITV2_B = MViTConfig(
     depth=24, embed_dim=96, num_heads=1, transitions=(2, 5, 21), drop_path_rate=0.3, num_frames=32, **_VIDEO
 )
 MVITV2_L = MViTConfig(
-    depth=48, embed_dim=144, num_heads=2, transitions=(2, 8, 44), drop_path_rate=0.75, num_frames=40, img_size=312, **_VIDEO
+    depth=48, embed_dim=144, num_heads=2, transitions=(2, 8, 44), drop_path_rate=0.75, num_frames=40, img_size=312,
+    **_VIDEO,
 )
 MVITV2_T_IMG = MViTConfig(depth=10, embed_dim=96, num_heads=1, transitions=(1, 3, 8), drop_path_rate=0.1, **_IMAGE)
 MVITV2_S_IMG = MViTConfig(depth=16, embed_dim=96, num_heads=1, transitions=(1, 3, 14), drop_path_rate=0.1, **_IMAGE)

@@ -98,7 +98,9 @@ def convert_state_dict(
     try:
         name = model or mod.infer_model(state)
     except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"cannot tell which MViTv2 this {source} checkpoint is ({exc}); pass the model name") from exc
+        raise CheckpointError(
+            f"cannot tell which MViTv2 this {source} checkpoint is ({exc}); pass the model name"
+        ) from exc
     overrides = dict(overrides or {})
     if "num_classes" not in overrides and "head.weight" in renamed:
         overrides["num_classes"] = int(renamed["head.weight"].shape[0])
@@ -115,7 +117,9 @@ def convert_state_dict(
                     notes.append(f"{key}: resampled {value.shape[0]} -> {own[key][0]} rows")
 
     mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k])}" for k, v in renamed.items() if k in own and v.shape != own[k]
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k])}"
+        for k, v in renamed.items()
+        if k in own and v.shape != own[k]
     ]
     missing = [k for k in own if k not in renamed]
     unexpected = [f"{k} (no {name} counterpart)" for k in unknown] + [

@@ -146,10 +146,12 @@ class PoolingAttention(nn.Module):
             hd = self.head_dim
             if spatial_only:
                 conv: nn.Module = nn.Conv2d(
-                    hd, hd, self.kernel[1:], stride=stride[1:], padding=[k // 2 for k in self.kernel[1:]], groups=hd, bias=False
+                    hd, hd, self.kernel[1:], stride=stride[1:], padding=[k // 2 for k in self.kernel[1:]], groups=hd,
+                    bias=False,
                 )
             else:
-                conv = nn.Conv3d(hd, hd, self.kernel, stride=stride, padding=[k // 2 for k in self.kernel], groups=hd, bias=False)
+                pad = [k // 2 for k in self.kernel]
+                conv = nn.Conv3d(hd, hd, self.kernel, stride=stride, padding=pad, groups=hd, bias=False)
             return conv, norm_layer(hd)
 
         self.pool_q, self.norm_q = make_pool(self.q_stride)
@@ -169,7 +171,9 @@ class PoolingAttention(nn.Module):
             self.rel_pos_t = nn.Parameter(torch.zeros(rel_pos_table_size(q_grid[0], k_grid[0]), self.head_dim))
             nn.init.trunc_normal_(self.rel_pos_t, std=0.02)
 
-    def _pool(self, x: torch.Tensor, pool: nn.Module | None, norm: nn.Module | None, grid: Grid) -> tuple[torch.Tensor, Grid]:
+    def _pool(
+        self, x: torch.Tensor, pool: nn.Module | None, norm: nn.Module | None, grid: Grid
+    ) -> tuple[torch.Tensor, Grid]:
         if pool is None:
             return x, grid
         x, grid = pool_tokens(x, pool, grid, self.num_prefix, self.spatial_only)
@@ -197,14 +201,20 @@ class PoolingAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             rel_t, rel_h, rel_w = decomposed_rel_pos(
-                q[:, :, p:], q_grid, k_grid, self.rel_pos_t if self.rel_pos_temporal else None, self.rel_pos_h, self.rel_pos_w
+                q[:, :, p:],
+                q_grid,
+                k_grid,
+                self.rel_pos_t if self.rel_pos_temporal else None,
+                self.rel_pos_h,
+                self.rel_pos_w,
             )
             impl = self._resolve_impl(q)
             if impl == "concat":
                 rel = torch.cat([r for r in (rel_t, rel_h, rel_w) if r is not None], dim=-1)  # (B, n, Nq-p, e)
                 e = rel.shape[-1]
                 q_aug = torch.cat((q * self.scale, F.pad(rel, (0, 0, p, 0))), dim=-1)  # CLS rows: no term
-                code = F.pad(rel_pos_onehot(k_grid, rel_t is not None, q.device, q.dtype), (0, 0, p, 0))  # CLS key: none
+                code = rel_pos_onehot(k_grid, rel_t is not None, q.device, q.dtype)
+                code = F.pad(code, (0, 0, p, 0))  # CLS key: no code
                 k_aug = torch.cat((k, code.expand(B, n, Nk, e)), dim=-1)
                 out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, e)), scale=1.0)[..., :d]
             else:

@@ -42,7 +42,9 @@ def rel_pos_index(q_size: int, k_size: int, device: torch.device | None = None) 
     """
     q_ratio = max(k_size / q_size, 1.0)
     k_ratio = max(q_size / k_size, 1.0)
-    dist = torch.arange(q_size, device=device)[:, None] * q_ratio - torch.arange(k_size, device=device)[None, :] * k_ratio
+    qi = torch.arange(q_size, device=device)[:, None]
+    kj = torch.arange(k_size, device=device)[None, :]
+    dist = qi * q_ratio - kj * k_ratio
     dist = dist + (k_size - 1) * k_ratio
     return dist.long()
 
@@ -118,7 +120,9 @@ def rel_pos_bias(
     return F.pad(full, (p, 0, p, 0)) if p else full
 
 
-def rel_pos_onehot(k_grid: tuple[int, int, int], temporal: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def rel_pos_onehot(
+    k_grid: tuple[int, int, int], temporal: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """``(Nk, [Tk +] Hk + Wk)`` one-hot codes of each key's coordinates (time slowest).
 
     With ``q' = [q / sqrt(C), rel_t, rel_h, rel_w]`` and ``k' = [k, onehot]``, ``q' . k'`` equals the
