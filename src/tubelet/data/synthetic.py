@@ -65,9 +65,6 @@ COLOURS = {
     "orange": (0.98, 0.55, 0.10),
     "white": (0.97, 0.97, 0.97),
 }
-# Distractors are at most as large as the smallest main object (max_radius / min_radius <= 2 by default),
-# so "the main object" is the largest one and well defined.
-DISTRACTOR_SCALE = 0.5
 
 
 def class_names(cfg: SyntheticConfig) -> list[str]:
@@ -214,8 +211,8 @@ def render_clip(cfg: SyntheticConfig, index: int, label: int | None = None) -> S
         # Log-radius on a wrapped interval: uniform at every frame for every class.
         logr = log_lo + (logr0 - log_lo + gr * tt) % (log_hi - log_lo)
         r = np.exp(logr)
-        if k > 0:
-            r = r * DISTRACTOR_SCALE
+        if k > 0:  # distractors are never larger than the smallest main object: "the main object" is well defined
+            r = r * (cfg.min_radius / cfg.max_radius)
         dx = _wrap(X - cx[:, None, None], S)  # (T,1,S)
         dy = _wrap(Y - cy[:, None, None], S)  # (T,S,1)
         cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
