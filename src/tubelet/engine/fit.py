@@ -18,7 +18,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -91,17 +90,16 @@ def build_collate(recipe: Recipe) -> Any:
 
 
 def _strategy(recipe: Recipe) -> Any:
-    name = recipe.trainer.strategy
-    timeout = timedelta(seconds=recipe.trainer.collective_timeout_s)
-    if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
+    """Lightning strategy with ``trainer.collective_timeout_s``; ``auto`` with several devices or nodes
+    becomes DDP so that the timeout applies there too."""
+    from tubelet.engine.distributed import strategy_from_recipe
 
-        return DDPStrategy(timeout=timeout)
-    if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        return FSDPStrategy(timeout=timeout)
-    return name
+    t = recipe.trainer
+    name = t.strategy
+    several = t.num_nodes > 1 or (isinstance(t.devices, int) and t.devices > 1)
+    if name == "auto" and several:
+        name = "ddp"
+    return strategy_from_recipe(name, t.collective_timeout_s)
 
 
 def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: bool = True) -> pl.Trainer:
@@ -265,6 +263,7 @@ def _fit(
         nonfinite=recipe.trainer.nonfinite,
         max_skipped_steps=recipe.trainer.max_skipped_steps,
         checkpoint_dir=run_dir / "checkpoints",
+        bad_files_path=run_dir / "bad_files.txt",
     )
     trainer = build_trainer(recipe, callbacks, has_val=val is not None and hasattr(method, "classify"))
     csv_log = run_dir / "logs" / "csv" / "metrics.csv"

@@ -49,6 +49,7 @@ from torch import nn
 
 from tubelet.config.schema import ContrastiveConfig, Recipe
 from tubelet.errors import ConfigError
+from tubelet.methods._dist import all_gather_no_grad, all_gather_with_grad, rank, world_size
 from tubelet.methods.asym import mean_of_others, multicrop_weights, project_views, scalemix, sync_batchnorm
 
 FRAMEWORKS = ("simclr", "moco", "byol", "swav")
@@ -109,26 +110,10 @@ def momentum_at(step: int, total: int, m0: float, schedule: str = "cosine") -> f
     return 1.0 - (1.0 - m0) * (math.cos(math.pi * k / max(total, 1)) + 1.0) / 2.0
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def gather(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
     """Concatenate ``x (N, ...)`` over processes in rank order (itself in one process). ``with_grad``
     uses the differentiable all-gather, so gradients flow back to every process's rows."""
-    if world_size() == 1:
-        return x
-    if with_grad:
-        import torch.distributed.nn.functional as dnnf
-
-        return torch.cat(dnnf.all_gather(x), dim=0)
-    out = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
+    return all_gather_with_grad(x) if with_grad else all_gather_no_grad(x)
 
 
 def positive_mask(views: int, positives: str, device: torch.device | None = None) -> torch.Tensor:
@@ -225,7 +210,9 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.T
     return Q.t()
 
 
-def swav_loss(q_scores: torch.Tensor, codes: torch.Tensor, temperature: float, positives: str = "others") -> torch.Tensor:
+def swav_loss(
+    q_scores: torch.Tensor, codes: torch.Tensor, temperature: float, positives: str = "others"
+) -> torch.Tensor:
     """rho-SwAV swapped prediction: q_scores (V, B, K) of the queries, codes (V, B, K) of the targets;
     mean over queries and positives of ``-sum_c code_c log softmax(score / a)_c``."""
     V = q_scores.shape[0]
@@ -289,7 +276,8 @@ class Contrastive(nn.Module):
 
     # -- momentum target ----------------------------------------------------------------------------
     def current_momentum(self) -> float:
-        return momentum_at(int(self.step), self.total_steps, float(self.cfg.momentum or 0.0), self.cfg.momentum_schedule)
+        m0 = float(self.cfg.momentum or 0.0)
+        return momentum_at(int(self.step), self.total_steps, m0, self.cfg.momentum_schedule)
 
     @torch.no_grad()
     def momentum_update(self) -> float:
@@ -418,7 +406,8 @@ def _steps_per_epoch(recipe: Recipe) -> int | None:
         from tubelet.data.synthetic import split_indices
 
         devices = recipe.trainer.devices if isinstance(recipe.trainer.devices, int) else 1
-        per_step = d.batch_size * max(1, devices) * max(1, recipe.trainer.num_nodes) * recipe.trainer.accumulate_grad_batches
+        t = recipe.trainer
+        per_step = d.batch_size * max(1, devices) * max(1, t.num_nodes) * t.accumulate_grad_batches
         return max(1, len(split_indices(d.synthetic, "train")) // per_step)
     return None
 
