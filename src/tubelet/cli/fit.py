@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if knn is not None:
         callbacks.append(knn)
     result = fit(recipe, resume=args.resume, callbacks=callbacks)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return 0  # with several processes, rank 0 reports
     print(f"run folder: {result.run_dir}")
     for key in sorted(result.metrics):
         print(f"  {key:<20} {result.metrics[key]:.6g}")

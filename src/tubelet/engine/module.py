@@ -4,7 +4,8 @@ A method is a plain ``nn.Module`` with ``forward(batch) -> {"loss": scalar, ...}
 (devices, precision, accumulation, distributed, checkpoints) is Lightning's. The module adds the
 optimizer/schedule (``engine.optim``, ``engine.schedules``), logging of every scalar the method
 returns plus ``lr`` and ``clips_per_s``, top-1/top-5 validation for methods with ``classify``, the
-non-finite-loss policy, and the RNG states in checkpoints.
+non-finite loss and gradient policy, the failure budget of unreadable
+samples over all processes, and the RNG states in checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from tubelet.config.schema import OptimConfig
 from tubelet.engine.checkpoint import capture_rng_state, find_latest_checkpoint, restore_rng_state
+from tubelet.engine.distributed import all_gather_objects, all_reduce_sum
 from tubelet.engine.optim import build_optimizer, resolve_lr
 from tubelet.engine.schedules import WarmupCosine
 from tubelet.errors import ConfigError, TubeletError
@@ -55,6 +57,7 @@ class TubeletModule(pl.LightningModule):
         max_skipped_steps: int = 10,
         checkpoint_dir: str | Path | None = None,
         failure_tracker: Any | None = None,
+        bad_files_path: str | Path | None = None,
     ) -> None:
         super().__init__()
         if nonfinite not in NONFINITE:
@@ -69,6 +72,7 @@ class TubeletModule(pl.LightningModule):
         # Counts the samples the data collate dropped as unreadable (``batch["bad_samples"]``) against
         # data.max_failure_fraction (``tubelet.data.datasets.FailureTracker``).
         self.failure_tracker = failure_tracker
+        self.bad_files_path = Path(bad_files_path) if bad_files_path is not None else None
         self.peak_lr: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._last_batch_time: float | None = None
@@ -78,15 +82,28 @@ class TubeletModule(pl.LightningModule):
         return self.method(batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        if self.failure_tracker is not None and isinstance(batch, dict) and batch.get("bad_samples"):
-            self.failure_tracker.observe(batch)
-        if isinstance(batch, dict) and "video" not in batch and "bad_samples" in batch:
-            return None  # every sample of this batch failed to load: nothing to learn from
-        out = self.method(batch)
-        if not isinstance(out, dict) or "loss" not in out:
-            raise TubeletError(f"{type(self.method).__name__}.forward(batch) must return a dict with 'loss'")
-        loss = out["loss"]
-        if not torch.isfinite(loss.detach()).all():
+        is_dict = isinstance(batch, dict)
+        empty = is_dict and "video" not in batch and "bad_samples" in batch  # every sample failed to load
+        new_bad = []
+        if self.failure_tracker is not None and is_dict and batch.get("bad_samples"):
+            new_bad = self.failure_tracker.add(batch)
+        out = None
+        if not empty:
+            out = self.method(batch)
+            if not isinstance(out, dict) or "loss" not in out:
+                raise TubeletError(f"{type(self.method).__name__}.forward(batch) must return a dict with 'loss'")
+        loss = out["loss"] if out is not None else None
+        nonfinite = loss is not None and not bool(torch.isfinite(loss.detach()).all())
+        # One small all-reduce per step makes these decisions identical on every process: a rank that
+        # stopped or skipped alone would leave the others waiting in the gradient all-reduce.
+        n_bad, n_empty, n_nonfinite = all_reduce_sum([len(new_bad), float(empty), float(nonfinite)])
+        if n_bad and self.failure_tracker is not None:
+            self.failure_tracker.merge(all_gather_objects(new_bad))
+            self._write_bad_files()
+            self.failure_tracker.check()  # DataError on every rank at once, listing every rank's files
+        if n_empty:
+            return None  # nothing to learn from on some rank: every rank skips this batch
+        if n_nonfinite:
             return self._nonfinite(loss, batch_idx)
         bs = int(batch["video"].shape[0]) if "video" in batch else self.batch_size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
@@ -106,19 +123,61 @@ class TubeletModule(pl.LightningModule):
         self._last_batch_time = now
         return loss
 
-    def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        step = self.global_step
+    def _nonfinite(self, loss: torch.Tensor | None, batch_idx: int) -> None:
+        if self._may_skip():
+            return None  # Lightning skips backward and the parameter update for this batch
+        value = loss.detach().float().item() if loss is not None else float("nan")
+        where = f" on rank {self.global_rank}" if self._world() > 1 else ""
+        raise TubeletError(
+            f"non-finite loss ({value}{', another rank' if math.isfinite(value) else ''}) at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}){where}{self._skip_note()}; {self._last_good()}"
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop (or skip, by ``trainer.nonfinite``) on a non-finite gradient, before clipping and the
+        update. Gradients are already averaged over processes by DDP; the flag is all-reduced anyway
+        so that sharded gradients (FSDP) decide the same on every rank."""
+        if self._trainer is not None and "16-mixed" in str(self.trainer.precision) and "bf16" not in str(
+                self.trainer.precision):
+            return  # fp16 loss scaling handles inf/NaN gradients itself (it skips the step)
+        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        (bad,) = all_reduce_sum([float(not bool(torch.isfinite(norm)))])
+        if not bad:
+            return
+        if self._may_skip():
+            optimizer.zero_grad(set_to_none=True)  # no update; the optimizer state is untouched
+            return
+        raise TubeletError(
+            f"non-finite gradient (norm {norm.item()}) at step {self.global_step} (epoch {self.current_epoch})"
+            f"{self._skip_note()}; {self._last_good()}"
+        )
+
+    def _world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _may_skip(self) -> bool:
         if self.nonfinite == "skip" and self.skipped_steps < self.max_skipped_steps:
             self.skipped_steps += 1
             self.log("skipped_steps", float(self.skipped_steps), batch_size=self.batch_size)
-            return None  # Lightning skips backward and the parameter update for this batch
+            return True
+        return False
+
+    def _skip_note(self) -> str:
+        if self.nonfinite != "skip":
+            return ""
+        return f" after skipping {self.skipped_steps} steps (trainer.max_skipped_steps={self.max_skipped_steps})"
+
+    def _last_good(self) -> str:
         last = find_latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
-        extra = (f" after skipping {self.skipped_steps} steps (trainer.max_skipped_steps={self.max_skipped_steps})"
-                 if self.nonfinite == "skip" else "")
-        raise TubeletError(
-            f"non-finite loss ({loss.detach().float().item()}) at step {step} (epoch {self.current_epoch}, "
-            f"batch {batch_idx}){extra}; last good checkpoint: {last if last is not None else 'none saved yet'}"
-        )
+        return f"last good checkpoint: {last if last is not None else 'none saved yet'}"
+
+    def _write_bad_files(self) -> None:
+        if self.bad_files_path is not None and self.failure_tracker is not None and (
+                self._trainer is None or self.trainer.is_global_zero):
+            self.failure_tracker.write(self.bad_files_path)
 
     # ------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -75,8 +75,22 @@ class FailureTracker:
         self.failures: dict[str, tuple[int, str, str]] = {}
 
     def observe(self, batch: dict) -> None:
-        for i, p, r in batch.get("bad_samples", []):
-            self.failures[p or str(i)] = (i, p, r)
+        self.add(batch)
+        self.check()
+
+    def add(self, batch: dict) -> list[tuple[int, str, str]]:
+        """Record a batch's ``"bad_samples"``; return the records of files not seen before."""
+        new = [(i, p, r) for i, p, r in batch.get("bad_samples", []) if (p or str(i)) not in self.failures]
+        self.merge(new)
+        return new
+
+    def merge(self, records: list[tuple[int, str, str]]) -> None:
+        """Add records seen elsewhere (other processes), one per file."""
+        for i, p, r in records:
+            self.failures.setdefault(p or str(i), (int(i), str(p), str(r)))
+
+    def check(self) -> None:
+        """:class:`DataError` listing the failures once they exceed the budget."""
         if len(self.failures) > self.max_failure_fraction * self.total:
             raise DataError(failure_report(list(self.failures.values()), self.total, self.max_failure_fraction))
 
