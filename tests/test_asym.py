@@ -17,7 +17,8 @@ torch.set_num_threads(1)
 def _method(fw: str = "byol", **method):
     torch.manual_seed(0)
     r = from_dict({
-        "model": {"name": "slow_r50", "num_frames": 2, "img_size": 16, "overrides": {"depths": [1, 1, 1, 1], "width": 4}},
+        "model": {"name": "slow_r50", "num_frames": 2, "img_size": 16,
+                  "overrides": {"depths": [1, 1, 1, 1], "width": 4}},
         "data": {"rho": {"clips": 3}},
         "method": {"name": "contrastive", "framework": fw, "proj_hidden": 16, "pred_hidden": 16, "queue_size": 12,
                    "num_prototypes": 6, "steps_per_epoch": 1, **method},
@@ -114,7 +115,8 @@ def test_asym_aug_target_pipeline_has_no_colour():
     from tubelet.data.rho import RhoViews
 
     r = from_dict({"data": {
-        "crop_size": 16, "augment": {"color_jitter": 0.5, "grayscale": 0.2, "blur": 0.5, "randaugment": "rand-m10-n2-mstd0.5"},
+        "crop_size": 16,
+        "augment": {"color_jitter": 0.5, "grayscale": 0.2, "blur": 0.5, "randaugment": "rand-m10-n2-mstd0.5"},
         "rho": {"clips": 2, "target_augment": {"hflip": 0.5, "rrc_scale": [0.08, 1.0]}}}})
     views = RhoViews(r.data)
     colour = (T.ColorJitter, T.RandomGrayscale, T.GaussianBlur, T.RandAugment)
@@ -151,9 +153,9 @@ def test_asym_bn_changes_only_the_target():
     assert not torch.allclose(sb["target_out"][0], sa["target_out"][0])
     # the target projector's BN saw all 3 views at once: its running mean moved by the mean over 12 rows
     bn = asym.target_projector.net[1]
-    h = asym.target_projector.net[0](
-        asym.target_backbone.forward_head(asym.target_backbone.forward_features(batch["video"].transpose(0, 1).flatten(0, 1)), pre_logits=True)
-    )
+    tb = asym.target_backbone
+    x = batch["video"].transpose(0, 1).flatten(0, 1)
+    h = asym.target_projector.net[0](tb.forward_head(tb.forward_features(x), pre_logits=True))
     torch.testing.assert_close(bn.running_mean, 0.1 * h.detach().mean(0), rtol=1e-4, atol=1e-5)
 
 

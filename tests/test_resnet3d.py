@@ -64,7 +64,8 @@ def test_checkpoint_round_trip(tmp_path):
 
     a = _tiny(num_classes=3)
     save_file({k: v.contiguous() for k, v in a.state_dict().items()}, tmp_path / "w.safetensors")
-    b = create_model("slow_r50", checkpoint=str(tmp_path / "w.safetensors"), depths=[1, 1, 1, 1], width=4, num_classes=3)
+    b = create_model("slow_r50", checkpoint=str(tmp_path / "w.safetensors"), depths=[1, 1, 1, 1], width=4,
+                     num_classes=3)
     a.eval(), b.eval()
     x = torch.randn(1, 3, 4, 32, 32)
     torch.testing.assert_close(a(x), b(x))

@@ -37,7 +37,7 @@ from tubelet.data.sampling import rho_clips, sample_rng, torch_generator
 from tubelet.data.transforms import build_transforms
 from tubelet.errors import ConfigError
 
-__all__ = ["RhoViews", "SyntheticRhoDataset", "RhoClipDataset", "build_rho_dataset", "view_pipelines"]
+__all__ = ["RhoViews", "SyntheticRhoDataset", "RhoClipDataset", "build_rho_dataset", "frame_windows", "num_views"]
 
 
 class RhoViews:
@@ -70,10 +70,6 @@ class RhoViews:
         if self.mix:
             out["mix"] = torch.stack([self.source(c, g) for c in clips])
         return out
-
-
-def view_pipelines(cfg: DataConfig) -> RhoViews:
-    return RhoViews(cfg)
 
 
 def num_views(rho: int) -> int:
@@ -159,7 +155,6 @@ class RhoClipDataset(Dataset):
         self.base.set_epoch(epoch)
 
     def __getitem__(self, index: int):
-        from tubelet.data.mixing import BadSample
         from tubelet.errors import VideoError
 
         sample = self.base.samples[index]
@@ -168,8 +163,6 @@ class RhoClipDataset(Dataset):
             clips = self.base.load_clips(sample, rng)
         except VideoError as exc:
             return self.base._fail(index, sample, exc)
-        if isinstance(clips, BadSample):  # pragma: no cover - load_clips raises, kept for safety
-            return clips
         if self.rho == 1:
             clips = clips * 2
         out = self.pipelines(clips, torch_generator(rng))

@@ -54,7 +54,9 @@ class Bottleneck3d(nn.Module):
     ``1 x 3 x 3`` (carrying the spatial stride) and conv_c ``1 x 1 x 1``; a strided 1x1x1 projection on
     the shortcut when the shape changes."""
 
-    def __init__(self, dim_in: int, inner: int, dim_out: int, kt: int, stride: int, drop_path: float, cfg: ResNet3dConfig):
+    def __init__(
+        self, dim_in: int, inner: int, dim_out: int, kt: int, stride: int, drop_path: float, cfg: ResNet3dConfig
+    ) -> None:
         super().__init__()
         bn = lambda c: nn.BatchNorm3d(c, eps=cfg.bn_eps, momentum=cfg.bn_momentum)  # noqa: E731
         self.conv_a = nn.Conv3d(dim_in, inner, (kt, 1, 1), padding=(kt // 2, 0, 0), bias=False)
