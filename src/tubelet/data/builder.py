@@ -85,6 +85,11 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
         samples, lmap = scan_class_folders(
             path, lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, cfg.label_map
         )
+    if cfg.root and not (cfg.kind == "manifest" or path.is_file()):
+        from tubelet.data.datasets.manifest import resolve_under_root
+
+        for s in samples:  # class folders: an entry symlinked out of data.root is refused like a manifest row
+            resolve_under_root(s.path, Path(cfg.root), path, s.source)
     transform = build_transforms(cfg, "train" if split == "train" else "test")
     names = lmap.names if lmap is not None else None
     num_classes = len(names) if names is not None else max(s.label for s in samples) + 1
@@ -94,7 +99,8 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
     if cfg.kind == "frames":
         from functools import partial
 
-        return ClipDataset(samples, cfg, split, opener=partial(FrameFolderReader, fps=cfg.frames_fps), **kw)
+        return ClipDataset(samples, cfg, split, opener=partial(FrameFolderReader, fps=cfg.frames_fps, root=cfg.root),
+                           **kw)
     return ClipDataset(samples, cfg, split, **kw)
 
 

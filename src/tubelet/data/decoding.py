@@ -233,6 +233,9 @@ class PyAVReader(VideoReader):
         if not container.streams.video:
             container.close()
             raise VideoError(self.path, "no video stream (not a video file?)")
+        if container.streams.video[0].codec_context is None:  # a stream whose codec FFmpeg cannot name
+            container.close()
+            raise VideoError(self.path, "video stream has no decoder (unknown or unsupported codec)")
         return container
 
     def _ensure_open(self):

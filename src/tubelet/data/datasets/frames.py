@@ -43,22 +43,30 @@ def _sort_key(p: Path):
     return (int(nums[-1]) if nums else -1, p.name)
 
 
-def list_frames(folder: str | os.PathLike) -> list[Path]:
+def list_frames(folder: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
+    """The frame images of ``folder`` in frame order; with ``root`` (``data.root``), a frame that
+    resolves outside it (a symlink out of the data root) makes the folder unreadable."""
     d = Path(folder)
     if not d.is_dir():
         raise VideoError(d, "frame folder not found" if not d.exists() else "not a folder of frames")
     files = [f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")]
     if not files:
         raise VideoError(d, "frame folder has no images")
+    if root is not None:
+        real_root = Path(root).resolve()
+        for f in files:
+            real = f.resolve()
+            if real_root not in real.parents:
+                raise VideoError(d, f"frame '{f.name}' resolves outside data.root '{root}'")
     return sorted(files, key=_sort_key)
 
 
 class FrameFolderReader(VideoReader):
     """:class:`VideoReader` over a folder of frames at a fixed ``fps``."""
 
-    def __init__(self, folder: str | os.PathLike, fps: float | Fraction = 30) -> None:
+    def __init__(self, folder: str | os.PathLike, fps: float | Fraction = 30, root: str | os.PathLike | None = None) -> None:
         self.path = str(folder)
-        self.files = list_frames(folder)
+        self.files = list_frames(folder, root)
         self._fps = Fraction(fps).limit_denominator(1001000)
         first = read_image(self.files[0])
         n = len(self.files)
