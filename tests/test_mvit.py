@@ -49,9 +49,14 @@ def test_mvitv2_b_params_and_macs():
 
 def test_mvitv2_l_params_and_macs():
     # Zoo: 217.6M, config-implied 213.4M (UNVERIFIED gap, METHODS.md): test only within a few percent.
-    _, fc = meta_cost("mvitv2_l", (1, 3, 40, 312, 312))
+    model, fc = meta_cost("mvitv2_l", (1, 3, 40, 312, 312))
     assert fc.params / 1e6 == pytest.approx(213.4, rel=0.01)
     assert fc.gmacs == pytest.approx(2828, rel=0.01)
+    # True conv output sizes (METHODS.md: 20x78² -> 39² -> 20² -> 10²; the reference floors to 19, 9).
+    grids = model.grid_sizes(40, 312, 312)
+    assert grids[0] == (20, 78, 78) and grids[3] == (20, 39, 39) and grids[9] == (20, 20, 20)
+    assert grids[-1] == (20, 10, 10)
+    assert model.blocks[8].attn.rel_pos_h.shape == (39, 72) and model.blocks[0].attn.rel_pos_t.shape == (39, 72)
 
 
 @pytest.mark.parametrize(
