@@ -222,3 +222,12 @@ def test_cli_data_synth(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "s" / "manifest.csv").open()))
     cfg = dataclasses.replace(SyntheticConfig(), size=16, frames=4, seed=7)
     assert [r["caption"] for r in rows] == [render_clip(cfg, i).caption for i in range(3)]
+
+
+def test_shared_cache_and_render_all():
+    cache = {}
+    video = SyntheticVideoDataset(data_cfg(), "val", cache=cache)
+    assert video.render_all() == len(video) == len(cache)
+    still = SyntheticVideoDataset(data_cfg(synthetic={"single_frame": True}), "val", cache=cache)
+    assert still.render_all() == 0  # every clip came from the shared cache
+    assert torch.equal(still[0]["video"][:, 0], video[0]["video"][:, 4])

@@ -313,6 +313,13 @@ class SyntheticVideoDataset(Dataset):
     def class_names(self) -> list[str]:
         return list(self.names)
 
+    def render_all(self) -> int:
+        """Render every clip of the split now (e.g. before timing training); returns how many were new."""
+        before = len(self._cache)
+        for i in range(len(self)):
+            self.clip(i)
+        return len(self._cache) - before
+
     def clip(self, i: int) -> SyntheticClip:
         """Rendered clip for dataset position ``i`` (global index ``self.indices[i]``)."""
         index = self.indices[i]
