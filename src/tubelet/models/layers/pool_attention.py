@@ -11,9 +11,10 @@ Attention runs in ``F.scaled_dot_product_attention``. Two exact formulations of 
 - ``"mask"``: the term is broadcast once into a dense ``(B, heads, Nq, Nk)`` float bias passed as
   ``attn_mask``. Fastest without autograd; but a bias that requires grad makes torch's CPU kernels fall
   back to the unfused math path (measured 1.5-1.7x slower per attention with backward).
-- ``"concat"``: ``[Q / sqrt(d), rel_t, rel_h, rel_w] . [K, onehot_t, onehot_h, onehot_w]`` reproduces
-  the same logits as one dot product (V is zero-padded to the same width), so the fused kernel runs in
-  training too. It adds ``Tk + Hk + Wk`` (about 20-40) columns to head_dim 96 in the two matmuls.
+- ``"concat"``: ``[Q, sqrt(d) rel_t, sqrt(d) rel_h, sqrt(d) rel_w] . [K, onehot_t, onehot_h, onehot_w]``,
+  scaled by ``1/sqrt(d)`` reproduces the same logits as one dot product (V is zero-padded to the same
+  width), so the fused kernel runs in training too. It adds ``Tk + Hk + Wk`` (about 20-40) columns
+  to head_dim 96 in the two matmuls.
 - ``"auto"`` (default) uses ``"concat"`` on CPU, where it was measured faster with and without
   autograd (the dense bias costs a full-size write and read per block), and ``"mask"`` on other
   devices, including the meta device on which FLOPs are counted (so counts keep the paper's
@@ -212,11 +213,13 @@ class PoolingAttention(nn.Module):
             if impl == "concat":
                 rel = torch.cat([r for r in (rel_t, rel_h, rel_w) if r is not None], dim=-1)  # (B, n, Nq-p, e)
                 e = rel.shape[-1]
-                q_aug = torch.cat((q * self.scale, F.pad(rel, (0, 0, p, 0))), dim=-1)  # CLS rows: no term
+                # SDPA scales the whole dot product, so the (small) relative columns are pre-divided
+                # instead of scaling the (large) query. CLS rows get no term.
+                q_aug = torch.cat((q, F.pad(rel / self.scale, (0, 0, p, 0))), dim=-1)
                 code = rel_pos_onehot(k_grid, rel_t is not None, q.device, q.dtype)
                 code = F.pad(code, (0, 0, p, 0))  # CLS key: no code
                 k_aug = torch.cat((k, code.expand(B, n, Nk, e)), dim=-1)
-                out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, e)), scale=1.0)[..., :d]
+                out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, e)), scale=self.scale)[..., :d]
             else:
                 bias = rel_pos_bias(rel_t, rel_h, rel_w, k_grid, p)
                 if impl == "mask":
