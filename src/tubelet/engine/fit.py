@@ -35,7 +35,7 @@ from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_cal
 from tubelet.engine.checkpoint import SafeCheckpointIO, find_latest_checkpoint, is_complete, save_safetensors
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.module import TubeletModule
-from tubelet.errors import CheckpointError, ConfigError
+from tubelet.errors import CheckpointError, ConfigError, TubeletError
 
 
 @dataclass
@@ -99,6 +99,9 @@ def _strategy(recipe: Recipe) -> Any:
     several = t.num_nodes > 1 or (isinstance(t.devices, int) and t.devices > 1)
     if name == "auto" and several:
         name = "ddp"
+    if name == "fsdp" and (t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())):
+        raise ConfigError("trainer.strategy=fsdp needs GPUs (Lightning's FSDP does not run on CPU); "
+                          "use trainer.strategy=ddp on CPU")
     return strategy_from_recipe(name, t.collective_timeout_s)
 
 
@@ -186,6 +189,19 @@ def _merge_csv_log(path: Path, old: list[dict[str, str]]) -> None:
         writer = csv.DictWriter(f, fieldnames=sorted(keys))
         writer.writeheader()
         writer.writerows(old + new)
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    """A torch.distributed error (peer gone, timeout), as opposed to an error of this process's own work."""
+    if isinstance(exc, TubeletError):
+        return False
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if dist_error and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out",
+                            "ProcessGroup", "Broken pipe"))
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -277,6 +293,16 @@ def _fit(
             old_rows = _read_csv_log(csv_log, step)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    except Exception as exc:
+        if trainer.world_size > 1 and _is_collective_failure(exc):
+            last = find_latest_checkpoint(run_dir / "checkpoints")
+            raise TubeletError(
+                f"rank {trainer.global_rank}: a collective operation failed: another process died or did not answer "
+                f"within trainer.collective_timeout_s={recipe.trainer.collective_timeout_s:g} s; last good checkpoint: "
+                f"{last if last is not None else 'none saved yet'} (restart with --resume auto). "
+                f"Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+        raise
     finally:
         if trainer.is_global_zero:
             _merge_csv_log(csv_log, old_rows)

@@ -1,0 +1,52 @@
+"""``python tests/fault_runner.py fit ...``: ``tubelet fit`` with test-only hooks, for fault tests that kill it.
+
+Environment:
+    TUBELET_TEST_STEP_SLEEP   seconds to sleep before each training batch (gives a killer time to act)
+    TUBELET_TEST_BLOCK_CKPT   block inside the write of the checkpoint whose file name contains this
+                              text: its temporary file is complete, the rename has not happened yet
+    TUBELET_TEST_MARKER       file created once the write is blocked
+    TUBELET_TEST_PIDS         folder: each process (rank) writes <rank>.pid there when training starts
+
+Nothing here changes the numbers: the hooks only wait.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _install() -> None:
+    from tubelet.engine.module import TubeletModule
+
+    sleep = float(os.environ.get("TUBELET_TEST_STEP_SLEEP", "0"))
+    pids = os.environ.get("TUBELET_TEST_PIDS")
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if pids:
+            path = Path(pids) / f"{self.global_rank}.pid"
+            if not path.exists():
+                path.write_text(str(os.getpid()))
+        if sleep:
+            time.sleep(sleep)
+
+    TubeletModule.on_train_batch_start = on_train_batch_start
+
+    block = os.environ.get("TUBELET_TEST_BLOCK_CKPT")
+    if block:
+        real_replace = os.replace
+
+        def blocking_replace(src, dst):
+            if str(dst).endswith(".ckpt") and block in Path(dst).name:
+                Path(os.environ["TUBELET_TEST_MARKER"]).write_text(str(src))
+                time.sleep(3600)
+            return real_replace(src, dst)
+
+        os.replace = blocking_replace
+
+
+if __name__ == "__main__":
+    _install()
+    from tubelet.cli.main import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,236 @@
+"""Distributed training on CPU (gloo) through Lightning: 1 vs 2 processes, dead and hung ranks, the
+cross-process gather, the failure budget over ranks, strategy configuration (DDP, FSDP, SyncBN)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tubelet.config.loader import from_dict
+from tubelet.engine.datamodule import ResumableSampler
+from tubelet.errors import ConfigError
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+RUNNER = REPO / "tests" / "fault_runner.py"
+VIDEOS = REPO.parent / "shared" / "data" / "videos"
+
+TINY = {
+    "model": {"name": "vit_tiny", "num_frames": 4, "img_size": 16, "num_classes": 4,
+              "overrides": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}},
+    "data": {"kind": "synthetic", "num_frames": 4, "crop_size": 16, "batch_size": 4,
+             "synthetic": {"num_videos": 32, "num_classes": 4, "size": 16, "frames": 8}},
+    "method": {"name": "supervised"},
+    "optim": {"lr": 1.0e-3, "warmup_steps": 2},
+    "trainer": {"max_steps": 4, "checkpoint_every_n_steps": 2, "keep_last_k": 2, "num_threads": 1,
+                "enable_progress_bar": False, "log_every_n_steps": 1, "accelerator": "cpu"},
+}
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return env
+
+
+def _write(tmp_path, recipe, name="tiny.yaml"):
+    cfg = tmp_path / name
+    cfg.write_text(yaml.safe_dump(recipe))
+    return cfg
+
+
+def _ddp_args(cfg, run_dir, *extra):
+    return [sys.executable, str(RUNNER), "fit", "--config", str(cfg), f"run_dir={run_dir}",
+            "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu", *extra]
+
+
+def test_same_global_batch_gives_same_samples_per_step():
+    """Rank r of W takes every W-th position of the epoch order, so with batch B/W per rank the union over
+    ranks at step s is the one-process batch s, with the same per-sample seeds (same augmentations)."""
+    n, batch = 22, 4
+    one = list(ResumableSampler(n, seed=7))
+    for world in (2, 4):
+        ranks = [list(ResumableSampler(n, seed=7, num_replicas=world, rank=r)) for r in range(world)]
+        per = batch // world
+        for step in range(n // batch):
+            got = sorted(x for r in ranks for x in r[step * per:(step + 1) * per])
+            assert got == sorted(one[step * batch:(step + 1) * batch]), (world, step)
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    """``tubelet fit ... trainer.devices=2 trainer.strategy=ddp`` (gloo, Lightning's subprocess launcher)
+    with half the per-process batch ends with the weights of one process (to float rounding)."""
+    from tubelet.cli.main import main
+
+    cfg = _write(tmp_path, TINY)
+    assert main(["fit", "--config", str(cfg), f"run_dir={tmp_path / 'one'}"]) == 0
+    proc = subprocess.run(_ddp_args(cfg, tmp_path / "two", "data.batch_size=2"), env=_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert proc.stdout.count("run folder:") == 1  # only rank 0 reports
+    a = load_file(tmp_path / "one" / "method.safetensors")
+    b = load_file(tmp_path / "two" / "method.safetensors")
+    init = from_dict({**TINY, "run_dir": str(tmp_path / "x")})
+    from tubelet.methods import build_method
+
+    torch.manual_seed(init.seed)
+    start = build_method(init).state_dict()
+    assert a.keys() == b.keys()
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-4  # training changed the weights ...
+    assert diff < 1e-6, diff  # ... identically with 1 and 2 processes
+    ckpt = torch.load(tmp_path / "two" / "checkpoints" / "step=000004.ckpt", weights_only=True)
+    loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert loader_state["num_replicas"] == 2
+
+
+def _start_ddp(tmp_path, timeout_s, max_steps=400):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = dict(_env(), TUBELET_TEST_STEP_SLEEP="0.2", TUBELET_TEST_PIDS=str(pids))
+    cfg = _write(tmp_path, TINY)
+    log = open(tmp_path / "log.txt", "w")
+    proc = subprocess.Popen(_ddp_args(cfg, tmp_path / "run", "data.batch_size=2", f"trainer.max_steps={max_steps}",
+                                      f"trainer.collective_timeout_s={timeout_s}"),
+                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not (pids / "1.pid").exists() or not (pids / "0.pid").exists():
+        assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+        assert time.time() < deadline, "the two ranks did not start"
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few steps in
+    return proc, int((pids / "1.pid").read_text())
+
+
+def _wait_survivor(proc, tmp_path, limit):
+    t0 = time.time()
+    try:
+        rc = proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the surviving rank still runs {limit} s after its peer died (silent hang)")
+    return rc, time.time() - t0, (tmp_path / "log.txt").read_text()
+
+
+def test_killed_rank_ends_the_other_with_a_clear_error(tmp_path):
+    timeout_s = 60
+    proc, rank1 = _start_ddp(tmp_path, timeout_s)
+    os.kill(rank1, signal.SIGKILL)
+    rc, took, log = _wait_survivor(proc, tmp_path, timeout_s + 60)
+    assert rc != 0
+    assert "rank 0: a collective operation failed: another process died or did not answer" in log
+    assert "restart with --resume auto" in log
+
+
+@pytest.mark.slow
+def test_hung_rank_ends_the_other_at_the_collective_timeout(tmp_path):
+    """A rank that stops answering (SIGSTOP, e.g. a stuck data read) is not noticed by the socket: the
+    collective timeout ends the survivor."""
+    timeout_s = 25
+    proc, rank1 = _start_ddp(tmp_path, timeout_s)
+    os.kill(rank1, signal.SIGSTOP)
+    try:
+        rc, took, log = _wait_survivor(proc, tmp_path, timeout_s + 45)
+    finally:
+        os.kill(rank1, signal.SIGKILL)
+    assert rc != 0 and took >= timeout_s - 5
+    assert f"within trainer.collective_timeout_s={timeout_s} s" in log and "Timed out" in log
+
+
+_GATHER = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    torch.set_num_threads(1)
+    rank = int(sys.argv[1])
+    dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+    from tubelet.engine.distributed import all_gather_with_grad, all_gather_no_grad, all_reduce_sum, all_gather_objects
+    from tubelet.methods.contrastive import gather
+    x = torch.full((2, 3), float(rank + 1), requires_grad=True)
+    g = all_gather_with_grad(x)
+    assert g.shape == (4, 3) and g[:2].eq(1).all() and g[2:].eq(2).all()
+    # loss of rank r weights row block b by (r + 1) * (b + 1): d/dx of the sum of both ranks' losses
+    w = torch.tensor([1.0, 1.0, 2.0, 2.0]).unsqueeze(1) * (rank + 1)
+    (g * w).sum().backward()
+    expect = (1 + 2) * (rank + 1)  # own block weight (b = rank) summed over the two ranks' losses
+    assert torch.allclose(x.grad, torch.full_like(x, float(expect))), x.grad
+    assert torch.equal(gather(x.detach(), with_grad=False), all_gather_no_grad(x.detach()))
+    assert all_reduce_sum([1.0, rank]) == [2.0, 1.0]
+    assert all_gather_objects([("f", rank)]) == [("f", 0), ("f", 1)]
+    print("OK", rank)
+""")
+
+
+def test_all_gather_with_grad_over_two_processes(tmp_path):
+    script = tmp_path / "gather.py"
+    script.write_text(_GATHER)
+    init = tmp_path / "pg"
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(init)], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    for r, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"OK {r}" in out, out[-3000:]
+
+
+def test_failure_budget_counts_bad_files_of_every_rank(tmp_path):
+    """One unreadable file in each rank's first batch: each rank alone is within the budget (1 <= 1.6),
+    together they are over it (2 > 0.2 x 8); both ranks stop, and bad_files.txt lists both files."""
+    good = [VIDEOS / n for n in ("video_0.mov", "video_90.mov", "video_180.mov", "video_270.mov", "unordered.mov",
+                                 "frames.webm")]
+    bad = [tmp_path / "bad_a.mp4", tmp_path / "bad_b.mp4"]
+    for p in bad:
+        p.write_bytes(os.urandom(2048))
+    first = [ResumableSampler(8, seed=0, num_replicas=2, rank=r).order(0)[0] for r in range(2)]
+    rows, it = [], iter(good)
+    for i in range(8):
+        rows.append(bad[first.index(i)] if i in first else next(it))
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(rows)))
+    recipe = {**TINY, "seed": 0,
+              "model": {**TINY["model"], "num_classes": 2},
+              "data": {"kind": "manifest", "train": str(manifest), "val": str(manifest), "num_frames": 4,
+                       "crop_size": 16, "batch_size": 2, "max_failure_fraction": 0.2, "num_workers": 0}}
+    cfg = _write(tmp_path, recipe)
+    proc = subprocess.run(_ddp_args(cfg, tmp_path / "run"), env=_env(), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "2 of 8 samples failed to load" in proc.stderr, proc.stderr[-3000:]
+    listed = (tmp_path / "run" / "bad_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == sorted(map(str, bad))
+
+
+def test_strategy_configuration(tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from tubelet.engine.distributed import strategy_from_recipe
+    from tubelet.engine.fit import build_trainer
+
+    fsdp = strategy_from_recipe("fsdp", 42)
+    assert isinstance(fsdp, FSDPStrategy) and fsdp._timeout.total_seconds() == 42
+    with pytest.raises(ConfigError, match="collective_timeout_s"):
+        strategy_from_recipe("ddp", 0)
+    with pytest.raises(ConfigError, match="trainer.strategy must be one of"):
+        strategy_from_recipe("horovod", 10)
+
+    def trainer(**t):
+        r = from_dict({**TINY, "run_dir": str(tmp_path / "run"), "trainer": {**TINY["trainer"], **t}})
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            return build_trainer(r)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+
+    tr = trainer(devices=2, strategy="auto", sync_batchnorm=True, collective_timeout_s=77)
+    assert isinstance(tr.strategy, DDPStrategy) and tr.strategy._timeout.total_seconds() == 77
+    assert tr.strategy._layer_sync is not None  # SyncBatchNorm conversion happens at setup
+    assert tr.world_size == 2
+    with pytest.raises(ConfigError, match="fsdp needs GPUs"):
+        trainer(strategy="fsdp")
