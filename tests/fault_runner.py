@@ -6,8 +6,9 @@ Environment:
                               text: its temporary file is complete, the rename has not happened yet
     TUBELET_TEST_MARKER       file created once the write is blocked
     TUBELET_TEST_PIDS         folder: each process (rank) writes <rank>.pid there when training starts
+    TUBELET_TEST_NAN_LOSS     "STEP:RANK": the method's loss is NaN at that step on that rank only
 
-Nothing here changes the numbers: the hooks only wait.
+Apart from TUBELET_TEST_NAN_LOSS, nothing here changes the numbers: the hooks only wait.
 """
 
 import os
@@ -31,6 +32,27 @@ def _install() -> None:
             time.sleep(sleep)
 
     TubeletModule.on_train_batch_start = on_train_batch_start
+
+    nan = os.environ.get("TUBELET_TEST_NAN_LOSS")
+    if nan:
+        step, rank = (int(v) for v in nan.split(":"))
+        training_step = TubeletModule.training_step
+
+        def poisoned_step(self, batch, batch_idx):
+            if not getattr(self.method, "_poisoned", False):
+                forward = self.method.forward
+
+                def forward_nan(b, module=self):
+                    out = forward(b)
+                    if module.global_step == step and module.global_rank == rank:
+                        out = dict(out, loss=out["loss"] * float("nan"))
+                    return out
+
+                self.method.forward = forward_nan
+                self.method._poisoned = True
+            return training_step(self, batch, batch_idx)
+
+        TubeletModule.training_step = poisoned_step
 
     block = os.environ.get("TUBELET_TEST_BLOCK_CKPT")
     if block:

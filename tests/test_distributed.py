@@ -94,6 +94,26 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert loader_state["num_replicas"] == 2
 
 
+@pytest.mark.slow
+def test_torchrun_launch_equals_one_process(tmp_path):
+    """``torchrun --standalone --nproc_per_node 2 tubelet fit ...``: Lightning detects torchelastic's
+    environment (TorchElasticEnvironment) and trains like its own launcher does."""
+    from tubelet.cli.main import main
+
+    cfg = _write(tmp_path, TINY)
+    assert main(["fit", "--config", str(cfg), f"run_dir={tmp_path / 'one'}"]) == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    tubelet = Path(sys.executable).with_name("tubelet")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(tubelet), "fit", "--config",
+                           str(cfg), f"run_dir={tmp_path / 'two'}", "data.batch_size=2", "trainer.devices=2",
+                           "trainer.strategy=ddp", "trainer.accelerator=cpu"],
+                          env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "method.safetensors")
+    b = load_file(tmp_path / "two" / "method.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
 def _start_ddp(tmp_path, timeout_s, max_steps=400):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -205,6 +225,35 @@ def test_failure_budget_counts_bad_files_of_every_rank(tmp_path):
     assert "2 of 8 samples failed to load" in proc.stderr, proc.stderr[-3000:]
     listed = (tmp_path / "run" / "bad_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in listed) == sorted(map(str, bad))
+
+
+def test_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
+    cfg = _write(tmp_path, TINY)
+    proc = subprocess.run(_ddp_args(cfg, tmp_path / "run", "data.batch_size=2", "trainer.max_steps=6"),
+                          env=dict(_env(), TUBELET_TEST_NAN_LOSS="3:1"), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    last = tmp_path / "run" / "checkpoints" / "step=000002.ckpt"
+    # rank 0 (its own loss finite) reports the decision it shares with rank 1, not a dead peer
+    assert "non-finite loss" in proc.stderr and "another rank) at step 3 " in proc.stderr, proc.stderr[-3000:]
+    assert f"last good checkpoint: {last}" in proc.stderr
+    assert "collective operation failed" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_nan_loss_on_one_rank_skipped_on_every_rank(tmp_path):
+    """Lightning refuses a skipped (None) training_step with several processes; the engine runs a zero
+    loss through DDP instead and drops the update on every rank."""
+    cfg = _write(tmp_path, TINY)
+    proc = subprocess.run(_ddp_args(cfg, tmp_path / "run", "data.batch_size=2", "trainer.max_steps=5",
+                                    "trainer.nonfinite=skip"),
+                          env=dict(_env(), TUBELET_TEST_NAN_LOSS="2:1"), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = yaml.safe_load((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["skipped_steps"] == 1 and metrics["global_step"] == 5
+    weights = load_file(tmp_path / "run" / "method.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 def test_strategy_configuration(tmp_path):

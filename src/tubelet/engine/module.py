@@ -76,6 +76,7 @@ class TubeletModule(pl.LightningModule):
         self.peak_lr: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._last_batch_time: float | None = None
+        self._drop_update = False
 
     # ------------------------------------------------------------------------------------------ train
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class TubeletModule(pl.LightningModule):
             self._write_bad_files()
             self.failure_tracker.check()  # DataError on every rank at once, listing every rank's files
         if n_empty:
-            return None  # nothing to learn from on some rank: every rank skips this batch
+            return self._skip_batch()  # nothing to learn from on some rank: every rank skips this batch
         if n_nonfinite:
             return self._nonfinite(loss, batch_idx)
         bs = int(batch["video"].shape[0]) if "video" in batch else self.batch_size
@@ -125,7 +126,7 @@ class TubeletModule(pl.LightningModule):
 
     def _nonfinite(self, loss: torch.Tensor | None, batch_idx: int) -> None:
         if self._may_skip():
-            return None  # Lightning skips backward and the parameter update for this batch
+            return self._skip_batch()
         value = loss.detach().float().item() if loss is not None else float("nan")
         where = f" on rank {self.global_rank}" if self._world() > 1 else ""
         raise TubeletError(
@@ -133,10 +134,25 @@ class TubeletModule(pl.LightningModule):
             f"(epoch {self.current_epoch}, batch {batch_idx}){where}{self._skip_note()}; {self._last_good()}"
         )
 
+    def _skip_batch(self) -> torch.Tensor | None:
+        """No backward and no update for this batch. One process: ``None`` (Lightning skips the step).
+        Several: Lightning refuses ``None``, and DDP needs every rank in the gradient all-reduce, so a
+        zero loss over every parameter runs backward (all gradients 0) and the update is dropped in
+        ``on_before_optimizer_step``."""
+        if self._world() <= 1:
+            return None
+        self._drop_update = True
+        zero = torch.zeros((), device=self.device)
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Stop (or skip, by ``trainer.nonfinite``) on a non-finite gradient, before clipping and the
         update. Gradients are already averaged over processes by DDP; the flag is all-reduced anyway
         so that sharded gradients (FSDP) decide the same on every rank."""
+        if self._drop_update:  # a batch skipped on every rank (see _skip_batch)
+            self._drop_update = False
+            optimizer.zero_grad(set_to_none=True)
+            return
         if self._trainer is not None and "16-mixed" in str(self.trainer.precision) and "bf16" not in str(
                 self.trainer.precision):
             return  # fp16 loss scaling handles inf/NaN gradients itself (it skips the step)
