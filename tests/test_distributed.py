@@ -65,6 +65,30 @@ def test_same_global_batch_gives_same_samples_per_step():
             assert got == sorted(one[step * batch:(step + 1) * batch]), (world, step)
 
 
+def test_recipe_seed_reaches_the_datasets(tmp_path):
+    """fit builds datasets with seed=recipe.seed; synthetic clips themselves depend on data.synthetic.seed
+    only (the data set), their augmentations on the recipe seed through the per-sample seeding."""
+    from tubelet.engine.datamodule import SeededDataset, sample_seed
+    from tubelet.engine.fit import build_datasets
+    from tubelet.methods import build_method
+
+    def first_sample(seed):
+        r = from_dict({**TINY, "seed": seed, "run_dir": str(tmp_path / "run"),
+                       "data": {**TINY["data"], "synthetic": {**TINY["data"]["synthetic"], "size": 24}}})
+        train = build_datasets(r, build_method(r))["train"]
+        return SeededDataset(train)[(0, sample_seed(seed, 0, 0), 0)]["video"]
+
+    a, b, c = first_sample(1), first_sample(1), first_sample(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{VIDEOS / 'video_0.mov'},0\n{VIDEOS / 'video_90.mov'},1\n")
+    r = from_dict({**TINY, "seed": 5, "model": {**TINY["model"], "num_classes": 2},
+                   "data": {"kind": "manifest", "train": str(manifest), "val": str(manifest), "num_frames": 4,
+                            "crop_size": 16}})
+    datasets = build_datasets(r, build_method(r))
+    assert datasets["train"].seed == 5 and datasets["val"].seed == 5  # clip draws follow the recipe seed
+
+
 def test_two_process_ddp_equals_one_process(tmp_path):
     """``tubelet fit ... trainer.devices=2 trainer.strategy=ddp`` (gloo, Lightning's subprocess launcher)
     with half the per-process batch ends with the weights of one process (to float rounding)."""
