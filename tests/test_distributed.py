@@ -280,6 +280,43 @@ def test_nan_loss_on_one_rank_skipped_on_every_rank(tmp_path):
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+@pytest.mark.slow
+def test_two_process_resume_after_kill_is_bitwise_exact(tmp_path):
+    """Both ranks killed while rank 0 writes step 6 (dropout and drop path on): ``--resume auto`` on 2
+    processes continues from step 4 and ends bitwise equal to the uninterrupted 2-process run."""
+    recipe = {**TINY, "model": {**TINY["model"], "overrides": {**TINY["model"]["overrides"], "drop_path_rate": 0.2}},
+              "method": {"name": "supervised", "head_dropout": 0.3},
+              "trainer": {**TINY["trainer"], "max_steps": 8, "keep_last_k": 3}}
+    cfg = _write(tmp_path, recipe)
+    args = ["data.batch_size=2"]
+    straight = subprocess.run(_ddp_args(cfg, tmp_path / "a", *args), env=_env(), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    pids, marker = tmp_path / "pids", tmp_path / "blocked"
+    pids.mkdir()
+    env = dict(_env(), TUBELET_TEST_BLOCK_CKPT="step=000006", TUBELET_TEST_MARKER=str(marker),
+               TUBELET_TEST_PIDS=str(pids))
+    proc = subprocess.Popen(_ddp_args(cfg, tmp_path / "b", *args), env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    for r in (1, 0):
+        os.kill(int((pids / f"{r}.pid").read_text()), signal.SIGKILL)
+    proc.wait(timeout=60)
+    resumed = subprocess.run(_ddp_args(cfg, tmp_path / "b", *args, "--resume", "auto"), env=_env(), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout and "step=000004.ckpt" in resumed.stderr + resumed.stdout
+    a = load_file(tmp_path / "a" / "method.safetensors")
+    b = load_file(tmp_path / "b" / "method.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "step=000008.ckpt", weights_only=True)
+    assert len(ckpt["rng_per_rank"]) == 2  # every rank's RNG states travel in the checkpoint
+
+
 def test_strategy_configuration(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 

@@ -229,12 +229,23 @@ class TubeletModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng"] = capture_rng_state()
+        # Lightning builds the checkpoint dict on every rank (rank 0 writes it): gather every rank's RNG
+        # states, so that dropout and drop path continue on each rank as without the interruption.
+        states = all_gather_objects([capture_rng_state()])
+        checkpoint["rng"] = states[0]
+        if len(states) > 1:
+            checkpoint["rng_per_rank"] = states
         checkpoint["tubelet_module"] = {"skipped_steps": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Applied when training starts, after everything that setup may draw from the RNG.
-        self._pending_rng = checkpoint.get("rng")
+        # Applied when training starts, after everything that setup may draw from the RNG. A checkpoint
+        # of another world size gives every rank rank 0's states.
+        per_rank = checkpoint.get("rng_per_rank")
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
+        if per_rank is not None and len(per_rank) == world:
+            self._pending_rng = per_rank[rank]
+        else:
+            self._pending_rng = checkpoint.get("rng")
         self.skipped_steps = int(checkpoint.get("tubelet_module", {}).get("skipped_steps", 0))
 
     def on_train_start(self) -> None:
