@@ -335,8 +335,10 @@ def test_strategy_configuration(tmp_path):
     assert isinstance(fsdp, FSDPStrategy) and fsdp._timeout.total_seconds() == 42
     with pytest.raises(ConfigError, match="collective_timeout_s"):
         strategy_from_recipe("ddp", 0)
-    with pytest.raises(ConfigError, match="trainer.strategy must be one of"):
-        strategy_from_recipe("horovod", 10)
+    unused = strategy_from_recipe("ddp_find_unused_parameters_true", 10)  # the SwAV recipe's
+    assert isinstance(unused, DDPStrategy) and unused._ddp_kwargs["find_unused_parameters"] is True
+    assert unused._timeout.total_seconds() == 10
+    assert strategy_from_recipe("single_device", 10) == "single_device"  # Lightning's own names pass through
 
     def trainer(**t):
         r = from_dict({**TINY, "run_dir": str(tmp_path / "run"), "trainer": {**TINY["trainer"], **t}})

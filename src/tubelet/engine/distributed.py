@@ -21,9 +21,7 @@ from tubelet.errors import ConfigError
 from tubelet.methods._dist import all_gather_no_grad, all_gather_with_grad, is_distributed, rank, world_size
 
 __all__ = ["all_gather_with_grad", "all_gather_no_grad", "all_reduce_sum", "all_gather_objects", "is_distributed",
-           "rank", "world_size", "strategy_from_recipe", "STRATEGIES"]
-
-STRATEGIES = ("auto", "ddp", "fsdp", "single_device")
+           "rank", "world_size", "strategy_from_recipe"]
 
 
 def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
@@ -47,19 +45,18 @@ def all_gather_objects(items: list[Any]) -> list[Any]:
 
 
 def strategy_from_recipe(name: str, timeout_s: float) -> Any:
-    """``"ddp"`` -> ``DDPStrategy(timeout=...)``, ``"fsdp"`` -> ``FSDPStrategy(timeout=...)``; other
-    names go to Lightning as they are (``"auto"``: one process, or DDP when devices > 1)."""
+    """``"ddp"`` -> ``DDPStrategy(timeout=...)`` (``"ddp_find_unused_parameters_true"`` also sets
+    ``find_unused_parameters``), ``"fsdp"`` -> ``FSDPStrategy(timeout=...)``; other names go to
+    Lightning's strategy registry as they are (``"auto"``: one process; without the timeout)."""
     if timeout_s <= 0:
         raise ConfigError(f"trainer.collective_timeout_s must be positive, got {timeout_s}")
     timeout = timedelta(seconds=timeout_s)
-    if name == "ddp":
+    if name in ("ddp", "ddp_find_unused_parameters_true"):
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(timeout=timeout)
+        return DDPStrategy(timeout=timeout, find_unused_parameters=name.endswith("_true"))
     if name == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
         return FSDPStrategy(timeout=timeout)
-    if name not in STRATEGIES:
-        raise ConfigError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, got '{name}'")
     return name
