@@ -299,7 +299,7 @@ def test_cli_pretrain_then_finetune_and_probe_round_trip(tmp_path):
         assert main(args) == 0
         tuned = load_file(str(run / "backbone.safetensors"))
         for key in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight",
-                    "pos_embed.spatial", "norm.weight"):
+                    "blocks.0.norm1.weight", "norm.weight"):
             assert torch.allclose(tuned[key], pretrained[key], rtol=0, atol=1e-8), (name, key)
         assert not (run / "report" / "reconstructions.png").exists()  # only methods that reconstruct
         head = "backbone.head.fc.weight" if name == "ft" else "head.weight"  # the probe owns its classifier
