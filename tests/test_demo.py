@@ -29,7 +29,10 @@ def test_demo_quick_writes_table_and_report(tmp_path, capsys):
     assert re.search(r"\| ViT, 8 frames \| [01]\.\d{3} \| [01]\.\d{3} \|", out)
     report = tmp_path / "report"
     rows = json.loads((report / "results.json").read_text())
-    assert [r["model"] for r in rows] == ["ViT, 8 frames", "ViT, 1 frame repeated"]
+    assert [r["model"] for r in rows] == ["ViT, 8 frames", "ViT, 1 frame repeated",
+                                          "MAE-ST pre-training (no labels)", "ViT, 8 frames, MAE-ST pre-trained"]
+    assert rows[2]["top1"] == "-"  # pre-training has no classifier to test
+    rows = [rows[i] for i in (0, 1, 3)]
     for r in rows:
         assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
         assert r["test_clips"] == 12 and float(r["train_s"]) > 0
@@ -38,7 +41,9 @@ def test_demo_quick_writes_table_and_report(tmp_path, capsys):
                  "samples_vit__1_frame_repeated.png", "confusion_vit__1_frame_repeated.png"):
         assert (report / name).read_bytes()[:8] == PNG_MAGIC, name
         assert name in page
-    for stage in ("video", "single_frame"):
+    assert (tmp_path / "mae_pretrain" / "report" / "reconstructions.png").read_bytes()[:8] == PNG_MAGIC
+    assert "mae_pretrain/report/reconstructions.png" in page
+    for stage in ("video", "single_frame", "mae_pretrain", "mae_finetune"):
         run = tmp_path / stage
         assert (run / "backbone.safetensors").is_file() and (run / "config.yaml").is_file()
         assert (run / "logs" / "csv" / "metrics.csv").is_file()
