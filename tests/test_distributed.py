@@ -207,6 +207,9 @@ _GATHER = textwrap.dedent("""
     expect = (1 + 2) * (rank + 1)  # own block weight (b = rank) summed over the two ranks' losses
     assert torch.allclose(x.grad, torch.full_like(x, float(expect))), x.grad
     assert torch.equal(all_gather_no_grad(x.detach()), g.detach())
+    # Leave together: a rank exiting while its peer still holds the gloo pair aborts at teardown.
+    dist.barrier()
+    dist.destroy_process_group()
     print("OK", rank)
 """)
 

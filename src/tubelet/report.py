@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
+
+from tubelet.errors import TubeletError
 
 LOSS_KEYS = ("loss",)
 ACC_KEYS = ("acc", "top1", "top5")
@@ -38,6 +41,16 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG (creating the folder) and close it."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -112,32 +125,35 @@ def plot_curves(runs: dict[str, str | Path], out_dir: str | Path) -> list[Path]:
     return written
 
 
-def plot_confusion(confusion: Any, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (rows: true class, columns: predicted) with the counts printed."""
+def plot_confusion(
+    confusion: Any, class_names: Sequence[str] | None, path: str | Path, title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted) with the counts printed.
+
+    ``class_names=None`` labels classes by index; beyond 30 classes ticks and counts are left out.
+    """
     plt = _pyplot()
     cm = np.asarray(confusion, dtype=np.float64)
+    if class_names is None:
+        class_names = [str(i) for i in range(cm.shape[0])]
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    side = min(14.0, 1.0 + 0.55 * k)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(k), class_names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+    if k <= 30:
+        ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        for i, j in zip(*np.nonzero(cm)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black")
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_samples(samples: Sequence[SampleClip], path: str | Path, max_frames: int = 8, title: str = "") -> Path:
@@ -159,11 +175,7 @@ def plot_samples(samples: Sequence[SampleClip], path: str | Path, max_frames: in
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -257,3 +269,46 @@ def _relpath(path: Path, start: Path) -> str:
     import os
 
     return os.path.relpath(path.resolve(), start.resolve())
+
+
+def clips_from(dataset: Any, num_clips: int = 3) -> Any:
+    """The first ``num_clips`` clips of a dataset as (B, C, T, H, W) (first view of repeated samples)."""
+    import torch
+
+    clips = []
+    for i in range(min(num_clips, len(dataset))):
+        v = dataset[i]["video"]
+        clips.append(v[0] if v.ndim == 5 else v)
+    return torch.stack(clips)
+
+
+class ClipFigureCallback(Callback):
+    """Base of the end-of-fit figures drawn from a few clips (MAE-ST reconstructions, MaskFeat HOG).
+
+    The clips come from ``dataset`` or, with ``for_recipe``, from the recipe's val split (else train),
+    built only when the figure is drawn. Subclasses implement ``on_train_end``.
+    """
+
+    def __init__(self, dataset: Any = None, mean: Sequence[float] = (0.45,) * 3,
+                 std: Sequence[float] = (0.225,) * 3, num_clips: int = 3, data_cfg: Any = None) -> None:
+        self.dataset, self.mean, self.std, self.num_clips = dataset, list(mean), list(std), num_clips
+        self.data_cfg = data_cfg
+        self.path: Path | None = None
+
+    @classmethod
+    def for_recipe(cls, recipe: Any, num_clips: int = 3) -> "ClipFigureCallback":
+        return cls(None, recipe.data.mean, recipe.data.std, num_clips, data_cfg=recipe.data)
+
+    def _clips(self) -> Any:
+        if self.dataset is None and self.data_cfg is not None:
+            from tubelet.data.builder import build_dataset
+
+            for split in ("val", "train"):
+                try:
+                    ds = build_dataset(self.data_cfg, split)
+                except TubeletError:  # a split the data does not have: try the next one
+                    continue
+                if len(ds):
+                    self.dataset = ds
+                    break
+        return None if self.dataset is None else clips_from(self.dataset, self.num_clips)

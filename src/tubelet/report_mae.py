@@ -14,9 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-
-from tubelet.report import _pyplot
+from tubelet.report import ClipFigureCallback, _pyplot, clips_from, save_figure
 
 ROWS = ("original", "masked", "reconstruction")
 
@@ -72,23 +70,10 @@ def save_reconstructions(
     fig.suptitle(title or f"MAE-ST reconstructions ({ratio:.0%} of patches removed; frames = first of each cube)",
                  fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def clips_from(dataset, num_clips: int = 3) -> torch.Tensor:
-    """The first ``num_clips`` clips of a dataset as (B, C, T, H, W) (first view of repeated samples)."""
-    clips = []
-    for i in range(min(num_clips, len(dataset))):
-        v = dataset[i]["video"]
-        clips.append(v[0] if v.ndim == 5 else v)
-    return torch.stack(clips)
-
-
-class ReconstructionCallback(Callback):
+class ReconstructionCallback(ClipFigureCallback):
     """At the end of training, write ``<run_dir>/report/reconstructions.png`` from a few clips.
 
     ``fit(..., callbacks=[ReconstructionCallback(val_set, mean, std)])``, or
@@ -96,30 +81,6 @@ class ReconstructionCallback(Callback):
     only when the trained method has ``reconstruct`` (so it is a no-op for other methods). Only the
     global-zero process writes.
     """
-
-    def __init__(self, dataset=None, mean: Sequence[float] = (0.45,) * 3, std: Sequence[float] = (0.225,) * 3,
-                 num_clips: int = 3, data_cfg=None) -> None:
-        self.dataset, self.mean, self.std, self.num_clips = dataset, list(mean), list(std), num_clips
-        self.data_cfg = data_cfg
-        self.path: Path | None = None
-
-    @classmethod
-    def for_recipe(cls, recipe, num_clips: int = 3) -> "ReconstructionCallback":
-        return cls(None, recipe.data.mean, recipe.data.std, num_clips, data_cfg=recipe.data)
-
-    def _clips(self):
-        if self.dataset is None and self.data_cfg is not None:
-            from tubelet.data.builder import build_dataset
-
-            for split in ("val", "train"):
-                try:
-                    ds = build_dataset(self.data_cfg, split)
-                except Exception:  # noqa: BLE001 - a missing split only means: try the next one
-                    continue
-                if len(ds):
-                    self.dataset = ds
-                    break
-        return None if self.dataset is None else clips_from(self.dataset, self.num_clips)
 
     def on_train_end(self, trainer, pl_module) -> None:
         method = getattr(pl_module, "method", pl_module)

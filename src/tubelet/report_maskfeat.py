@@ -16,9 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-
-from tubelet.report import _pyplot
+from tubelet.report import ClipFigureCallback, _pyplot, save_figure
 
 
 def hog_glyphs(hist: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,45 +108,15 @@ def save_hog_figure(
     fig.suptitle(f"MaskFeat HOG: {float(mask.mean()):.0%} of cells masked; 9 unsigned bins per {cell}x{cell} cell",
                  fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-class HOGReportCallback(Callback):
+class HOGReportCallback(ClipFigureCallback):
     """At the end of training, write ``<run_dir>/report/hog.png`` from a few clips of the val split (else
     train). A no-op unless the trained method has ``hog_maps`` and predicts HOG. Only global zero writes.
 
     ``fit(..., callbacks=[HOGReportCallback.for_recipe(recipe)])``.
     """
-
-    def __init__(self, dataset=None, mean: Sequence[float] = (0.45,) * 3, std: Sequence[float] = (0.225,) * 3,
-                 num_clips: int = 2, data_cfg=None) -> None:
-        self.dataset, self.mean, self.std, self.num_clips = dataset, list(mean), list(std), num_clips
-        self.data_cfg = data_cfg
-        self.path: Path | None = None
-
-    @classmethod
-    def for_recipe(cls, recipe, num_clips: int = 2) -> "HOGReportCallback":
-        return cls(None, recipe.data.mean, recipe.data.std, num_clips, data_cfg=recipe.data)
-
-    def _clips(self) -> torch.Tensor | None:
-        from tubelet.report_mae import clips_from
-
-        if self.dataset is None and self.data_cfg is not None:
-            from tubelet.data.builder import build_dataset
-
-            for split in ("val", "train"):
-                try:
-                    ds = build_dataset(self.data_cfg, split)
-                except Exception:  # noqa: BLE001 - a missing split only means: try the next one
-                    continue
-                if len(ds):
-                    self.dataset = ds
-                    break
-        return None if self.dataset is None else clips_from(self.dataset, self.num_clips)
 
     def on_train_end(self, trainer, pl_module) -> None:
         method = getattr(pl_module, "method", pl_module)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from tubelet.errors import ConfigError
+from tubelet.cli._recipe import add_recipe_arguments, load_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="multi-view test (clips x crops) of a checkpoint; prints top-1/top-5")
-    p.add_argument("--config", "-c", default=None,
-                   help="recipe file or shipped recipe name (or give it as the first positional argument)")
+    add_recipe_arguments(p, example="data.test_clips=5")
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (*.ckpt), method.safetensors or backbone.safetensors")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, e.g. data.test_clips=5")
     p.set_defaults(run=run)
 
 
@@ -32,20 +30,9 @@ def format_table(results: dict) -> str:
     return "\n".join([line] + [f"{k:<{width}}  {v}" for k, v in rows] + [line])
 
 
-def recipe_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """``--config R`` or a first positional ``R`` (without '='), then the dotted overrides."""
-    items = list(args.overrides)
-    if args.config is not None:
-        return args.config, items
-    if items and "=" not in items[0]:
-        return items[0], items[1:]
-    raise ConfigError("no recipe given: use --config RECIPE (a file or a shipped recipe name)")
-
-
 def run(args: argparse.Namespace) -> int:
-    from tubelet.config import load_recipe
     from tubelet.eval.multiview import evaluate
 
-    recipe = load_recipe(*recipe_and_overrides(args))
+    recipe = load_from_args(args)
     print(format_table(evaluate(recipe, args.checkpoint)))
     return 0

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tubelet.config.schema import Recipe
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
+from tubelet.report import plot_confusion
 
 
 def view_scores(classify: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor) -> torch.Tensor:
@@ -48,38 +49,6 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     """``(K, K)`` counts; row = true class, column = predicted class."""
     idx = labels.long() * num_classes + preds.long()
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def plot_confusion(cm: torch.Tensor, path: str | Path, title: str = "confusion matrix") -> Path:
-    """Row-normalised confusion matrix as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    k = cm.shape[0]
-    norm = cm.float() / cm.sum(dim=1, keepdim=True).clamp(min=1)
-    size = min(12.0, 3.0 + 0.25 * k)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    if k <= 30:
-        ax.set_xticks(range(k))
-        ax.set_yticks(range(k))
-        for i in range(k):
-            for j in range(k):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def load_method_weights(method: nn.Module, checkpoint: str | Path) -> str:
@@ -183,7 +152,7 @@ def evaluate(
     preds = scores.argmax(dim=1)
     cm = confusion_matrix(preds, labels, num_classes)
     out_dir = Path(report_dir) if report_dir is not None else Path(recipe.run_dir) / "report"
-    png = plot_confusion(cm, out_dir / "confusion.png",
+    png = plot_confusion(cm.numpy(), getattr(dataset, "class_names", None), out_dir / "confusion.png",
                          title=f"{recipe.model.name}: {num_views}-view test, top-1 {topk_accuracy(scores, labels, 1):.3f}")
     results: dict[str, Any] = {
         "top1": topk_accuracy(scores, labels, 1),
