@@ -190,10 +190,18 @@ def main() -> None:
         ds4 = ClipDataset([Sample(str(path), 0)], cfg4, "train", transform=tf)
         r_k4 = rate(lambda i: (ds4.set_epoch(i), ds4[0]), iters, clips_per_item=4, repeat=repeat)
         r_naive = rate(lambda i: naive(path, p[i][1]), max(1, iters // 3), repeat=1)
-        r_ptv = rate(lambda i: ptv_clip(EncodedVideo, path, p[i][0]), iters, repeat=repeat) if EncodedVideo else None
+        ptv_failure = None
+        r_ptv = None
+        if EncodedVideo:
+            try:
+                r_ptv = rate(lambda i: ptv_clip(EncodedVideo, path, p[i][0]), iters, repeat=repeat)
+            except Exception as exc:  # noqa: BLE001 - the reference itself fails on some real files
+                ptv_failure = type(exc.__cause__ or exc.__context__ or exc).__name__
         worst = min(worst, r_dec / r_bound)
         vals = [r_bound, r_dec, r_train, r_k4, r_naive, r_ptv]
         cells = ["-" if v is None else f"{v:.1f}" for v in vals]
+        if ptv_failure:
+            cells[-1] = f"fails ({ptv_failure})"
         print(
             f"| {name[:28]} | "
             + " | ".join(cells)
