@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -106,14 +107,18 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))
 
 
-class VideoReader:
-    """Frame-accurate access to one video stream. Subclasses implement ``_decode(indices)``."""
+class VideoReader(ABC):
+    """Frame-accurate access to one video stream (a file, a frame folder or an image).
+
+    Subclasses provide the metadata, the sorted frame timestamps, the window lookup and
+    ``_decode(indices)``; frame selection, validation and de-duplication live here once.
+    """
 
     path: str
 
     @property
-    def metadata(self) -> VideoMetadata:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def metadata(self) -> VideoMetadata: ...
 
     @property
     def num_frames(self) -> int:
@@ -128,13 +133,13 @@ class VideoReader:
         return self.metadata.duration
 
     @property
+    @abstractmethod
     def timestamps(self) -> list[Fraction]:
         """Presentation time of every frame in seconds, sorted, first frame at 0."""
-        raise NotImplementedError  # pragma: no cover
 
+    @abstractmethod
     def indices_in(self, start: Fraction | float, end: Fraction | float) -> np.ndarray:
         """Indices of the frames with ``start <= t_i < end`` (int64, ascending)."""
-        raise NotImplementedError  # pragma: no cover
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(len(indices), H, W, 3)``."""
@@ -154,11 +159,12 @@ class VideoReader:
         idx = self.indices_in(start, end)
         return self.get_frames(idx), idx
 
-    def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(unique_sorted), H, W, 3)`` for sorted, unique, in-range indices."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - readers without resources have nothing to release
+        return None
 
     def __enter__(self) -> "VideoReader":
         return self

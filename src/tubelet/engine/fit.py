@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from tubelet.config.loader import dump_recipe
 from tubelet.config.schema import Recipe
+from tubelet.data.datasets.base import FailureTracker
 from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO, find_latest_checkpoint, is_complete, save_safetensors
 from tubelet.engine.datamodule import TubeletDataModule
@@ -265,13 +266,7 @@ def _fit(
         seed=recipe.seed,
         collate=build_collate(recipe),  # mixup/cutmix follow the recipe whoever built the datasets
     )
-    tracker = None
-    try:
-        from tubelet.data.datasets.base import FailureTracker
-
-        tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
-    except ImportError:
-        pass
+    tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
     module = TubeletModule(
         method, recipe.optim,
         failure_tracker=tracker,
