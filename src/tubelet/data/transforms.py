@@ -528,7 +528,7 @@ def _autocontrast(xf: torch.Tensor) -> torch.Tensor:
     hi = xf.amax(dim=(-2, -1), keepdim=True)
     scale = torch.where(hi > lo, 255.0 / (hi - lo).clamp_min(1e-6), torch.ones_like(hi))
     off = torch.where(hi > lo, lo, torch.zeros_like(lo))
-    return ((xf - off) * scale).clamp_(0, 255)
+    return torch.sub(xf, off).mul_(scale).clamp_(0, 255)
 
 
 def _sharpness_degenerate(xf: torch.Tensor) -> torch.Tensor:
@@ -541,6 +541,24 @@ def _sharpness_degenerate(xf: torch.Tensor) -> torch.Tensor:
         box = torch.add(rows[..., :-2], rows[..., 1:-1]).add_(rows[..., 2:])
         out[..., 1:-1, 1:-1] = box.add_(xf[..., 1:-1, 1:-1], alpha=4.0).div_(13.0).round_()
     return out
+
+
+def _sharpness(xf: torch.Tensor, factor: float) -> torch.Tensor:
+    """``_blend(xf, _sharpness_degenerate(xf), factor)`` without the degenerate clip's copy: the
+    smoothed interior is added into ``xf * factor`` directly and the border blends with itself."""
+    c, t, h, w = xf.shape
+    out = torch.mul(xf, factor)
+    alpha = 1.0 - factor
+    if h > 2 and w > 2:
+        rows = torch.add(xf[..., :-2, :], xf[..., 1:-1, :]).add_(xf[..., 2:, :])
+        box = torch.add(rows[..., :-2], rows[..., 1:-1]).add_(rows[..., 2:])
+        box.add_(xf[..., 1:-1, 1:-1], alpha=4.0).div_(13.0).round_()
+        out[..., 1:-1, 1:-1].add_(box, alpha=alpha)
+        for sl in ((..., 0, slice(None)), (..., -1, slice(None)), (..., slice(1, -1), 0), (..., slice(1, -1), -1)):
+            out[sl].add_(xf[sl], alpha=alpha)  # the four border strips
+    else:
+        out.add_(xf, alpha=alpha)
+    return out.clamp_(0, 255)
 
 
 def _sign(g: torch.Generator) -> float:
@@ -588,7 +606,7 @@ def _op(name: str, x: torch.Tensor, m: float, g: torch.Generator) -> torch.Tenso
     if name == "BrightnessIncreasing":
         return torch.mul(x, factor).clamp_(0, 255)  # blend with black
     if name == "SharpnessIncreasing":
-        return _blend(x, _sharpness_degenerate(x), factor)
+        return _sharpness(x, factor)
     raise ValueError(f"unknown RandAugment op '{name}'")
 
 
