@@ -107,7 +107,8 @@ class ClipDataset(Dataset):
         cfg: a ``DataConfig`` (num_frames, sampling_rate, target_fps, repeated_sampling, test_clips,
             test_crops, decoder, decode_threads, clip_max_span, max_failure_fraction).
         split: ``"train"``, ``"val"`` or ``"test"``.
-        transform: ``f(clip (C,T,H,W) uint8, torch.Generator) -> tensor``; train gives ``(C,T,S,S)``,
+        transform: ``f(clip (C,T,H,W) uint8, torch.Generator) -> tensor`` (the clip is a view of the
+            decoded ``(T,H,W,C)`` frames, not contiguous); train gives ``(C,T,S,S)``,
             val/test gives ``(crops, C, T, S, S)``. ``None`` keeps uint8 clips (and one view per clip).
         seed: base seed of the per-sample generators.
         opener: ``path -> VideoReader`` (default: :func:`open_video` with ``cfg.decoder``).
@@ -182,15 +183,25 @@ class ClipDataset(Dataset):
             out.append(clip_frame_indices(idx, expected_frames(w, reader.fps), self.num_frames))
         return out
 
-    def load_clips(self, sample: Sample, rng: np.random.Generator) -> list[torch.Tensor]:
-        """Decode once and cut the clips: a list of uint8 ``(C, T, H, W)``."""
+    def load_clips(self, sample: Sample, rng: np.random.Generator, planar: bool = True) -> list[torch.Tensor]:
+        """Decode once and cut the clips: a list of uint8 ``(C, T, H, W)``.
+
+        ``planar=False`` gives ``(C, T, H, W)`` views of the decoded ``(T, H, W, C)`` frames (channels
+        innermost) instead of contiguous copies: the transforms' crop-and-resize reads that layout
+        directly, which saves two full-frame transposes per clip (``__getitem__`` with a transform).
+        """
         reader = self.opener(sample.path)
         try:
             per_clip = self.clip_indices(reader, sample, rng)
             frames = reader.get_frames(np.concatenate(per_clip))  # one decode of the union
         finally:
             reader.close()
-        clips = to_cthw(frames)
+        if planar:
+            clips = to_cthw(frames)
+        else:
+            if frames.ndim != 4:
+                raise ValueError(f"expected frames (T, H, W, C), got shape {tuple(frames.shape)}")
+            clips = torch.from_numpy(frames).permute(3, 0, 1, 2)
         return list(clips.split(self.num_frames, dim=1))
 
     # -- items -----------------------------------------------------------------------------------
@@ -204,7 +215,7 @@ class ClipDataset(Dataset):
         sample = self.samples[index]
         rng = sample_rng(self.seed, self.epoch, index)
         try:
-            clips = self.load_clips(sample, rng)
+            clips = self.load_clips(sample, rng, planar=self.transform is None)
         except VideoError as exc:
             return self._fail(index, sample, exc)
         g = torch_generator(rng)
