@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -62,7 +63,7 @@ def _randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (), generator=g))
 
 
-class ClipTransform:
+class ClipTransform(ABC):
     """Base: ``__call__(x, g)`` applies to one clip ``(C,T,H,W)`` or each clip of ``(B,C,T,H,W)``."""
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
@@ -79,8 +80,9 @@ class ClipTransform:
             raise ValueError(f"expected a clip (C,T,H,W) or batch (B,C,T,H,W), got shape {tuple(x.shape)}")
         return self.apply(x, g)
 
-    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Transform one clip ``(C,T,H,W)`` with parameters drawn once from ``g``."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
