@@ -6,6 +6,7 @@ from another with ``_base_: NAME`` (a shipped recipe name or a path relative to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -216,10 +217,8 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value)
-            except ValueError:
-                pass
     elif hint is str:
         if isinstance(value, str):
             return value

@@ -28,6 +28,7 @@ so no decoder object is ever shared between DataLoader worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -522,10 +523,8 @@ class PyAVReader(VideoReader):
 
     def close(self) -> None:
         if self._container is not None and self._pid == os.getpid():
-            try:
+            with contextlib.suppress(Exception):  # closing a broken container must not mask the real error
                 self._container.close()
-            except Exception:
-                pass
         self._container = None
         self._stream = None
         self._reformatter = None
@@ -540,10 +539,8 @@ class PyAVReader(VideoReader):
         return state
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: av may already be gone
             self.close()
-        except Exception:
-            pass
 
 
 def torchcodec_available() -> bool:

@@ -17,6 +17,7 @@ files start with a dot and are never taken for checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -45,9 +46,8 @@ def _fsync_dir(path: Path) -> None:
     except OSError:  # some filesystems do not open folders
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # not every filesystem can sync a folder
+            os.fsync(fd)
     finally:
         os.close(fd)
 

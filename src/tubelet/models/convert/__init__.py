@@ -77,6 +77,21 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _rename(state: dict[str, torch.Tensor], mod: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Tensors under their tubelet names (``mod.rename``, then ``mod.adapt`` where a source has one)
+    and the source keys that have no tubelet counterpart."""
+    adapt = getattr(mod, "adapt", lambda name, value: value)
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        new = mod.rename(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = adapt(new, value)
+    return out, unknown
+
+
 def convert_state_dict(
     state: dict[str, torch.Tensor],
     source: str,
@@ -94,7 +109,7 @@ def convert_state_dict(
     if source not in SOURCES:
         raise CheckpointError(f"unknown checkpoint source '{source}'; known: {', '.join(SOURCES)}")
     mod = SOURCES[source]
-    renamed, unknown = mod.convert_state_dict(state)
+    renamed, unknown = _rename(state, mod)
     try:
         name = model or mod.infer_model(state)
     except (KeyError, ValueError) as exc:

@@ -33,19 +33,6 @@ def rename(key: str) -> str | None:
     return key if _SAME.match(key) else None
 
 
-def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Renamed tensors and the list of source keys that have no tubelet counterpart."""
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in state.items():
-        new = rename(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    return out, unknown
-
-
 def infer_model(state: dict[str, torch.Tensor]) -> str:
     """Registry name matching a PySlowFast / MViTv2-release state dict (depth, stem width, 2-D or 3-D)."""
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))

@@ -37,19 +37,9 @@ def rename(key: str) -> str | None:
     return key if _SAME.match(key) else None
 
 
-def convert_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Renamed tensors and the list of source keys that have no tubelet counterpart."""
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in state.items():
-        new = rename(key)
-        if new is None:
-            unknown.append(key)
-            continue
-        if new == "cls_token":
-            value = value.reshape(1, 1, -1)
-        out[new] = value
-    return out, unknown
+def adapt(name: str, value: torch.Tensor) -> torch.Tensor:
+    """torchvision keeps the class token as ``(1, D)``; tubelet's is ``(1, 1, D)``."""
+    return value.reshape(1, 1, -1) if name == "cls_token" else value
 
 
 def infer_model(state: dict[str, torch.Tensor]) -> str:
