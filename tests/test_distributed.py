@@ -207,10 +207,13 @@ _GATHER = textwrap.dedent("""
     expect = (1 + 2) * (rank + 1)  # own block weight (b = rank) summed over the two ranks' losses
     assert torch.allclose(x.grad, torch.full_like(x, float(expect))), x.grad
     assert torch.equal(all_gather_no_grad(x.detach()), g.detach())
-    # Leave together: a rank exiting while its peer still holds the gloo pair aborts at teardown.
     dist.barrier()
     dist.destroy_process_group()
-    print("OK", rank)
+    print("OK", rank, flush=True)
+    # Every check above has passed. Skip interpreter teardown: with torch 2.13 a bare gloo script that
+    # ran an autograd all_gather sometimes aborts there ("terminate called without an active
+    # exception", SIGABRT) after its work is done; the Lightning-launched runs in this file are unaffected.
+    os._exit(0)
 """)
 
 
