@@ -20,7 +20,22 @@ Rows per clip (clips/s, same clip windows for every row):
   subsample, when pytorchvideo is importable (its package ``__init__`` files and ``iopath`` are
   bypassed because torchvision is not installed); the row is skipped otherwise.
 
-Usage: ``python benchmarks/data_throughput.py [--quick] [--iters N] [--crop 224]``.
+Then, unless ``--no-stages``, a transform cost table per clip: why train/bound misses 0.8 where it
+does. The claim leaves the transforms ``1.25 / bound - 1 / decode ~ 0.25 / bound`` seconds per clip
+(decode ~ bound), the *budget*, taken from the bound measured above in the same run. One decoded
+16-frame clip (the epoch-0 window, exactly as ``ClipDataset`` hands it to the transform: a
+``(C, T, H, W)`` uint8 view of the decoded ``(T, H, W, C)`` frames) goes through each stage with the
+input the training pipeline gives it, one thread: random resized crop (the recipe's scale/ratio),
+flip (forced p=1), RandAugment as configured, normalise, random erasing (forced p=1: its cost when
+it runs; the pipeline applies it with p=0.25), the whole training ``Compose``, the MAE-ST
+``Compose``, and a floor: ``torch.empty`` of the float output + one ``copy_`` of a uint8 clip of the
+output size (writing the normalised clip once). Each stage is called ``--stage-repeat`` times with a
+generator seeded identically each time (same random draws) and the median is kept; stages whose
+cost depends on the draw (crop box, RandAugment's ops, erasing box, the pipelines) report the mean,
+min and max of those medians over ``--draws`` seeds.
+
+Usage: ``python benchmarks/data_throughput.py [--quick] [--iters N] [--crop 224] [--draws 50]
+[--stage-repeat 5] [--no-stages]``.
 """
 
 from __future__ import annotations
@@ -45,7 +60,15 @@ from tubelet.config.schema import DataConfig  # noqa: E402
 from tubelet.data.datasets import ClipDataset, Sample  # noqa: E402
 from tubelet.data.decoding import open_video  # noqa: E402
 from tubelet.data.sampling import clip_duration, clip_frame_indices, expected_frames, random_clip, sample_rng  # noqa: E402
-from tubelet.data.transforms import build_transforms  # noqa: E402
+from tubelet.data.transforms import (  # noqa: E402
+    Normalize,
+    RandAugment,
+    RandomErasing,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    build_transforms,
+    retain_freed_memory,
+)
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 CLIPS = [
@@ -142,18 +165,96 @@ def rate(fn, n_items: int, clips_per_item: int = 1, repeat: int = 1) -> float:
     return n_items * clips_per_item / best
 
 
+def stage_ms(fn, draws: int, repeat: int) -> tuple[float, float, float]:
+    """Mean, min and max over ``draws`` seeds of the median ms of ``repeat`` calls ``fn(g)``, each call
+    with a generator freshly seeded to the draw's seed, so every repeat makes the same random draws."""
+    fn(torch.Generator().manual_seed(0))  # warm-up (first-call allocations, kernel dispatch)
+    per_draw = []
+    for d in range(draws):
+        times = []
+        for _ in range(repeat):
+            g = torch.Generator().manual_seed(d)
+            t0 = time.perf_counter()
+            fn(g)
+            times.append(time.perf_counter() - t0)
+        per_draw.append(float(np.median(times)) * 1e3)
+    return float(np.mean(per_draw)), min(per_draw), max(per_draw)
+
+
+def pick(tf, kind: type):
+    """The one transform of ``kind`` in a ``Compose`` (as ``build_transforms`` configured it)."""
+    (t,) = [t for t in tf.transforms if isinstance(t, kind)]
+    return t
+
+
+def stage_table(
+    name: str, path: Path, r_bound: float, cfg, tf, tf_mae, draws: int, repeat: int
+) -> tuple[float, float, float]:
+    """Per-stage transform cost of one decoded clip against the budget ``0.25 / r_bound``; prints a
+    table and returns (train pipeline ms, mae-st pipeline ms, budget ms)."""
+    ds = ClipDataset([Sample(str(path), 0)], cfg, "train", transform=tf)
+    clip = ds.load_clips(ds.samples[0], sample_rng(ds.seed, 0, 0), planar=False)[0]  # what __getitem__ transforms
+    rrc, ra, norm = pick(tf, RandomResizedCrop), pick(tf, RandAugment), pick(tf, Normalize)
+    er = pick(tf, RandomErasing)
+    flip = RandomHorizontalFlip(1.0)
+    erase = RandomErasing(1.0, er.scale, er.ratio, inplace=er.inplace)
+
+    # each stage gets an input of the shape, dtype and memory layout the pipeline hands it: the decoded
+    # view for the crop and the pipelines, the crop's contiguous uint8 output, Normalize's float output
+    def g0() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    u8 = rrc(clip, g0())  # (C, T, S, S) uint8, contiguous
+    fl = norm(u8)
+    out = tf(clip, g0())
+    assert out.shape == fl.shape and out.dtype == torch.float32, f"{name}: unexpected pipeline output {out.shape}"
+    c, t, s = u8.shape[0], u8.shape[1], u8.shape[-1]
+
+    def floor(g):
+        return torch.empty(u8.shape, dtype=torch.float32).copy_(u8)
+
+    box = f"scale [{rrc.scale[0]:g}, {rrc.scale[1]:g}], ratio [{rrc.ratio[0]:.2f}, {rrc.ratio[1]:.2f}]"
+    stages = [
+        (f"random resized crop {s} ({box})", lambda g: rrc(clip, g), True),
+        ("flip (p=1)", lambda g: flip(u8, g), False),
+        (f"RandAugment {cfg.augment.randaugment}", lambda g: ra(u8, g), True),
+        ("normalise (uint8 -> float)", lambda g: norm(u8, g), False),
+        (f"random erasing (p=1; p={er.p:g} in the pipeline)", lambda g: erase(fl, g), True),
+        ("**train pipeline** (Compose)", lambda g: tf(clip, g), True),
+        ("**mae-st pipeline** (Compose)", lambda g: tf_mae(clip, g), True),
+        ("floor: empty float + copy_ of a uint8 clip", floor, False),
+    ]
+    budget = 0.25 / r_bound * 1e3
+    print(f"\n{name}: decoded {t}x{clip.shape[2]}x{clip.shape[3]} -> {c}x{t}x{s}x{s}; bound {r_bound:.1f} clips/s "
+          f"({1e3 / r_bound:.2f} ms/clip); budget 0.25 / bound = {budget:.2f} ms/clip\n")  # fmt: skip
+    print("| stage | ms per clip | min-max over draws | / budget | fits budget |")
+    print("|---|--:|--:|--:|---|")
+    ms = []
+    for label, fn, by_draw in stages:
+        mean, lo, hi = stage_ms(fn, draws if by_draw else 1, repeat)
+        ms.append(mean)
+        span = f"{lo:.2f}-{hi:.2f}" if by_draw else "-"
+        print(f"| {label} | {mean:.2f} | {span} | {mean / budget:.2f} | {'yes' if mean <= budget else 'no'} |")
+    return ms[5], ms[6], budget
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 clips, 3 windows each, crop 112: checks that it runs")
     ap.add_argument("--iters", type=int, default=20, help="clip windows per video")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes; the best is kept")
     ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--no-stages", action="store_true", help="skip the per-stage transform cost tables")
+    ap.add_argument("--draws", type=int, default=50, help="seeded draws per random stage in the stage tables")
+    ap.add_argument("--stage-repeat", type=int, default=5, help="calls per draw in the stage tables; median kept")
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = CLIPS[:2] if args.quick else CLIPS
     iters = 3 if args.quick else args.iters
     repeat = 1 if args.quick else args.repeat
     crop = 112 if args.quick else args.crop
+    draws = 4 if args.quick else args.draws
+    stage_repeat = 2 if args.quick else args.stage_repeat
 
     cfg = DataConfig(num_frames=T_FRAMES, sampling_rate=TAU, crop_size=crop)
     cfg.augment.short_side = [crop * 256 // 224, crop * 320 // 224]
@@ -172,6 +273,7 @@ def main() -> None:
     print("| clip | " + " | ".join(cols) + " | decode/bound | train/bound | mae-st/bound | k=4/bound |")
     print("|---|" + "---|" * (len(cols) + 4))
     worst = float("inf")
+    bounds = {}
     for name in names:
         path = VIDEOS / name
         p = plan(path, iters)
@@ -182,6 +284,7 @@ def main() -> None:
         assert np.array_equal(naive(path, p[0][1]), b), f"{name}: tubelet frames differ from a full decode"
 
         r_bound = rate(lambda i: bound(path, p[i][2]), iters, repeat=repeat)
+        bounds[name] = r_bound
 
         def tub(i):
             r = open_video(path)
@@ -216,6 +319,21 @@ def main() -> None:
             + f" | {r_dec / r_bound:.2f} | {r_train / r_bound:.2f} | {r_mae / r_bound:.2f} | {r_k4 / r_bound:.2f} |"
         )
     print(f"\nworst tubelet decode / bound: {worst:.2f} (target >= 0.8)")
+    if args.no_stages:
+        return
+
+    retain_freed_memory()  # as the pipelines do on first use: every stage gets the same allocator policy
+    print(f"\ntransform cost per clip, 1 thread, crop {crop}: ms = mean over {draws} seeded draws of the median "
+          f"of {stage_repeat} calls with the same draw (draw-independent stages: one draw); budget = 0.25 / bound, "
+          "the transform time left by train >= 0.8 x bound when decode ~ bound")  # fmt: skip
+    fit = []
+    for name in names:
+        tr, mae, budget = stage_table(name, VIDEOS / name, bounds[name], cfg, tf, tf_mae, draws, stage_repeat)
+        fit.append((name, tr <= budget, mae <= budget))
+    print(
+        f"\ntrain pipeline within budget on {sum(f[1] for f in fit)} of {len(fit)} clips, "
+        f"mae-st pipeline on {sum(f[2] for f in fit)} of {len(fit)}"
+    )
 
 
 if __name__ == "__main__":
