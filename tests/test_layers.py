@@ -96,6 +96,22 @@ def test_patch_embed_grid_order_and_subset():
         pe(torch.randn(3, 6, 8, 12))
 
 
+def test_patch_embed_equals_its_conv3d_forward_and_backward():
+    # The projection is computed as cubes @ W^T; the stored Conv3d (what checkpoints hold) must give
+    # the same tokens and the same weight, bias and input gradients.
+    torch.manual_seed(0)
+    pe = PatchEmbed3d((2, 4, 4), in_chans=3, embed_dim=16)
+    x = torch.randn(2, 3, 6, 8, 12, requires_grad=True)
+    g = torch.randn(2, 18, 16)
+    tokens = pe(x)
+    grads = torch.autograd.grad(tokens, (x, pe.proj.weight, pe.proj.bias), g)
+    ref = pe.proj(x).flatten(2).transpose(1, 2)
+    ref_grads = torch.autograd.grad(ref, (x, pe.proj.weight, pe.proj.bias), g)
+    torch.testing.assert_close(tokens, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_separable_positions_are_pos_t_plus_pos_s():
     torch.manual_seed(0)
     pe = SeparablePosEmbed(8, (3, 2, 4))
