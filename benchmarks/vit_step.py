@@ -7,7 +7,7 @@ Measured side by side in one run:
   3. the time of a forward, a forward+backward, a full AdamW training step in fp32 (with glibc's
      default allocator settings and with allocator tuning), and a bf16-autocast training step;
   4. the kernel bound: every FLOP-counted kernel of the fp32 step (each linear's forward, input-grad
-     and weight-grad GEMM, SDPA forward+backward, the patch-embedding Conv3d, the head) timed alone on
+     and weight-grad GEMM, SDPA forward+backward, the patch-embedding GEMMs, the head) timed alone on
      the step's shapes; their summed time is the fastest step those kernels allow.
 Achieved GFLOP/s = counted FLOPs / time; MFU = achieved / ceiling of the same dtype; kernel-bound
 MFU = step FLOPs / bound time / fp32 ceiling: unless kernels run faster inside the step than alone,
@@ -88,7 +88,7 @@ def timed(fn: Callable[[], None], warmup: int, steps: int) -> tuple[float, float
 # ------------------------------------------------------------------------------------- kernel bound
 # What MFU could the step reach if every FLOP-counted kernel in it ran exactly as fast as it does
 # alone? Each kernel of the step (the four linears' forward, input-grad and weight-grad GEMMs,
-# SDPA forward+backward, the patch-embedding Conv3d and the head) is timed in isolation on
+# SDPA forward+backward, the patch-embedding GEMMs and the head) is timed in isolation on
 # inputs of the step's shapes and memory layouts; the bound time of a step is the sum of their
 # times, each multiplied by its number of calls per step (depth for block kernels).
 
@@ -173,27 +173,24 @@ def step_kernels(model: nn.Module, x: torch.Tensor) -> list[Kernel]:
         )
     )
 
-    # Patch embedding: the clip needs no gradient, so backward is the weight (and bias) grad only.
-    conv = model.patch_embed.proj
-    cw = conv.weight.detach().requires_grad_()
-    cb = None if conv.bias is None else conv.bias.detach().requires_grad_()
-    conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    conv_out = F.conv3d(x, cw, cb, *conv_args)  # one graph, back-propagated again on every call
-    # Its gradient arrives through the (B, D, T'H'W') -> (B, N, D) transpose: channels innermost.
-    g_conv = torch.randn(batch, conv_out.shape[2:].numel(), conv_out.shape[1]).transpose(1, 2).unflatten(2, grid)
-    conv_params = (cw,) if cb is None else (cw, cb)
-    conv_shape = "x {}, W {}, stride {}".format(*("x".join(map(str, t)) for t in (x.shape, cw.shape, conv.stride)))
-
-    def conv_fwd() -> None:
-        with torch.no_grad():
-            F.conv3d(x, cw, cb, *conv_args)
-
-    kernels.append(Kernel("patch embed Conv3d forward", conv_shape, conv_fwd, 1))
+    # Patch embedding: the model cuts the clip into cubes and multiplies them by the Conv3d's weight
+    # (PatchEmbed3d); the clip needs no gradient, so backward is the weight grad only.
+    pe = model.patch_embed
+    n_cubes = batch * grid[0] * grid[1] * grid[2]
+    w = pe.proj.weight.detach().reshape(pe.embed_dim, -1)
+    b = None if pe.proj.bias is None else pe.proj.bias.detach()
+    cubes = pe.patchify(x).reshape(n_cubes, -1)
+    cube_dim = cubes.shape[1]
+    g_pe, y_pe, dw_pe = torch.randn(n_cubes, pe.embed_dim), torch.empty(n_cubes, pe.embed_dim), torch.empty_like(w)
+    pe_fwd: Callable[[], object] = (
+        (lambda: torch.mm(cubes, w.t(), out=y_pe)) if b is None else (lambda: torch.addmm(b, cubes, w.t(), out=y_pe))
+    )
+    kernels.append(Kernel("patch embed forward", f"{n_cubes}x{cube_dim} @ {cube_dim}x{pe.embed_dim}", pe_fwd, 1))
     kernels.append(
         Kernel(
-            "patch embed Conv3d weight grad",
-            conv_shape,
-            lambda: torch.autograd.grad(conv_out, conv_params, g_conv, retain_graph=True),
+            "patch embed weight grad",
+            f"{pe.embed_dim}x{n_cubes} @ {n_cubes}x{cube_dim}",
+            lambda: torch.mm(g_pe.t(), cubes, out=dw_pe),
             1,
         )
     )
