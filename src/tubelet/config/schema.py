@@ -182,7 +182,7 @@ class MAESTConfig(MethodConfig):
     mask_type: str = "random"  # random | tube | frame | cube
     decoder_dim: int = 512
     decoder_depth: int = 4
-    decoder_heads: int = 16
+    decoder_heads: int = 8  # SlowFast's MAE decoder; mae_st uses 16 (same FLOPs, slower attention on CPU)
     mask_block: list[int] = field(default_factory=lambda: [2, 2, 2])  # cube masking: (t, h, w) tokens
     norm_pix_loss: bool = True
     target_frames: str = "first"  # first | cube (see methods/mae_st.py)
