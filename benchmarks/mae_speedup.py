@@ -78,6 +78,10 @@ class _Parts:
         self.grid = step.mae.grid_of(video)
 
     def encoder(self) -> None:
+        # Fresh gradients, as in a training step: the encoder part touches only encoder parameters and
+        # the decoder part (from a detached latent) only decoder ones, so neither accumulates, and the
+        # optimizer part then finds every gradient set.
+        self.opt.zero_grad(set_to_none=True)
         self.step.mae.forward_encoder(self.video, self.step.mask).backward(self.grad)
 
     def decoder(self) -> None:
