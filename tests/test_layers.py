@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from tubelet.models.heads import ClassifierHead, pool_tokens
 from tubelet.models.layers import Attention, DropPath, Mlp, PatchEmbed3d, SeparablePosEmbed, sincos_1d, sincos_2d
+from tubelet.models.vit import Block
 
 
 def test_mlp_is_linear_gelu_linear():
@@ -73,6 +74,32 @@ def test_attention_sdpa_equals_explicit_and_reference():
         Attention(10, num_heads=3)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_query_subset_equals_the_full_output_gathered(fused):
+    # Attention/Block with query_idx compute only some tokens' outputs (every token stays a key):
+    # values and all gradients must equal the full computation gathered at those tokens.
+    torch.manual_seed(0)
+    blk = Block(16, 4, qkv_bias=True, fused_attn=fused)
+    x = torch.randn(2, 11, 16, requires_grad=True)
+    idx = torch.tensor([[10, 0, 3, 3], [5, 6, 1, 9]])
+    g = torch.randn(2, 4, 16)
+    params = [x, *blk.parameters()]
+    for layer, inp in ((blk.attn, blk.norm1), (blk, None)):
+        h = x if inp is None else inp(x)
+        sub = layer(h, query_idx=idx)
+        full = torch.gather(layer(h), 1, idx[..., None].expand(-1, -1, 16))
+        assert sub.shape == (2, 4, 16)
+        torch.testing.assert_close(sub, full, atol=1e-5, rtol=1e-5)
+        for a, b in zip(torch.autograd.grad(sub, params, g, retain_graph=True, allow_unused=True),
+                        torch.autograd.grad(full, params, g, allow_unused=True)):
+            if b is None:
+                assert a is None
+            else:
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="query_idx"):
+        blk.attn(x, torch.ones(2, 1, 11, 11, dtype=torch.bool), query_idx=idx)
+
+
 def test_patch_embed_grid_order_and_subset():
     torch.manual_seed(0)
     pe = PatchEmbed3d((2, 4, 4), in_chans=3, embed_dim=16)
@@ -125,6 +152,12 @@ def test_separable_positions_are_pos_t_plus_pos_s():
     keep = torch.tensor([[5, 23], [0, 7]])
     sub = torch.randn(2, 2, 8)
     torch.testing.assert_close(pe(sub, (3, 2, 4), keep), sub + table[keep])
+    # the kept-token path indexes the two tables; its gradients equal those through the joint table
+    g = torch.randn(2, 2, 8)
+    got = torch.autograd.grad(pe(sub, (3, 2, 4), keep), (pe.temporal, pe.spatial), g)
+    ref = torch.autograd.grad(sub + pe.table((3, 2, 4))[0][keep], (pe.temporal, pe.spatial), g)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
     with pytest.raises(ValueError):
         pe(torch.randn(2, 23, 8), (3, 2, 4))
 

@@ -82,8 +82,15 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask))
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, query_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, N, D) -> (B, N, D)``; with ``query_idx (B, M)`` only those tokens' outputs, ``(B, M, D)``."""
+        if query_idx is None:
+            x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask))
+        else:
+            kept = torch.gather(x, 1, query_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, M, D)
+            x = kept + self.drop_path1(self.attn(self.norm1(x), query_idx=query_idx))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 

@@ -37,11 +37,30 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``attn_mask``: bool (True = attend) or additive float, broadcastable to ``(B, heads, N, N)``."""
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, query_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``attn_mask``: bool (True = attend) or additive float, broadcastable to ``(B, heads, N, N)``.
+
+        ``query_idx (B, M)``: compute the outputs of those tokens only, ``-> (B, M, D)``; every token
+        is still a key and value. Equal to the full output gathered at ``query_idx``, for M/N of the
+        query-side work (an MAE decoder's last block only needs the removed tokens).
+        """
         B, N, C = x.shape
-        # (B, N, 3, H, d) -> (3, B, H, N, d): views only; SDPA accepts the strided q/k/v.
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if query_idx is None:
+            # (B, N, 3, H, d) -> (3, B, H, N, d): views only; SDPA accepts the strided q/k/v.
+            q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            if attn_mask is not None:
+                raise ValueError("query_idx cannot be combined with attn_mask")
+            # The fused weight's rows are [W_q; W_k; W_v]: project the M queries and the N keys/values
+            # separately with contiguous row slices of it (the same parameters, no copy).
+            w, b = self.qkv.weight, self.qkv.bias
+            xq = torch.gather(x, 1, query_idx.unsqueeze(-1).expand(-1, -1, C))  # (B, M, C)
+            q = F.linear(xq, w[:C], None if b is None else b[:C])
+            q = q.reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, M, d)
+            kv = F.linear(x, w[C:], None if b is None else b[C:])
+            k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
@@ -55,5 +74,5 @@ class Attention(nn.Module):
                     attn = attn + attn_mask
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
-        x = x.transpose(1, 2).reshape(B, N, C)
+        x = x.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.proj_drop(self.proj(x))

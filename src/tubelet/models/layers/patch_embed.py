@@ -13,6 +13,8 @@ exploit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,13 +72,17 @@ class PatchEmbed3d(nn.Module):
     def _project(self, patches: torch.Tensor) -> torch.Tensor:
         return F.linear(patches, self.proj.weight.reshape(self.embed_dim, -1), self.proj.bias)
 
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw cubes ``(B, N, C*pt*ph*pw)``, each flattened in the Conv3d weight's (C, pt, ph, pw) order."""
+    def _cubes(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W) -> (B, T', H', W', C, pt, ph, pw)``, a view."""
         t, h, w = self._check(x)
         pt, ph, pw = self.patch_size
         B, C = x.shape[:2]
-        x = x.reshape(B, C, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        return x.reshape(B, t * h * w, C * pt * ph * pw)
+        return x.reshape(B, C, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw cubes ``(B, N, C*pt*ph*pw)``, each flattened in the Conv3d weight's (C, pt, ph, pw) order."""
+        v = self._cubes(x)
+        return v.reshape(*v.shape[:1], -1, math.prod(v.shape[4:]))
 
     def forward_subset(self, x: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         """Embed only the tokens ``keep_idx (B, K)``: ``-> (B, K, D)``.
@@ -84,9 +90,12 @@ class PatchEmbed3d(nn.Module):
         Equal to ``forward(x)`` gathered at ``keep_idx``, but projects K instead of N cubes (the
         MAE encoder keeps 10% of them).
         """
-        patches = self.patchify(x)
-        patches = torch.gather(patches, 1, keep_idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        return self._project(patches)
+        v = self._cubes(x)  # (B, T', H', W', C, pt, ph, pw)
+        h, w = v.shape[2:4]
+        # Index the strided view: only the K kept cubes are copied, not the whole clip.
+        b = torch.arange(v.shape[0], device=keep_idx.device).unsqueeze(1)
+        patches = v[b, keep_idx // (h * w), (keep_idx // w) % h, keep_idx % w]  # (B, K, C, pt, ph, pw)
+        return self._project(patches.flatten(2))
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}"

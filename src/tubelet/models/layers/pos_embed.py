@@ -102,14 +102,21 @@ class SeparablePosEmbed(nn.Module):
         self, tokens: torch.Tensor, grid: tuple[int, int, int], keep_idx: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``tokens + positions``; with ``keep_idx (B, K)`` the tokens are the kept subset ``(B, K, D)``."""
-        pos = self.table(grid)
-        pos = pos.to(device=tokens.device, dtype=tokens.dtype)
         if keep_idx is None:
+            pos = self.table(grid).to(device=tokens.device, dtype=tokens.dtype)
             if tokens.shape[1] != pos.shape[1]:
                 raise ValueError(f"{tokens.shape[1]} tokens for a grid {tuple(grid)} of {pos.shape[1]} positions")
             return tokens + pos
-        pos = pos.expand(keep_idx.shape[0], -1, -1)
-        return tokens + torch.gather(pos, 1, keep_idx.unsqueeze(-1).expand(-1, -1, self.embed_dim))
+        if self.kind == "sincos":  # a cached constant: gather its rows
+            pos = self.table(grid).to(device=tokens.device, dtype=tokens.dtype).expand(keep_idx.shape[0], -1, -1)
+            return tokens + torch.gather(pos, 1, keep_idx.unsqueeze(-1).expand(-1, -1, self.embed_dim))
+        # Learned: index the two small tables instead of the joint one, whose backward would write
+        # an (N, D) gradient to keep K rows of it. Same sum, pos_t[t] + pos_s[s].
+        pos_t, pos_s = self.tables(grid)
+        hw = grid[1] * grid[2]
+        pos_t = pos_t.to(device=tokens.device, dtype=tokens.dtype)
+        pos_s = pos_s.to(device=tokens.device, dtype=tokens.dtype)
+        return tokens + (F.embedding(keep_idx // hw, pos_t) + F.embedding(keep_idx % hw, pos_s))
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, grid_size={self.grid_size}, embed_dim={self.embed_dim}"
