@@ -61,7 +61,8 @@ class _Step(nn.Module):
 
     def forward(self, video: torch.Tensor) -> dict:
         grid = self.mae.grid_of(video)
-        pred = self.mae.forward_decoder(self.mae.forward_encoder(video, self.mask), self.mask, grid)
+        latent = self.mae.forward_encoder(video, self.mask)
+        pred = self.mae.forward_decoder(latent, self.mask, grid, positions=self.loss_mask.masked)
         return {"loss": self.mae.forward_loss(video, pred, self.loss_mask)}
 
 
@@ -86,7 +87,7 @@ class _Parts:
 
     def decoder(self) -> None:
         mae, latent = self.step.mae, self.latent.requires_grad_(True)
-        pred = mae.forward_decoder(latent, self.step.mask, self.grid)
+        pred = mae.forward_decoder(latent, self.step.mask, self.grid, positions=self.step.loss_mask.masked)
         mae.forward_loss(self.video, pred, self.step.loss_mask).backward()
 
     def optimizer(self) -> None:

@@ -73,6 +73,7 @@ def test_normalised_targets_have_zero_mean_unit_variance():
     assert torch.allclose(z.mean(-1), torch.zeros(4, 10), atol=1e-5)
     assert torch.allclose(z.var(-1), torch.ones(4, 10), atol=1e-4)
     assert torch.allclose(z * (var + 1e-6) ** 0.5 + mean, y, atol=1e-5)
+    torch.testing.assert_close(var, y.var(-1, keepdim=True))  # the unbiased variance
     # the method's own targets, on a clip with non-zero mean and scale
     t = tiny_mae().targets(torch.rand(2, 3, 4, 32, 32) * 4 + 1)
     assert t.shape == (2, 8, 768)
@@ -133,7 +134,8 @@ def test_loss_equals_independent_computation(norm_pix, target_frames):
     mask = mask_tokens(3, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(0))
     dim = 768 if target_frames == "first" else 1536
     pred = torch.randn(3, 8, dim)
-    loss = mae.forward_loss(video, pred, mask)
+    removed = torch.gather(pred, 1, mask.masked.unsqueeze(-1).expand(-1, -1, dim))  # (B, M, dim)
+    loss = mae.forward_loss(video, removed, mask)
     ref = reference_loss(video, pred, mask.masked, norm_pix, target_frames == "first")
     assert loss.item() == pytest.approx(ref, rel=1e-5)
     # the forward pass predicts the right number of values per token
@@ -142,18 +144,51 @@ def test_loss_equals_independent_computation(norm_pix, target_frames):
     assert full.shape == (3, 8, dim)
 
 
-def test_loss_ignores_predictions_at_visible_positions():
+def test_loss_scores_the_removed_positions_only():
     mae = tiny_mae(mask_ratio=0.5)
     video = torch.randn(2, 3, 4, 32, 32)
     mask = mask_tokens(2, (2, 2, 2), 0.5, generator=torch.Generator().manual_seed(1))
-    pred = torch.randn(2, 8, 768)
+    pred = torch.randn(2, 4, 768)  # the 4 removed tokens of each clip
     base = mae.forward_loss(video, pred, mask)
     changed = pred.clone()
-    for b in range(2):
-        changed[b, mask.keep[b]] += 100.0
-    assert torch.equal(mae.forward_loss(video, changed, mask), base)
-    changed[0, mask.masked[0, 0]] += 1.0  # a removed position does count
+    changed[0, 0] += 1.0
     assert mae.forward_loss(video, changed, mask) != base
+    with pytest.raises(ValueError, match="removed"):
+        mae.forward_loss(video, torch.randn(2, 8, 768), mask)  # all positions: not what it scores
+
+
+@pytest.mark.parametrize("depth", [2, 0])
+def test_training_step_equals_the_full_decoder_gathered(depth):
+    # forward() runs the decoder's last block, norm and prediction on the removed tokens only. It must
+    # give the loss and gradients of the plain computation: predict every position, keep the removed.
+    torch.manual_seed(0)
+    mae = tiny_mae(mask_ratio=0.75, decoder_depth=depth)
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = mask_tokens(2, (2, 2, 2), 0.75, generator=torch.Generator().manual_seed(3))
+    params = [p for p in mae.parameters() if p.requires_grad]
+    loss = mae({"video": video}, mask)["loss"]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    full = mae.forward_decoder(mae.forward_encoder(video, mask), mask, (2, 2, 2))  # (B, N, P)
+    assert full.shape == (2, 8, 768)
+    removed = torch.gather(full, 1, mask.masked.unsqueeze(-1).expand(-1, -1, 768))
+    torch.testing.assert_close(
+        mae.forward_decoder(mae.forward_encoder(video, mask), mask, (2, 2, 2), positions=mask.masked),
+        removed, atol=1e-5, rtol=1e-5,
+    )
+    every = torch.stack([torch.randperm(8), torch.randperm(8)])  # all positions, in any order
+    torch.testing.assert_close(
+        mae.forward_decoder(mae.forward_encoder(video, mask), mask, (2, 2, 2), positions=every),
+        torch.gather(full, 1, every.unsqueeze(-1).expand(-1, -1, 768)),
+    )
+    ref = (removed - mae.targets(video, mask.masked)).pow(2).mean()
+    ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
+    for p, a, b in zip(params, grads, ref_grads):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_forward_trains_encoder_decoder_and_mask_token():
