@@ -25,6 +25,7 @@ step time at 0.9 at least 4.4x faster than at 0, and at least 90% of the FLOP-ra
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -147,16 +148,26 @@ def main() -> None:
     flops = {r: count_flops(runs[(h0, r)], video, backward=True).macs for r in RATIOS}
     enc = {r: count_flops(_Encoder(runs[(h0, r)].mae, runs[(h0, r)].mask), video).macs for r in RATIOS}
 
+    faults: dict[tuple[int, float], list[int]] = {k: [] for k in runs}
+
     def train_step(key: tuple[int, float]) -> float:
         opt = opts[key[0]]
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         runs[key](video)["loss"].backward()
         opt.step()
-        return time.perf_counter() - t0
+        t = time.perf_counter() - t0
+        faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        return t
 
-    for key in runs:  # warm-up: allocator, AdamW state
-        train_step(key)
+    # Warm-up, twice per step: the first creates the AdamW state, which takes over memory the step's
+    # activations had just freed, so the second still faults in fresh pages.
+    for _ in range(2):
+        for key in runs:
+            train_step(key)
+    for key in runs:
+        faults[key].clear()
     parts = {}
     if not args.no_parts:
         for r in (0.0, 0.9):  # the split, on the first head count; grads stay set for the optimizer part
@@ -175,9 +186,10 @@ def main() -> None:
     n = runs[(h0, 0.0)].mask.ids_restore.shape[1]
     print(f"MAE-ST training step, {model.name}, {model.num_frames}x{model.img_size}x{model.img_size} "
           f"({n} tokens), batch {args.batch}, fp32, {args.threads} threads, AdamW(fused), malloc tuned: {tuned}; "
-          f"median of {steps} steps")
+          f"median of {steps} steps; minor page faults per step (median), which slow a step without "
+          f"adding work")
     print(f"{'heads':>5} {'ratio':>6} {'kept':>6} {'enc GMACs':>10} {'enc x':>6} {'GMACs f+b':>10} {'FLOP x':>7} "
-          f"{'step s':>8} {'time x':>7} {'of bound':>9}")
+          f"{'step s':>8} {'time x':>7} {'of bound':>9} {'faults':>8}")
     result = {}
     for h in heads_list:
         base_t, base_f = statistics.median(times[(h, 0.0)]), flops[0.0]
@@ -186,7 +198,8 @@ def main() -> None:
             fx, tx = base_f / flops[r], base_t / t
             kept = runs[(h, r)].mask.keep.shape[1]
             print(f"{h:>5d} {r:>6.2f} {kept:>6d} {enc[r] / 1e9:>10.2f} {enc[0.0] / enc[r]:>6.1f} "
-                  f"{flops[r] / 1e9:>10.2f} {fx:>7.2f} {t:>8.3f} {tx:>7.2f} {tx / fx:>8.0%}")
+                  f"{flops[r] / 1e9:>10.2f} {fx:>7.2f} {t:>8.3f} {tx:>7.2f} {tx / fx:>8.0%} "
+                  f"{int(statistics.median(faults[(h, r)])):>8d}")
         result[h] = (base_f / flops[0.9], base_t / statistics.median(times[(h, 0.9)]))
 
     if parts:
