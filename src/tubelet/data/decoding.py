@@ -14,8 +14,12 @@ Conventions (PyTorchVideo-compatible, see docs/data.md):
 * A window ``[start, end)`` in seconds is half-open and holds the frames with ``start <= t_i < end``.
 
 The frame index table is built once per file from packet timestamps, by demuxing without decoding
-(cached per process), and sorted by PTS, which fixes B-frame reordering (``unordered.mov``) and the
-non-monotonic timestamps of packed-B-frame AVIs. FFmpeg's MPEG-4 Part 2 decoder drops one-byte
+(cached per process), and sorted by PTS, which fixes B-frame reordering (``unordered.mov``). In
+packed-B-frame AVIs (DivX/Xvid: two frames in one packet) the decoder still outputs frames in display
+order, but the PTS it stamps on them are swapped in pairs; sorting by them would scramble the clip,
+so in those streams (found while indexing: a packet holding two VOP start codes) a decoded frame is
+named by its place in the decoder's output after the keyframe it started from. FFmpeg's MPEG-4 Part 2
+decoder drops one-byte
 DivX/Xvid placeholder packets ("frame skip" in ``mpeg4videodec.c``); those packets are left out of the
 table, which is why ``hmdb51_...cartwheel...avi`` has 84 packets but 83 frames.
 
@@ -185,6 +189,16 @@ class _Index:
     codec: str
     coded_width: int
     coded_height: int
+    # MPEG-4 Part 2 "packed B-frames" (DivX/Xvid AVI): the decoder outputs frames in display order,
+    # but the PTS it attaches to them come from the packets and are swapped in pairs (1, 4, 3, 6, 5,
+    # ...), so sorting by them would scramble the clip. Such streams identify a decoded frame by its
+    # position in the decoder's output instead: the k-th frame after a keyframe is that keyframe's
+    # index + k.
+    output_order: bool = False
+
+
+# A VOP (video object plane, one coded frame) start code; a packet with two of them is packed.
+_MPEG4_VOP_START = b"\x00\x00\x01\xb6"
 
 
 _INDEX_CACHE: "OrderedDict[tuple, _Index]" = OrderedDict()
@@ -297,10 +311,13 @@ class PyAVReader(VideoReader):
             # One-byte packets are DivX/Xvid placeholders that the MPEG-4 Part 2 decoder skips.
             min_size = 2 if codec == "mpeg4" else 1
             pts, key = [], []
+            packed = False
             try:
                 for packet in container.demux(stream):
                     if packet.size < min_size:
                         continue
+                    if codec == "mpeg4" and not packed:
+                        packed = bytes(packet).count(_MPEG4_VOP_START) >= 2
                     t = packet.pts if packet.pts is not None else packet.dts
                     if t is None:
                         continue
@@ -319,7 +336,7 @@ class PyAVReader(VideoReader):
             else:
                 fps = Fraction(30)
             cc = stream.codec_context
-            return _Index(pts_arr, key_arr, time_base, fps, codec, int(cc.width), int(cc.height))
+            return _Index(pts_arr, key_arr, time_base, fps, codec, int(cc.width), int(cc.height), output_order=packed)
         finally:
             container.close()
 
@@ -447,11 +464,20 @@ class PyAVReader(VideoReader):
         slack = 16
         decoded = 0
         got_any = False
+        ix = self._index
+        first = 0  # output order: index position of the first frame decoded after the seek
         try:
             container.seek(0 if from_start else seek_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 decoded += 1
                 pts = frame.pts if frame.pts is not None else frame.dts
+                if ix.output_order:
+                    # Only the first frame's own PTS is trusted (a keyframe, decoded first and
+                    # unswapped); the rest are named by their place in the decoder's output.
+                    if not got_any:
+                        first = int(np.searchsorted(ix.pts, pts)) if pts is not None else 0
+                    pos = first + decoded - 1
+                    pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + pos
                 if pts is None:
                     continue
                 if not got_any:
@@ -609,6 +635,11 @@ class TorchCodecReader(PyAVReader):
         return hit
 
     def _decode_into(self, unique_sorted: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+        if self._index.output_order:
+            # Packed B-frames: torchcodec times these frames by its own best-effort timestamps,
+            # which name different frames than the index does, and it cannot decode the last
+            # one; PyAV decodes them by output order.
+            return PyAVReader._decode_into(self, unique_sorted, inverse)
         frames = self._play(self._index.pts[unique_sorted])
         if not self._applies_rotation():
             frames = _rotate(frames, self.rotation)
