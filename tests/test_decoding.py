@@ -137,6 +137,28 @@ def test_packed_b_frames_come_in_decoder_output_order(videos_dir, name):
     assert change(ref) < 0.8 * change(by_stamp)
 
 
+def test_packed_b_frames_count_from_the_frame_a_decode_starts_at(videos_dir, monkeypatch):
+    # Output-order naming counts from the first frame the decoder gives after a seek, named by its
+    # own stamp, not from the keyframe that was asked for.
+    import dataclasses
+
+    path = videos_dir / "RATRACE_wave_f_nm_np1_fr_goo_37.avi"
+    ref = _sequential(path)
+    r = open_video(path)
+    ix = r._index
+    # an index listing a keyframe the file does not have: the seek lands on the real one, frame 0
+    r._index = dataclasses.replace(ix, key_pts=np.array([ix.pts[0], ix.pts[40]]))
+    assert np.array_equal(r.get_frames([41, 45, 40]), ref[[41, 45, 40]])
+    # a first frame that is no keyframe has no trustworthy stamp: decode from the file start
+    r = open_video(path)
+    r._index = dataclasses.replace(ix, key_pts=ix.key_pts + 1)
+    starts = []
+    real = r._decode_from
+    monkeypatch.setattr(r, "_decode_from", lambda *a, **k: starts.append(k.get("from_start", False)) or real(*a, **k))
+    assert np.array_equal(r.get_frames([41, 45]), ref[[41, 45]])
+    assert starts == [False, True]
+
+
 def test_unpacked_streams_keep_stamp_order(videos_dir):
     for name in ("v_SoccerJuggling_g23_c01.avi", "WUzgd7C1pWA.mp4", "unordered.mov"):
         assert not open_video(videos_dir / name)._index.output_order, name

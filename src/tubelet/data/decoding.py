@@ -473,9 +473,14 @@ class PyAVReader(VideoReader):
                 pts = frame.pts if frame.pts is not None else frame.dts
                 if ix.output_order:
                     # Only the first frame's own PTS is trusted (a keyframe, decoded first and
-                    # unswapped); the rest are named by their place in the decoder's output.
+                    # unswapped); the rest are named by their place in the decoder's output. A
+                    # decode whose first frame is not a keyframe of the index (the demuxer landed
+                    # elsewhere) is redone from the file start, where the first frame out is frame 0.
                     if not got_any:
-                        first = int(np.searchsorted(ix.pts, pts)) if pts is not None else 0
+                        k = int(np.searchsorted(ix.key_pts, pts)) if pts is not None else len(ix.key_pts)
+                        if not from_start and (k == len(ix.key_pts) or int(ix.key_pts[k]) != pts):
+                            return None
+                        first = 0 if from_start else int(np.searchsorted(ix.pts, pts))
                     pos = first + decoded - 1
                     pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + pos
                 if pts is None:
