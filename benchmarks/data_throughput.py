@@ -100,13 +100,15 @@ def bound(path: Path, wanted_pts: np.ndarray, output_order_pts: np.ndarray | Non
     wanted frames. ``output_order_pts`` (the sorted stamps of all frames) is given for packed-B-frame
     AVIs, whose decoded frames carry swapped stamps: there the k-th frame out of the decoder after
     the keyframe is the keyframe's index + k, as in tubelet's reader."""
+    slots: dict[int, list[int]] = {}
+    for j, p in enumerate(wanted_pts):
+        slots.setdefault(int(p), []).append(j)
+    last = int(wanted_pts.max())
+    out = None  # one output array, written frame by frame, as tubelet's reader does
     with av.open(str(path), metadata_errors="ignore") as c:
         s = c.streams.video[0]
         s.thread_count = 1
         fmt = VideoReformatter()
-        need = {int(p) for p in wanted_pts}
-        last = int(wanted_pts.max())
-        got = {}
         c.seek(int(wanted_pts.min()), stream=s, backward=True, any_frame=False)
         pos = None
         for f in c.decode(s):
@@ -114,13 +116,19 @@ def bound(path: Path, wanted_pts: np.ndarray, output_order_pts: np.ndarray | Non
             if output_order_pts is not None:
                 pos = int(np.searchsorted(output_order_pts, pts)) if pos is None else pos + 1
                 pts = int(output_order_pts[pos]) if pos < len(output_order_pts) else None
-            if pts in need and pts not in got:
-                got[pts] = fmt.reformat(f, format="rgb24", threads=1).to_ndarray()
-                if len(got) == len(need):
+            js = slots.pop(pts, None)
+            if js is not None:
+                rgb = fmt.reformat(f, format="rgb24", threads=1).to_ndarray()
+                if out is None:
+                    out = np.empty((len(wanted_pts), *rgb.shape), dtype=np.uint8)
+                out[js] = rgb
+                if not slots:
                     break
             elif pts is not None and pts > last + 16:
                 break
-    return np.stack([got[int(p)] for p in wanted_pts if int(p) in got])
+    if out is None or slots:
+        raise RuntimeError(f"{path.name}: frames at pts {sorted(slots)[:5]} were not decoded")
+    return out
 
 
 def naive(path: Path, idx: np.ndarray) -> np.ndarray:
