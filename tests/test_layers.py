@@ -98,6 +98,8 @@ def test_query_subset_equals_the_full_output_gathered(fused):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="query_idx"):
         blk.attn(x, torch.ones(2, 1, 11, 11, dtype=torch.bool), query_idx=idx)
+    with pytest.raises(ValueError, match="query_idx"):
+        blk(x, torch.ones(2, 1, 11, 11, dtype=torch.bool), query_idx=idx)
 
 
 def test_patch_embed_grid_order_and_subset():

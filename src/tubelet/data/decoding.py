@@ -482,7 +482,8 @@ class PyAVReader(VideoReader):
                             return None
                         first = 0 if from_start else int(np.searchsorted(ix.pts, pts))
                     pos = first + decoded - 1
-                    pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + pos
+                    # a frame beyond the index gets a stamp past its end (the slack check below)
+                    pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + 1 + pos - len(ix.pts)
                 if pts is None:
                     continue
                 if not got_any:

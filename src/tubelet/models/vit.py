@@ -90,7 +90,7 @@ class Block(nn.Module):
             x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask))
         else:
             kept = torch.gather(x, 1, query_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, M, D)
-            x = kept + self.drop_path1(self.attn(self.norm1(x), query_idx=query_idx))
+            x = kept + self.drop_path1(self.attn(self.norm1(x), attn_mask, query_idx=query_idx))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
