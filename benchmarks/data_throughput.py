@@ -98,8 +98,8 @@ def plan(path: Path, iters: int) -> list[tuple[tuple[Fraction, Fraction], np.nda
 def bound(path: Path, wanted_pts: np.ndarray, output_order_pts: np.ndarray | None = None) -> np.ndarray:
     """Bare PyAV: seek to the keyframe before the first wanted frame, decode forward, convert only the
     wanted frames. ``output_order_pts`` (the sorted stamps of all frames) is given for packed-B-frame
-    AVIs, whose decoded frames carry swapped stamps: there the k-th frame out of the decoder after
-    the keyframe is the keyframe's index + k, as in tubelet's reader."""
+    AVIs, whose decoded frames carry swapped stamps: as tubelet's reader does, these decode from the
+    file start and the k-th frame out of the decoder is frame k."""
     slots: dict[int, list[int]] = {}
     for j, p in enumerate(wanted_pts):
         slots.setdefault(int(p), []).append(j)
@@ -109,12 +109,11 @@ def bound(path: Path, wanted_pts: np.ndarray, output_order_pts: np.ndarray | Non
         s = c.streams.video[0]
         s.thread_count = 1
         fmt = VideoReformatter()
-        c.seek(int(wanted_pts.min()), stream=s, backward=True, any_frame=False)
-        pos = None
-        for f in c.decode(s):
+        packed = output_order_pts is not None
+        c.seek(0 if packed else int(wanted_pts.min()), stream=s, backward=True, any_frame=False)
+        for pos, f in enumerate(c.decode(s)):
             pts = f.pts
-            if output_order_pts is not None:
-                pos = int(np.searchsorted(output_order_pts, pts)) if pos is None else pos + 1
+            if packed:
                 pts = int(output_order_pts[pos]) if pos < len(output_order_pts) else None
             js = slots.pop(pts, None)
             if js is not None:

@@ -137,26 +137,80 @@ def test_packed_b_frames_come_in_decoder_output_order(videos_dir, name):
     assert change(ref) < 0.8 * change(by_stamp)
 
 
-def test_packed_b_frames_count_from_the_frame_a_decode_starts_at(videos_dir, monkeypatch):
-    # Output-order naming counts from the first frame the decoder gives after a seek, named by its
-    # own stamp, not from the keyframe that was asked for.
-    import dataclasses
+_VOP = b"\x00\x00\x01\xb6"  # MPEG-4 Part 2 VOP start code
 
-    path = videos_dir / "RATRACE_wave_f_nm_np1_fr_goo_37.avi"
-    ref = _sequential(path)
-    r = open_video(path)
-    ix = r._index
-    # an index listing a keyframe the file does not have: the seek lands on the real one, frame 0
-    r._index = dataclasses.replace(ix, key_pts=np.array([ix.pts[0], ix.pts[40]]))
-    assert np.array_equal(r.get_frames([41, 45, 40]), ref[[41, 45, 40]])
-    # a first frame that is no keyframe has no trustworthy stamp: decode from the file start
-    r = open_video(path)
-    r._index = dataclasses.replace(ix, key_pts=ix.key_pts + 1)
-    starts = []
-    real = r._decode_from
-    monkeypatch.setattr(r, "_decode_from", lambda *a, **k: starts.append(k.get("from_start", False)) or real(*a, **k))
-    assert np.array_equal(r.get_frames([41, 45]), ref[[41, 45]])
-    assert starts == [False, True]
+
+def _write_mpeg4_b_frames(path, n=40, gop=12, b_frames=2):
+    """An Xvid-style MPEG-4 Part 2 stream with B-frames; frame i is a gradient shifted by 7 i."""
+    yy, xx = np.mgrid[:48, :64]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.gop_size = gop
+        s.codec_context.max_b_frames = b_frames
+        for i in range(n):
+            img = ((xx * 3 + yy + i * 7) % 256).astype(np.uint8)
+            for pk in s.encode(av.VideoFrame.from_ndarray(np.stack([img] * 3, -1), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+
+
+def _divx_pack(src, dst):
+    """Rewrite an MPEG-4 AVI with one B-frame between anchors in DivX's packed layout: each B-frame
+    rides in its anchor's packet, a not-coded P-VOP (N-VOP) fills its slot, and the stream header
+    carries DivX user data ending in "p", which is what tells FFmpeg's decoder to unpack."""
+    with av.open(str(src)) as c:
+        pk = [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+    vtype = lambda b: "IPBS"[b[b.find(_VOP) + 4] >> 6]  # noqa: E731
+    j = pk[0].find(_VOP)
+    header = pk[0][:j] + b"\x00\x00\x01\xb2DivX503b1393p"
+    pk[0] = header + pk[0][j:]
+
+    def n_vop(vop):  # P type, the anchor's time (modulo_time_base, 5-bit increment at 25 fps), not coded
+        h = "".join(f"{x:08b}" for x in vop[4:12])
+        i = 2
+        while h[i] == "1":
+            i += 1
+        bits = "01" + h[2 : i + 1 + 1 + 5 + 1] + "0"
+        bits += "0" + "1" * ((8 - (len(bits) + 1) % 8) % 8)  # MPEG-4 stuffing to the byte boundary
+        return _VOP + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+    chunks, i = [], 0
+    while i < len(pk):
+        if i + 1 < len(pk) and vtype(pk[i + 1]) == "B":
+            chunks += [(pk[i] + pk[i + 1], vtype(pk[i]) == "I"), (n_vop(pk[i][pk[i].find(_VOP) :]), False)]
+            i += 2
+        else:
+            chunks.append((pk[i], vtype(pk[i]) == "I"))
+            i += 1
+    with av.open(str(dst), "w") as o:
+        s = o.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.extradata = header
+        for n, (data, key) in enumerate(chunks):
+            p = av.Packet(data)
+            p.stream, p.pts, p.dts, p.time_base, p.is_keyframe = s, n, n, Fraction(1, 25), key
+            o.mux(p)
+
+
+def test_packed_b_frames_with_many_keyframes_come_in_display_order(tmp_path):
+    # After a seek, a keyframe's stamp does not give its place in a packed stream (the B-frame packed
+    # with it is shown first), so random access must still return the frames of a full decode.
+    src, packed = tmp_path / "src.avi", tmp_path / "packed.avi"
+    _write_mpeg4_b_frames(src, n=40, gop=6, b_frames=1)
+    _divx_pack(src, packed)
+    ref = _sequential(src)  # the unpacked original, in display order
+    assert np.array_equal(_sequential(packed), ref)  # FFmpeg unpacks it to the same frames
+    with av.open(str(packed)) as c:
+        stamps = [f.pts for f in c.decode(c.streams.video[0])]
+    assert stamps != sorted(stamps)
+    r = open_video(packed)
+    assert r._index.output_order and len(r._index.key_pts) >= 5 and r.num_frames == 40
+    for i in range(40):  # every frame alone, from a fresh reader: each decode starts cold
+        assert np.array_equal(open_video(packed).get_frames([i])[0], ref[i]), i
+    idx = np.array([39, 12, 13, 0, 25, 25])
+    assert np.array_equal(open_video(packed).get_frames(idx), ref[idx])
 
 
 @pytest.mark.parametrize("suffix", [".avi", ".mp4"])
@@ -164,18 +218,7 @@ def test_mpeg4_with_ordinary_b_frames_seeks_frame_accurately(tmp_path, suffix):
     # Xvid-style MPEG-4 Part 2 with (unpacked) B-frames and a keyframe every 12 frames, written here:
     # random access from fresh readers must give the frames of a sequential decode.
     path = tmp_path / f"b_frames{suffix}"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.codec_context.gop_size = 12
-        s.codec_context.max_b_frames = 2
-        yy, xx = np.mgrid[:48, :64]
-        for i in range(60):  # a moving gradient: every frame differs
-            img = ((xx * 3 + yy + i * 5) % 256).astype(np.uint8)
-            for pk in s.encode(av.VideoFrame.from_ndarray(np.stack([img] * 3, -1), format="rgb24")):
-                c.mux(pk)
-        for pk in s.encode():
-            c.mux(pk)
+    _write_mpeg4_b_frames(path, n=60)
     ref = _sequential(path)
     r = open_video(path)
     assert r.num_frames == len(ref) == 60 and not r._index.output_order

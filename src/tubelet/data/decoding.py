@@ -17,8 +17,8 @@ The frame index table is built once per file from packet timestamps, by demuxing
 (cached per process), and sorted by PTS, which fixes B-frame reordering (``unordered.mov``). In
 packed-B-frame AVIs (DivX/Xvid: two frames in one packet) the decoder still outputs frames in display
 order, but the PTS it stamps on them are swapped in pairs; sorting by them would scramble the clip,
-so in those streams (found while indexing: a packet holding two VOP start codes) a decoded frame is
-named by its place in the decoder's output after the keyframe it started from. FFmpeg's MPEG-4 Part 2
+so those streams (found while indexing: a packet holding two VOP start codes) are decoded from the
+file start and a decoded frame is named by its place in the decoder's output. FFmpeg's MPEG-4 Part 2
 decoder drops one-byte
 DivX/Xvid placeholder packets ("frame skip" in ``mpeg4videodec.c``); those packets are left out of the
 table, which is why ``hmdb51_...cartwheel...avi`` has 84 packets but 83 frames.
@@ -191,9 +191,10 @@ class _Index:
     coded_height: int
     # MPEG-4 Part 2 "packed B-frames" (DivX/Xvid AVI): the decoder outputs frames in display order,
     # but the PTS it attaches to them come from the packets and are swapped in pairs (1, 4, 3, 6, 5,
-    # ...), so sorting by them would scramble the clip. Such streams identify a decoded frame by its
-    # position in the decoder's output instead: the k-th frame after a keyframe is that keyframe's
-    # index + k.
+    # ...), so sorting by them would scramble the clip. Such streams are decoded from the file start
+    # and a decoded frame is named by its position in the decoder's output. (A keyframe's stamp does
+    # not give its position either: one packed with the B-frame shown before it sits one place later
+    # than its stamp sorts.)
     output_order: bool = False
 
 
@@ -445,8 +446,10 @@ class PyAVReader(VideoReader):
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(unique_sorted) + 1))
         targets = [order[bounds[i] : bounds[i + 1]] for i in range(len(unique_sorted))]
-        out = self._decode_from(seek_pts, wanted_pts, targets, len(inverse))
-        if out is None:  # landed after the first wanted frame (bad index): decode from the start
+        out = None
+        if not ix.output_order:
+            out = self._decode_from(seek_pts, wanted_pts, targets, len(inverse))
+        if out is None:  # packed B-frames, or landed after the first wanted frame: decode from the start
             out = self._decode_from(int(ix.pts[0]), wanted_pts, targets, len(inverse), from_start=True)
         return _rotate(out, self.rotation)
 
@@ -465,23 +468,13 @@ class PyAVReader(VideoReader):
         decoded = 0
         got_any = False
         ix = self._index
-        first = 0  # output order: index position of the first frame decoded after the seek
         try:
             container.seek(0 if from_start else seek_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 decoded += 1
                 pts = frame.pts if frame.pts is not None else frame.dts
-                if ix.output_order:
-                    # Only the first frame's own PTS is trusted (a keyframe, decoded first and
-                    # unswapped); the rest are named by their place in the decoder's output. A
-                    # decode whose first frame is not a keyframe of the index (the demuxer landed
-                    # elsewhere) is redone from the file start, where the first frame out is frame 0.
-                    if not got_any:
-                        k = int(np.searchsorted(ix.key_pts, pts)) if pts is not None else len(ix.key_pts)
-                        if not from_start and (k == len(ix.key_pts) or int(ix.key_pts[k]) != pts):
-                            return None
-                        first = 0 if from_start else int(np.searchsorted(ix.pts, pts))
-                    pos = first + decoded - 1
+                if ix.output_order:  # decoded from the file start: the k-th frame out is frame k
+                    pos = decoded - 1
                     # a frame beyond the index gets a stamp past its end (the slack check below)
                     pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + 1 + pos - len(ix.pts)
                 if pts is None:
