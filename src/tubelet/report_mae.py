@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tubelet.report import ClipFigureCallback, _pyplot, clips_from, save_figure
+from tubelet.report import ClipFigureCallback, _pyplot, save_figure
 
 ROWS = ("original", "masked", "reconstruction")
 
