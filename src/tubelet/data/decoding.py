@@ -19,9 +19,9 @@ packed-B-frame AVIs (DivX/Xvid: two frames in one packet) the decoder still outp
 order, but the PTS it stamps on them are swapped in pairs; sorting by them would scramble the clip,
 so those streams (found while indexing: a packet holding two VOP start codes) are decoded from the
 file start and a decoded frame is named by its place in the decoder's output. FFmpeg's MPEG-4 Part 2
-decoder drops one-byte
-DivX/Xvid placeholder packets ("frame skip" in ``mpeg4videodec.c``); those packets are left out of the
-table, which is why ``hmdb51_...cartwheel...avi`` has 84 packets but 83 frames.
+decoder drops one-byte DivX/Xvid placeholder packets ("frame skip" in ``mpeg4videodec.c``); those
+packets are left out of the table, which is why ``hmdb51_...cartwheel...avi`` has 84 packets but 83
+frames.
 
 Only the needed range is decoded: the reader seeks to the last keyframe at or before the first
 wanted frame and decodes forward until every wanted frame has been seen. One
