@@ -183,7 +183,7 @@ def test_training_step_equals_the_full_decoder_gathered(depth):
     ref = (removed - mae.targets(video, mask.masked)).pow(2).mean()
     ref_grads = torch.autograd.grad(ref, params, allow_unused=True)
     torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
-    for p, a, b in zip(params, grads, ref_grads):
+    for a, b in zip(grads, ref_grads, strict=True):
         if b is None:
             assert a is None
         else:
