@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tubelet-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup torchcodec demo test bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The second decoding backend. It needs FFmpeg's shared libraries on the system (Debian: the ffmpeg
+# package); without them it does not import, tubelet keeps to PyAV and its tests skip. The range is
+# the torchcodec releases built for the torch pinned above.
+torchcodec: $(STAMP)
+	$(PY) -m pip install --quiet 'torchcodec>=0.12,<0.14'
 
 demo: $(STAMP)
 	$(VENV)/bin/tubelet demo
