@@ -205,10 +205,20 @@ def test_packed_b_frames_with_many_keyframes_come_in_display_order(tmp_path):
     with av.open(str(packed)) as c:
         stamps = [f.pts for f in c.decode(c.streams.video[0])]
     assert stamps != sorted(stamps)
+    with av.open(str(packed)) as c:
+        key_out = [i for i, f in enumerate(c.decode(c.streams.video[0])) if f.key_frame]
     r = open_video(packed)
     assert r._index.output_order and len(r._index.key_pts) >= 5 and r.num_frames == 40
+    # The index's keyframe display positions are where a full decode outputs its keyframes; those
+    # packed with a B-frame sit one place after their stamp's rank.
+    assert r._index.key_pos.tolist() == key_out
+    assert any(p != np.searchsorted(r._index.pts, k) for p, k in zip(key_out, r._index.key_pts))
     for i in range(40):  # every frame alone, from a fresh reader: each decode starts cold
-        assert np.array_equal(open_video(packed).get_frames([i])[0], ref[i]), i
+        reader = open_video(packed)
+        assert np.array_equal(reader.get_frames([i])[0], ref[i]), i
+        # a seek to the keyframe shown at or before frame i, not a decode from the file start
+        k = max(p for p in key_out if p <= i)
+        assert reader.frames_decoded <= i - k + 2, (i, reader.frames_decoded)
     idx = np.array([39, 12, 13, 0, 25, 25])
     assert np.array_equal(open_video(packed).get_frames(idx), ref[idx])
 

@@ -17,8 +17,10 @@ The frame index table is built once per file from packet timestamps, by demuxing
 (cached per process), and sorted by PTS, which fixes B-frame reordering (``unordered.mov``). In
 packed-B-frame AVIs (DivX/Xvid: two frames in one packet) the decoder still outputs frames in display
 order, but the PTS it stamps on them are swapped in pairs; sorting by them would scramble the clip,
-so those streams (found while indexing: a packet holding two VOP start codes) are decoded from the
-file start and a decoded frame is named by its place in the decoder's output. FFmpeg's MPEG-4 Part 2
+so in those streams (found while indexing: a packet holding two VOP start codes) a decoded frame is
+named by its place in the decoder's output, counted from the keyframe the reader seeks to, whose
+display position the index computes from its packet (its stamp's rank, plus the B-VOPs packed behind
+it, which are shown before it and cannot be decoded after a seek). FFmpeg's MPEG-4 Part 2
 decoder drops one-byte DivX/Xvid placeholder packets ("frame skip" in ``mpeg4videodec.c``); those
 packets are left out of the table, which is why ``hmdb51_...cartwheel...avi`` has 84 packets but 83
 frames.
@@ -191,11 +193,13 @@ class _Index:
     coded_height: int
     # MPEG-4 Part 2 "packed B-frames" (DivX/Xvid AVI): the decoder outputs frames in display order,
     # but the PTS it attaches to them come from the packets and are swapped in pairs (1, 4, 3, 6, 5,
-    # ...), so sorting by them would scramble the clip. Such streams are decoded from the file start
-    # and a decoded frame is named by its position in the decoder's output. (A keyframe's stamp does
-    # not give its position either: one packed with the B-frame shown before it sits one place later
-    # than its stamp sorts.)
+    # ...), so sorting by them would scramble the clip. In such streams a decoded frame is named by
+    # its position in the decoder's output, counted from a keyframe whose position is known.
     output_order: bool = False
+    # Display position of each keyframe in ``key_pts`` (packed streams only). A keyframe's stamp
+    # alone does not give it: the B-frames packed with an I-frame are shown before it, so it sits
+    # that many places later than its stamp sorts.
+    key_pos: np.ndarray | None = None
 
 
 # A VOP (video object plane, one coded frame) start code; a packet with two of them is packed.
@@ -243,6 +247,8 @@ class PyAVReader(VideoReader):
         if len(self._index.pts) == 0:
             raise VideoError(self.path, "video stream has no frames")
         self._meta: VideoMetadata | None = None
+        # Frames the decoder produced for the last request, seeks included: what a clip cost.
+        self.frames_decoded = 0
 
     # -- opening ---------------------------------------------------------------------------------
     def _open(self):
@@ -312,6 +318,7 @@ class PyAVReader(VideoReader):
             # One-byte packets are DivX/Xvid placeholders that the MPEG-4 Part 2 decoder skips.
             min_size = 2 if codec == "mpeg4" else 1
             pts, key = [], []
+            key_vops: dict[int, int] = {}  # keyframe PTS -> VOPs in its packet (MPEG-4 Part 2)
             packed = False
             try:
                 for packet in container.demux(stream):
@@ -325,6 +332,8 @@ class PyAVReader(VideoReader):
                     pts.append(t)
                     if packet.is_keyframe:
                         key.append(t)
+                        if codec == "mpeg4":
+                            key_vops[t] = bytes(packet).count(_MPEG4_VOP_START)
             except Exception as exc:
                 raise VideoError(self.path, f"cannot demux: {_ffmpeg_reason(exc)}") from exc
             pts_arr = np.unique(np.asarray(pts, dtype=np.int64))
@@ -336,8 +345,17 @@ class PyAVReader(VideoReader):
                 fps = Fraction(len(pts_arr) - 1) / ((int(pts_arr[-1]) - int(pts_arr[0])) * time_base)
             else:
                 fps = Fraction(30)
+            key_pos = None
+            if packed:
+                # Frames shown before a keyframe: one per indexed packet before it (each packed pair is
+                # followed by its placeholder packet), plus the B-VOPs packed behind its I-VOP.
+                vops = np.asarray([key_vops.get(int(k), 1) for k in key_arr], dtype=np.int64)
+                key_pos = np.searchsorted(pts_arr, key_arr) + np.maximum(vops - 1, 0)
             cc = stream.codec_context
-            return _Index(pts_arr, key_arr, time_base, fps, codec, int(cc.width), int(cc.height), output_order=packed)
+            return _Index(
+                pts_arr, key_arr, time_base, fps, codec, int(cc.width), int(cc.height),
+                output_order=packed, key_pos=key_pos,
+            )  # fmt: skip
         finally:
             container.close()
 
@@ -447,15 +465,32 @@ class PyAVReader(VideoReader):
         bounds = np.searchsorted(inverse[order], np.arange(len(unique_sorted) + 1))
         targets = [order[bounds[i] : bounds[i + 1]] for i in range(len(unique_sorted))]
         out = None
-        if not ix.output_order:
+        self.frames_decoded = 0
+        if ix.output_order:  # packed: the last keyframe shown at or before the first wanted frame
+            j = int(np.searchsorted(ix.key_pos, unique_sorted[0], side="right")) - 1
+            if j > 0:
+                out = self._decode_from(
+                    int(ix.key_pts[j]), wanted_pts, targets, len(inverse), start_pos=int(ix.key_pos[j])
+                )
+        else:
             out = self._decode_from(seek_pts, wanted_pts, targets, len(inverse))
-        if out is None:  # packed B-frames, or landed after the first wanted frame: decode from the start
+        if out is None:  # the first keyframe, or landed after the first wanted frame: decode from the start
             out = self._decode_from(int(ix.pts[0]), wanted_pts, targets, len(inverse), from_start=True)
         return _rotate(out, self.rotation)
 
     def _decode_from(
-        self, seek_pts: int, wanted_pts: np.ndarray, targets: list[np.ndarray], n_out: int, from_start: bool = False
+        self,
+        seek_pts: int,
+        wanted_pts: np.ndarray,
+        targets: list[np.ndarray],
+        n_out: int,
+        from_start: bool = False,
+        start_pos: int = 0,
     ) -> np.ndarray | None:
+        """Seek to the keyframe at ``seek_pts`` (or the file start) and decode forward until every
+        wanted frame is seen; ``None`` when the seek cannot give them (then the caller decodes from the
+        start). In packed streams the keyframe sits at display position ``start_pos``, and frames are
+        named by their place in the decoder's output counted from it."""
         container, stream = self._ensure_open()
         wanted = {int(p): i for i, p in enumerate(wanted_pts)}
         last_wanted = int(wanted_pts[-1])
@@ -468,13 +503,22 @@ class PyAVReader(VideoReader):
         decoded = 0
         got_any = False
         ix = self._index
+        base = 1 if from_start else None  # output count at the frame named start_pos (packed streams)
         try:
             container.seek(0 if from_start else seek_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 decoded += 1
                 pts = frame.pts if frame.pts is not None else frame.dts
-                if ix.output_order:  # decoded from the file start: the k-th frame out is frame k
-                    pos = decoded - 1
+                if ix.output_order:
+                    if base is None:
+                        # After a seek, the B-frames packed with the keyframe lack the frames they refer
+                        # back to; count from the keyframe itself, and only if it is the one sought.
+                        if not frame.key_frame:
+                            continue
+                        if pts != seek_pts:
+                            return None
+                        base = decoded
+                    pos = start_pos + decoded - base  # the k-th frame out after frame start_pos
                     # a frame beyond the index gets a stamp past its end (the slack check below)
                     pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + 1 + pos - len(ix.pts)
                 if pts is None:
@@ -510,6 +554,8 @@ class PyAVReader(VideoReader):
                 self.path,
                 f"corrupt data while decoding (after {decoded} frames from pts {seek_pts}): {_ffmpeg_reason(exc)}",
             ) from exc
+        finally:
+            self.frames_decoded += decoded
         if remaining:
             missing = [int(p) for p, i in wanted.items() if not done[i]]
             if out is None:
