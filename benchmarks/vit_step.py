@@ -47,14 +47,20 @@ def tune_malloc() -> bool:
     By default glibc serves large blocks with mmap and trims the heap top when >2x the mmap threshold
     is free, so every step's activations and gradients are faulted in afresh (slow: a fresh page
     costs far more than the write into it). A 32 MiB mmap threshold (glibc's maximum) and a 2 GiB
-    trim threshold keep the blocks of one step for the next. Returns False where this is not glibc.
+    trim threshold keep the blocks of one step for the next; blocks above 32 MiB (at batch 4, many
+    activations) would still be mmapped, so mmap is switched off (M_MMAP_MAX = 0) and every block
+    comes from the heap. Returns False where this is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+    return (
+        bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024))
+        and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+        and bool(libc.mallopt(m_mmap_max, 0))
+    )
 
 
 def matmul_ceiling(sizes: list[int], dtype: torch.dtype, reps: int) -> float:
