@@ -247,7 +247,7 @@ class PyAVReader(VideoReader):
         if len(self._index.pts) == 0:
             raise VideoError(self.path, "video stream has no frames")
         self._meta: VideoMetadata | None = None
-        # Frames the decoder produced for the last request, seeks included: what a clip cost.
+        # Frames PyAV's decoder produced for the last request, seeks included: what a clip cost.
         self.frames_decoded = 0
 
     # -- opening ---------------------------------------------------------------------------------
