@@ -324,8 +324,10 @@ class PyAVReader(VideoReader):
                 for packet in container.demux(stream):
                     if packet.size < min_size:
                         continue
-                    if codec == "mpeg4" and not packed:
-                        packed = bytes(packet).count(_MPEG4_VOP_START) >= 2
+                    vops = 0  # VOPs in the packet, counted while detecting packing and for keyframes
+                    if codec == "mpeg4" and (not packed or packet.is_keyframe):
+                        vops = bytes(packet).count(_MPEG4_VOP_START)
+                        packed = packed or vops >= 2
                     t = packet.pts if packet.pts is not None else packet.dts
                     if t is None:
                         continue
@@ -333,7 +335,7 @@ class PyAVReader(VideoReader):
                     if packet.is_keyframe:
                         key.append(t)
                         if codec == "mpeg4":
-                            key_vops[t] = bytes(packet).count(_MPEG4_VOP_START)
+                            key_vops[t] = vops
             except Exception as exc:
                 raise VideoError(self.path, f"cannot demux: {_ffmpeg_reason(exc)}") from exc
             pts_arr = np.unique(np.asarray(pts, dtype=np.int64))
