@@ -114,6 +114,7 @@ class DataConfig:
     num_workers: int = 0
     decoder: str = "pyav"  # pyav | torchcodec | auto
     decode_threads: int = 1  # FFmpeg threads per reader; 1 per DataLoader worker avoids oversubscription
+    decode_crop: bool = True  # train: crop, resize and flip each frame while decoding (else on the RGB clip)
     frames_fps: float = 30.0  # frame rate of frame-folder videos (kind "frames")
     clip_max_span: float | None = None  # train clips of one video lie within this many seconds (rho-SSL)
     max_failure_fraction: float = 0.01

@@ -35,6 +35,7 @@ so no decoder object is ever shared between DataLoader worker processes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -43,15 +44,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from tubelet.data.decode_crop import CropError, CropWriter, ResizedCrop
 from tubelet.errors import VideoError
 
 __all__ = [
     "VideoMetadata",
     "VideoReader",
+    "ResizedCrop",
     "PyAVReader",
     "TorchCodecReader",
     "open_video",
@@ -161,6 +164,28 @@ class VideoReader(ABC):
         decoded = self._decode(unique)
         return decoded[inverse]
 
+    def get_resized_clips(
+        self,
+        clips: Sequence[np.ndarray],
+        crops: Sequence[ResizedCrop] | Callable[[int, int], Sequence[ResizedCrop]],
+    ) -> list[np.ndarray]:
+        """Clips of frame indices, each cropped, resized and flipped as its :class:`ResizedCrop` says:
+        one uint8 ``(3, T, h, w)`` per clip. ``crops`` may be ``f(height, width) -> crops`` of the
+        displayed size. Here: :meth:`get_frames`, then FFmpeg's scaler on the RGB frames; the PyAV
+        reader crops while decoding instead."""
+        from av.video.frame import VideoFrame
+
+        idx = [np.asarray(c, dtype=np.int64).reshape(-1) for c in clips]
+        if not idx or any(c.size == 0 for c in idx):
+            raise ValueError(f"{self.path}: every clip needs at least one frame index")
+        allidx = np.concatenate(idx)
+        frames = self.get_frames(allidx)  # (N, H, W, 3), displayed orientation
+        clip_of = np.repeat(np.arange(len(idx)), [len(c) for c in idx])
+        writer = CropWriter(len(allidx), clip_of, crops, lambda: 0)
+        for pos in range(len(allidx)):  # one scaler call per frame
+            writer.write(VideoFrame.from_ndarray(np.ascontiguousarray(frames[pos]), format="rgb24"), [pos])
+        return writer.result()
+
     def get_clip(self, start: Fraction | float, end: Fraction | float) -> tuple[np.ndarray, np.ndarray]:
         """Frames in the half-open window ``[start, end)`` seconds and their indices."""
         idx = self.indices_in(start, end)
@@ -218,6 +243,36 @@ def _ffmpeg_reason(exc: BaseException) -> str:
     if ": '" in msg:
         msg = msg.split(": '")[0]
     return f"{type(exc).__name__}: {msg}"
+
+
+class _RGBWriter:
+    """Writes decoded frames, converted to RGB at full size, into ``out (n_out, H, W, 3)``."""
+
+    def __init__(self, reader: PyAVReader, n_out: int) -> None:
+        self.reader = reader
+        self.n_out = int(n_out)
+        self.out: np.ndarray | None = None
+
+    def write(self, frame, positions: np.ndarray) -> None:
+        rgb = self.reader._to_rgb(frame)
+        if self.out is None:
+            self.out = np.empty((self.n_out, *rgb.shape), dtype=np.uint8)
+        elif rgb.shape != self.out.shape[1:]:
+            raise VideoError(
+                self.reader.path, f"frame size changes mid-stream ({self.out.shape[1:3]} -> {rgb.shape[:2]})"
+            )
+        self.out[positions] = rgb
+
+    def result(self) -> np.ndarray:
+        return self.out
+
+    def fill_missing(self, targets: list[np.ndarray], done: list[bool]) -> None:
+        """The slots of each frame never produced get the nearest decoded frame in presentation order."""
+        filled = [i for i, d in enumerate(done) if d]
+        for i, d in enumerate(done):
+            if not d:
+                j = min(filled, key=lambda f: abs(f - i))
+                self.out[targets[i]] = self.out[targets[j][0]]
 
 
 class PyAVReader(VideoReader):
@@ -457,6 +512,37 @@ class PyAVReader(VideoReader):
     def _decode_into(self, unique_sorted: np.ndarray, inverse: np.ndarray) -> np.ndarray:
         """Decode the frames ``unique_sorted`` once and write each to every output slot that wants it
         (``out[j] = frame[unique_sorted[inverse[j]]]``): one RGB conversion and one copy per frame."""
+        out = self._decode_with(unique_sorted, inverse, lambda: _RGBWriter(self, len(inverse))).result()
+        return _rotate(out, self.rotation)
+
+    def get_resized_clips(
+        self,
+        clips: Sequence[np.ndarray],
+        crops: Sequence[ResizedCrop] | Callable[[int, int], Sequence[ResizedCrop]],
+    ) -> list[np.ndarray]:
+        """Decode the union of ``clips`` (frame indices each) once, cropping and resizing every frame
+        while it is decoded (:mod:`tubelet.data.decode_crop`); one uint8 ``(3, T, h, w)`` per clip.
+
+        ``crops``: one :class:`ResizedCrop` per clip in displayed pixels, or ``f(height, width) ->
+        crops`` called with the displayed size once the first frame is decoded.
+        """
+        idx = [np.asarray(c, dtype=np.int64).reshape(-1) for c in clips]
+        if not idx or any(c.size == 0 for c in idx):
+            return super().get_resized_clips(clips, crops)  # the error for empty clips
+        allidx = np.concatenate(idx)
+        if allidx.min() < 0 or allidx.max() >= self.num_frames:
+            return super().get_resized_clips(clips, crops)  # IndexError
+        unique, inverse = np.unique(allidx, return_inverse=True)
+        clip_of = np.repeat(np.arange(len(idx)), [len(c) for c in idx])
+        if callable(crops):  # drawn once: a retry from the file start must crop the same boxes
+            crops = functools.lru_cache(maxsize=1)(crops)
+        return self._decode_with(
+            unique, inverse.reshape(-1), lambda: CropWriter(len(allidx), clip_of, crops, lambda: self.rotation)
+        ).result()
+
+    def _decode_with(self, unique_sorted: np.ndarray, inverse: np.ndarray, make_writer):
+        """Seek and decode the frames ``unique_sorted``, handing each to a fresh writer from
+        ``make_writer()`` with the output slots that want it; that writer, filled."""
         ix = self._index
         wanted_pts = ix.pts[unique_sorted]
         first = int(wanted_pts[0])
@@ -471,26 +557,24 @@ class PyAVReader(VideoReader):
         if ix.output_order:  # packed: the last keyframe shown at or before the first wanted frame
             j = int(np.searchsorted(ix.key_pos, unique_sorted[0], side="right")) - 1
             if j > 0:
-                out = self._decode_from(
-                    int(ix.key_pts[j]), wanted_pts, targets, len(inverse), start_pos=int(ix.key_pos[j])
-                )
+                out = self._decode_from(int(ix.key_pts[j]), wanted_pts, targets, make_writer(), start_pos=int(ix.key_pos[j]))
         else:
-            out = self._decode_from(seek_pts, wanted_pts, targets, len(inverse))
+            out = self._decode_from(seek_pts, wanted_pts, targets, make_writer())
         if out is None:  # the first keyframe, or landed after the first wanted frame: decode from the start
-            out = self._decode_from(int(ix.pts[0]), wanted_pts, targets, len(inverse), from_start=True)
-        return _rotate(out, self.rotation)
+            out = self._decode_from(int(ix.pts[0]), wanted_pts, targets, make_writer(), from_start=True)
+        return out
 
     def _decode_from(
         self,
         seek_pts: int,
         wanted_pts: np.ndarray,
         targets: list[np.ndarray],
-        n_out: int,
+        writer,
         from_start: bool = False,
         start_pos: int = 0,
-    ) -> np.ndarray | None:
+    ):
         """Seek to the keyframe at ``seek_pts`` (or the file start) and decode forward until every
-        wanted frame is seen; ``None`` when the seek cannot give them (then the caller decodes from the
+        wanted frame is seen, handing each to ``writer``; the writer, or ``None`` when the seek cannot give them (then the caller decodes from the
         start). In packed streams the keyframe sits at display position ``start_pos``, and frames are
         named by their place in the decoder's output counted from it."""
         container, stream = self._ensure_open()
@@ -498,7 +582,6 @@ class PyAVReader(VideoReader):
         last_wanted = int(wanted_pts[-1])
         done = [False] * len(wanted_pts)
         remaining = len(wanted)
-        out: np.ndarray | None = None
         # Frames that decode past the last wanted PTS before we give up on a missing one; packed
         # B-frames and B-pyramids reorder within a few frames.
         slack = 16
@@ -533,14 +616,7 @@ class PyAVReader(VideoReader):
                         return None
                 slot = wanted.get(int(pts))
                 if slot is not None and not done[slot]:
-                    rgb = self._to_rgb(frame)
-                    if out is None:
-                        out = np.empty((n_out, *rgb.shape), dtype=np.uint8)
-                    elif rgb.shape != out.shape[1:]:
-                        raise VideoError(
-                            self.path, f"frame size changes mid-stream ({out.shape[1:3]} -> {rgb.shape[:2]})"
-                        )
-                    out[targets[slot]] = rgb
+                    writer.write(frame, targets[slot])
                     done[slot] = True
                     remaining -= 1
                     if remaining == 0:
@@ -549,7 +625,7 @@ class PyAVReader(VideoReader):
                     slack -= 1
                     if slack <= 0:
                         break
-        except VideoError:
+        except (VideoError, CropError):
             raise
         except Exception as exc:
             raise VideoError(
@@ -560,16 +636,12 @@ class PyAVReader(VideoReader):
             self.frames_decoded += decoded
         if remaining:
             missing = [int(p) for p, i in wanted.items() if not done[i]]
-            if out is None:
+            if writer.out is None:
                 raise VideoError(self.path, f"no frame decoded for pts {missing[:5]} (truncated or corrupt stream)")
             # A frame listed in the index that the decoder never produced (rare): use the nearest
             # decoded neighbour in presentation order rather than fail the whole clip.
-            filled = [i for i, d in enumerate(done) if d]
-            for i, d in enumerate(done):
-                if not d:
-                    j = min(filled, key=lambda f: abs(f - i))
-                    out[targets[i]] = out[targets[j][0]]
-        return out
+            writer.fill_missing(targets, done)
+        return writer
 
     def decode_all(self) -> tuple[int, list[Fraction]]:
         """Decode the whole stream once (probing): number of frames decoded and their sorted times.
@@ -691,6 +763,10 @@ class TorchCodecReader(PyAVReader):
         if not self._applies_rotation():
             frames = _rotate(frames, self.rotation)
         return frames[inverse]
+
+    def get_resized_clips(self, clips, crops) -> list[np.ndarray]:
+        # torchcodec decodes the frames; the crop runs on them (VideoReader's path), not PyAV's.
+        return VideoReader.get_resized_clips(self, clips, crops)
 
     def close(self) -> None:
         super().close()

@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from tubelet.data.decode_crop import ResizedCrop
+
 __all__ = [
     "Compose",
     "ShortSideScale",
@@ -129,13 +131,38 @@ class Compose:
         self.retain_memory = bool(retain_memory)
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply_from(0, x, g)
+
+    def apply_from(self, start: int, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """Apply the transforms from index ``start`` on (after a decode-time crop took the first ones)."""
         if self.retain_memory and not _MALLOC_TUNED:
             retain_freed_memory()
         if g is None:
             g = torch.Generator().manual_seed(0)
-        for t in self.transforms:
+        for t in self.transforms[start:]:
             x = t(x, g)
         return x
+
+    @property
+    def decode_crop_steps(self) -> int:
+        """How many leading transforms a decoder can apply while decoding: a crop-and-resize with
+        ``decode_crop`` (:class:`RandomResizedCrop`, :class:`ScaleJitterCrop`), then optionally a
+        :class:`RandomHorizontalFlip`. 0 when the pipeline does not start with one."""
+        if not self.transforms or not hasattr(self.transforms[0], "decode_crop"):
+            return 0
+        return 2 if len(self.transforms) > 1 and isinstance(self.transforms[1], RandomHorizontalFlip) else 1
+
+    def decode_crop(self, height: int, width: int, g: torch.Generator) -> ResizedCrop:
+        """Draw the parameters of the first :attr:`decode_crop_steps` transforms for a ``height`` x
+        ``width`` clip, from ``g`` in the order their ``apply`` would draw them; then
+        ``apply_from(decode_crop_steps, clip, g)`` finishes the clip the decoder cropped."""
+        steps = self.decode_crop_steps
+        if steps == 0:
+            raise ValueError(f"{self!r} does not start with a crop a decoder can take")
+        crop = self.transforms[0].decode_crop(height, width, g)
+        if steps == 2:
+            crop = ResizedCrop(crop.top, crop.left, crop.height, crop.width, crop.size, self.transforms[1].draw(g))
+        return crop
 
     def __repr__(self) -> str:
         return "Compose(" + ", ".join(repr(t) for t in self.transforms) + ")"
@@ -225,6 +252,11 @@ class RandomResizedCrop(ClipTransform):
         top, left, ch, cw = self.params(x.shape[-2], x.shape[-1], g)
         return resize(x[..., top : top + ch, left : left + cw], (self.size, self.size))
 
+    def decode_crop(self, h: int, w: int, g: torch.Generator) -> ResizedCrop:
+        """The same draw as :meth:`apply`, as a crop for the decoder (:mod:`tubelet.data.decode_crop`)."""
+        top, left, ch, cw = self.params(h, w, g)
+        return ResizedCrop(top, left, ch, cw, (self.size, self.size))
+
 
 class RandomCrop(ClipTransform):
     """A ``size`` x ``size`` crop at a uniform random position (one per clip)."""
@@ -249,18 +281,26 @@ class ScaleJitterCrop(ClipTransform):
     def __init__(self, min_size: int, max_size: int, size: int) -> None:
         self.min_size, self.max_size, self.size = int(min_size), int(max_size), int(size)
 
-    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        h, w = x.shape[-2:]
+    def box(self, h: int, w: int, g: torch.Generator) -> tuple[int, int, int, int]:
+        """The crop in source pixels, ``(y0, x0, y1, x1)``."""
         short = _randint(g, self.min_size, self.max_size)
         sh, sw = _short_side_size(h, w, short)
         if sh < self.size or sw < self.size:
             sh, sw = _short_side_size(h, w, self.size)
         top, left = _randint(g, 0, sh - self.size), _randint(g, 0, sw - self.size)
-        # the same box in source pixels
         y0, x0 = int(round(top * h / sh)), int(round(left * w / sw))
         y1 = max(y0 + 1, min(h, int(round((top + self.size) * h / sh))))
         x1 = max(x0 + 1, min(w, int(round((left + self.size) * w / sw))))
+        return y0, x0, y1, x1
+
+    def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        y0, x0, y1, x1 = self.box(x.shape[-2], x.shape[-1], g)
         return resize(x[..., y0:y1, x0:x1], (self.size, self.size))
+
+    def decode_crop(self, h: int, w: int, g: torch.Generator) -> ResizedCrop:
+        """The same draw as :meth:`apply`, as a crop for the decoder (:mod:`tubelet.data.decode_crop`)."""
+        y0, x0, y1, x1 = self.box(h, w, g)
+        return ResizedCrop(y0, x0, y1 - y0, x1 - x0, (self.size, self.size))
 
 
 def _center(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -314,8 +354,12 @@ class RandomHorizontalFlip(ClipTransform):
     def __init__(self, p: float = 0.5) -> None:
         self.p = float(p)
 
+    def draw(self, g: torch.Generator) -> bool:
+        """Whether this clip is flipped (the one draw :meth:`apply` makes)."""
+        return _rand(g) < self.p
+
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return x.flip(-1) if _rand(g) < self.p else x
+        return x.flip(-1) if self.draw(g) else x
 
 
 class TemporalSubsample(ClipTransform):
@@ -339,8 +383,8 @@ class Normalize(ClipTransform):
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         shape = (-1, 1, 1, 1)  # broadcast over C of (..., C, T, H, W)
-        mean = torch.tensor(self.mean).view(shape) * 255.0
-        inv = 1.0 / (torch.tensor(self.std).view(shape) * 255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(shape) * 255.0
+        inv = 1.0 / (torch.tensor(self.std, device=x.device).view(shape) * 255.0)
         # One float buffer, updated in place: fresh allocations dominate on large clips.
         y = x.to(torch.float32, copy=True)
         return y.sub_(mean).mul_(inv)
@@ -724,11 +768,12 @@ class RandomErasing(ClipTransform):
 # ----------------------------------------------------------------------------------------------
 
 
+
 def build_transforms(data_cfg, split: str) -> Compose:
     """The clip pipeline of a split, from ``DataConfig`` (``tubelet.config.schema``).
 
     train: random resized crop (or short-side jitter + random crop, fused) -> flip -> [colour jitter,
-    grayscale, blur] -> [RandAugment] -> normalise -> [cube erasing]. Output ``(C, T, S, S)`` float.
+    grayscale, blur] -> [RandAugment] -> normalise -> [cube erasing]. Output ``(C, T, S, S)``.
 
     val/test: with ``test_crops == 3`` short side to ``crop_size`` then three crops, else short side
     to ``test_short_side`` then the centre crop. Output ``(crops, C, T, S, S)`` float.

@@ -138,6 +138,8 @@ class ClipDataset(Dataset):
         self.repeats = max(1, int(cfg.repeated_sampling)) if self.train else 1
         self.views_t = 1 if self.train else max(1, int(cfg.test_clips))
         self.max_failure_fraction = float(cfg.max_failure_fraction)
+        # crop, resize and flip training clips while decoding (data/decode_crop.py)
+        self.decode_crop = bool(getattr(cfg, "decode_crop", True))
         self.num_classes = num_classes
         self.class_names = class_names
         threads = int(getattr(cfg, "decode_threads", 1))
@@ -211,16 +213,37 @@ class ClipDataset(Dataset):
             raise DataError(failure_report(self.failures, len(self), self.max_failure_fraction)) from exc
         return BadSample(index, sample.path, exc.reason)
 
+    def load_cropped_clips(self, sample: Sample, rng: np.random.Generator) -> tuple[list[torch.Tensor], list]:
+        """Decode once, cropping, resizing and flipping each clip's frames while they are decoded
+        (the transform's first :attr:`~tubelet.data.transforms.Compose.decode_crop_steps`, drawn from
+        each clip's own generator); the uint8 ``(C, T, S, S)`` clips and their generators, which the
+        rest of the transform continues from."""
+        reader = self.opener(sample.path)
+        try:
+            per_clip = self.clip_indices(reader, sample, rng)
+            gens = [torch_generator(rng) for _ in per_clip]
+            transform = self.transform
+            clips = reader.get_resized_clips(per_clip, lambda h, w: [transform.decode_crop(h, w, g) for g in gens])
+        finally:
+            reader.close()
+        return [torch.from_numpy(c) for c in clips], gens
+
     def __getitem__(self, index: int):
         sample = self.samples[index]
         rng = sample_rng(self.seed, self.epoch, index)
+        steps = getattr(self.transform, "decode_crop_steps", 0) if self.train and self.decode_crop else 0
         try:
-            clips = self.load_clips(sample, rng, planar=self.transform is None)
+            if steps:
+                clips, gens = self.load_cropped_clips(sample, rng)
+            else:
+                clips = self.load_clips(sample, rng, planar=self.transform is None)
+                gens = [torch_generator(rng) for _ in clips]  # each clip its own draws
         except VideoError as exc:
             return self._fail(index, sample, exc)
-        g = torch_generator(rng)
-        if self.transform is not None:
-            views = [self.transform(c, g) for c in clips]
+        if steps:
+            views = [self.transform.apply_from(steps, c, g) for c, g in zip(clips, gens)]
+        elif self.transform is not None:
+            views = [self.transform(c, g) for c, g in zip(clips, gens)]
         else:
             views = clips if self.train else [c.unsqueeze(0) for c in clips]
         out: dict = {"index": index}
