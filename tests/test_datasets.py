@@ -283,3 +283,38 @@ def test_dataloader_workers(tmp_path, videos_dir):
     ref = [ds[i] for i in (0, 2, 3)]
     got = torch.cat([b["video"] for b in batches])
     assert torch.equal(got, torch.stack([r["video"] for r in ref]))  # same draws in workers and in-process
+
+
+def test_normalize_on_device_finishes_the_loader_pipeline(tmp_path, videos_dir):
+    """uint8 clips out of the loader; DeviceNormalize on the batch gives what the loader would have."""
+    from tubelet.data.transforms import DeviceNormalize, build_device_transform
+
+    m = write_manifest(tmp_path, [(n, i % 2) for i, n in enumerate(GOOD)])
+    off = small_cfg(kind="manifest", train=str(m), root=str(videos_dir), repeated_sampling=2)
+    on = small_cfg(kind="manifest", train=str(m), root=str(videos_dir), repeated_sampling=2, normalize_on_device=True)
+    assert build_device_transform(off) is None
+    a, b = build_dataset(off, "train", seed=5), build_dataset(on, "train", seed=5)
+    items = [b[i] for i in range(len(b))]
+    assert items[0]["video"].dtype == torch.uint8 and items[0]["video"].shape == (2, 3, 4, 32, 32)
+    batch = build_collate(on, "train")(items)
+    got = build_device_transform(on, seed=5)(batch["video"], batch["index"])
+    want = torch.stack([a[i]["video"] for i in range(len(a))])
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
+
+    # erasing: one box per clip, drawn from (seed, epoch, index, clip) whatever the batch holds
+    dev = DeviceNormalize(on.mean, on.std, erasing=1.0, seed=5)
+    full = dev(batch["video"], batch["index"], epoch=2)
+    one = dev(batch["video"][2:3], batch["index"][2:3], epoch=2)
+    assert torch.equal(full[2:3], one)
+    erased = (full != want).flatten(3).all(2)  # (B, r, T * H * W): pixels changed in every channel
+    assert erased.any(-1).all() and not erased.all()
+    assert not torch.equal(full, dev(batch["video"], batch["index"], epoch=3))
+    with pytest.raises(ValueError, match="sample indices"):
+        dev(batch["video"])
+
+
+def test_normalize_on_device_refuses_datasets_that_ignore_it():
+    from tubelet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="normalize_on_device"):
+        build_dataset(DataConfig(kind="synthetic", normalize_on_device=True), "train")

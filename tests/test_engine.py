@@ -356,3 +356,32 @@ def test_epoch_based_training_and_unbounded_schedule(tmp_path):
     assert result.metrics["global_step"] == 6
     with pytest.raises(TubeletError, match="max_steps"):
         fit(toy_recipe(tmp_path / "b", max_steps=-1), method=ToyMethod(), datasets=_data())
+
+
+def test_normalize_on_device_runs_on_the_training_batches(tmp_path):
+    """With data.normalize_on_device the loader's uint8 clips reach the method normalised."""
+
+    class U8(ToyVideos):
+        def __getitem__(self, index):
+            s = super().__getitem__(index)
+            s["video"] = (s["video"].clamp(0, 1) * 255).round().to(torch.uint8)
+            return s
+
+    class Seen(Callback):
+        def __init__(self):
+            self.videos = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.videos.append(batch["video"])
+
+    recipe = toy_recipe(tmp_path / "run", max_steps=2)
+    recipe.data.normalize_on_device = True
+    recipe.data.mean, recipe.data.std = [0.5] * 3, [0.25] * 3
+    seen = Seen()
+    fit(recipe, method=ToyMethod(), datasets={"train": U8(8), "val": ToyVideos(4)}, callbacks=[seen])
+    got = torch.cat(seen.videos)
+    assert got.dtype == torch.float32 and got.shape == (8, 3, 2, 4, 4)
+    # normalised exactly once from uint8: (x * std + mean) * 255 is a whole grey level in [0, 255]
+    levels = (got * 0.25 + 0.5) * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.min() > -0.01 and levels.max() < 255.01
+    assert levels.std() > 10  # and not all one value

@@ -311,4 +311,13 @@ class ClipFigureCallback(Callback):
                 if len(ds):
                     self.dataset = ds
                     break
-        return None if self.dataset is None else clips_from(self.dataset, self.num_clips)
+        if self.dataset is None:
+            return None
+        import torch
+
+        clips = clips_from(self.dataset, self.num_clips)
+        if clips.dtype == torch.uint8:  # a train split with data.normalize_on_device
+            from tubelet.data.transforms import Normalize
+
+            clips = Normalize(self.mean, self.std)(clips)
+        return clips

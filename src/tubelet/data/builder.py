@@ -19,6 +19,11 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
+    if cfg.normalize_on_device and (cfg.kind not in CLIP_KINDS or cfg.rho.clips > 0):
+        raise ConfigError(
+            "data.normalize_on_device applies to single-stream clip datasets (manifest, folders, frames, images) "
+            f"without rho clips; got data.kind '{cfg.kind}', data.rho.clips {cfg.rho.clips}"
+        )
     if split == "train" and cfg.rho.clips > 0:  # rho clips per video for SSL pre-training (data/rho.py)
         from tubelet.data.rho import build_rho_dataset
 

@@ -48,6 +48,8 @@ __all__ = [
     "RandomErasing",
     "TemporalSubsample",
     "build_transforms",
+    "DeviceNormalize",
+    "build_device_transform",
     "retain_freed_memory",
 ]
 
@@ -768,12 +770,59 @@ class RandomErasing(ClipTransform):
 # ----------------------------------------------------------------------------------------------
 
 
+class DeviceNormalize:
+    """The end of the training pipeline, run on the batch on the training device
+    (``data.normalize_on_device``): :class:`Normalize`, then cube :class:`RandomErasing` per clip.
+
+    The loader then hands over uint8 clips (or, after Mixup, float clips in [0, 255]): a quarter of
+    the bytes to copy to the device, and the two full passes over float pixels leave the loading
+    process (as timm's prefetcher and FFCV do). Erasing draws for clip ``k`` of sample ``index`` in
+    epoch ``epoch`` come from ``sample_rng(seed, epoch, index, stream=1 + k)``, so they do not depend on
+    the batch a clip lands in, and a resumed run erases the same boxes.
+
+    ``video``: ``(B, C, T, H, W)`` or ``(B, r, C, T, H, W)``; ``index``: the ``B`` sample indices.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], erasing: float = 0.0, seed: int = 0) -> None:
+        self.normalize = Normalize(mean, std)
+        self.erasing = RandomErasing(erasing, inplace=True) if erasing > 0 else None
+        self.seed = int(seed)
+
+    def __call__(self, video: torch.Tensor, index=None, epoch: int = 0) -> torch.Tensor:
+        from tubelet.data.sampling import sample_rng, torch_generator
+
+        out = self.normalize(video)
+        if self.erasing is None:
+            return out
+        if index is None:
+            raise ValueError("random erasing on the device needs the batch's sample indices (batch['index'])")
+        idx = [int(i) for i in (index.tolist() if torch.is_tensor(index) else index)]
+        clips = out.view(-1, *out.shape[-4:])  # (B * r, C, T, H, W), a view: erased in place
+        per = clips.shape[0] // len(idx)
+        for n in range(clips.shape[0]):  # one box per clip (a few per batch), not a loop over pixels
+            g = torch_generator(sample_rng(self.seed, epoch, idx[n // per], stream=1 + n % per))
+            self.erasing.apply(clips[n], g)
+        return out
+
+    def __repr__(self) -> str:
+        return f"DeviceNormalize({self.normalize!r}, erasing={self.erasing!r})"
+
+
+def build_device_transform(data_cfg, seed: int = 0) -> DeviceNormalize | None:
+    """The batch transform of ``data.normalize_on_device`` (None when the loader normalises)."""
+    if not getattr(data_cfg, "normalize_on_device", False):
+        return None
+    return DeviceNormalize(data_cfg.mean, data_cfg.std, float(data_cfg.augment.random_erasing), seed)
+
+
 
 def build_transforms(data_cfg, split: str) -> Compose:
     """The clip pipeline of a split, from ``DataConfig`` (``tubelet.config.schema``).
 
     train: random resized crop (or short-side jitter + random crop, fused) -> flip -> [colour jitter,
-    grayscale, blur] -> [RandAugment] -> normalise -> [cube erasing]. Output ``(C, T, S, S)``.
+    grayscale, blur] -> [RandAugment] -> normalise -> [cube erasing]. Output ``(C, T, S, S)`` float;
+    with ``data.normalize_on_device`` it stops before normalise with uint8 clips, and
+    :func:`build_device_transform` does the rest on the batch.
 
     val/test: with ``test_crops == 3`` short side to ``crop_size`` then three crops, else short side
     to ``test_short_side`` then the centre crop. Output ``(crops, C, T, S, S)`` float.
@@ -801,6 +850,8 @@ def build_transforms(data_cfg, split: str) -> Compose:
             ts.append(GaussianBlur(aug.blur))
         if aug.randaugment:
             ts.append(RandAugment(aug.randaugment))
+        if getattr(data_cfg, "normalize_on_device", False):
+            return Compose(ts, retain_memory=True)  # uint8 out: DeviceNormalize finishes on the batch
         ts.append(norm)
         if aug.random_erasing > 0:
             ts.append(RandomErasing(aug.random_erasing, inplace=True))

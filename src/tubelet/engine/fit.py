@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tubelet.config.loader import dump_recipe
 from tubelet.config.schema import Recipe
 from tubelet.data.datasets.base import FailureTracker
+from tubelet.data.transforms import build_device_transform
 from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO, find_latest_checkpoint, is_complete, save_safetensors
 from tubelet.engine.datamodule import TubeletDataModule
@@ -265,6 +266,7 @@ def _fit(
         num_workers=recipe.data.num_workers,
         seed=recipe.seed,
         collate=build_collate(recipe),  # mixup/cutmix follow the recipe whoever built the datasets
+        device_transform=build_device_transform(recipe.data, recipe.seed),
     )
     tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
     module = TubeletModule(
