@@ -172,7 +172,10 @@ def test_killed_rank_ends_the_other_with_a_clear_error(tmp_path):
     os.kill(rank1, signal.SIGKILL)
     rc, took, log = _wait_survivor(proc, tmp_path, timeout_s + 60)
     assert rc != 0
-    assert "rank 0: a collective operation failed: another process died or did not answer" in log
+    # rank 0's next collective fails, or, if it is busy elsewhere, the launcher's watchdog finds the
+    # dead child first and ends every process: either way rank 0 says so and how to resume
+    assert ("rank 0: a collective operation failed: another process died or did not answer" in log
+            or f"rank 0: another process died (pid {rank1}, exit code -9)" in log), log[-3000:]
     assert "restart with --resume auto" in log
 
 
@@ -360,3 +363,22 @@ def test_strategy_configuration(tmp_path):
     assert tr.world_size == 2
     with pytest.raises(ConfigError, match="fsdp needs GPUs"):
         trainer(strategy="fsdp")
+
+
+def test_launcher_watchdog_lets_rank_0_say_why_it_ends():
+    """When Lightning's watchdog finds a dead child before rank 0's collective fails, it SIGKILLs rank
+    0; report_dead_peers prints tubelet's message first."""
+    script = textwrap.dedent("""
+        import subprocess, sys
+        from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+        from tubelet.engine.distributed import report_dead_peers
+        report_dead_peers(lambda pid, code: f"rank 0: another process died (pid {pid}, exit code {code})")
+        child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        child.wait()
+        _ChildProcessObserver(main_pid=__import__("os").getpid(), child_processes=[child])._run()
+        print("not reached")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=120,
+                         check=False)
+    assert out.returncode == -signal.SIGKILL and "not reached" not in out.stdout
+    assert "rank 0: another process died (pid " in out.stderr and "exit code 3)" in out.stderr

@@ -60,3 +60,34 @@ def strategy_from_recipe(name: str, timeout_s: float) -> Any:
 
         return FSDPStrategy(timeout=timeout)
     return name
+
+
+def report_dead_peers(message) -> None:
+    """Make rank 0 say why it ends when Lightning's launcher finds a dead child process.
+
+    With the subprocess launcher, rank 0 spawned the other ranks and a watchdog thread polls them
+    every 5 s; when one has died it SIGKILLs every process, rank 0 included. If that happens before
+    rank 0's next collective fails (it was loading data or writing a checkpoint), the run ends with
+    no word from tubelet. ``message(pid, returncode) -> str`` is printed to stderr first. A no-op when
+    the launcher's watchdog is not where this Lightning version keeps it.
+    """
+    import sys
+
+    try:
+        from lightning.fabric.strategies.launchers import subprocess_script as launcher
+
+        observer = launcher._ChildProcessObserver
+        terminate = observer._terminate_all
+    except (ImportError, AttributeError):
+        return
+    original = getattr(terminate, "__wrapped__", terminate)
+
+    def _terminate_all(self) -> None:
+        dead = [p for p in self._child_processes if p.returncode]
+        for p in dead:
+            print(message(p.pid, p.returncode), file=sys.stderr, flush=True)
+        original(self)
+
+    _terminate_all.__wrapped__ = original
+    observer._terminate_all = _terminate_all
+

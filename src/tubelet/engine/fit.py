@@ -288,6 +288,16 @@ def _fit(
 
             step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
             old_rows = _read_csv_log(csv_log, step)
+    if trainer.world_size > 1:
+        from tubelet.engine.distributed import report_dead_peers
+
+        checkpoints = run_dir / "checkpoints"
+        report_dead_peers(
+            lambda pid, code: (
+                f"rank 0: another process died (pid {pid}, exit code {code}); ending the run. Last good "
+                f"checkpoint: {find_latest_checkpoint(checkpoints) or 'none saved yet'} (restart with --resume auto)"
+            )
+        )
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
     except Exception as exc:
