@@ -1,5 +1,6 @@
 """Datasets on the real clips: manifests, class folders, frame folders, images, bad files."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -285,36 +286,56 @@ def test_dataloader_workers(tmp_path, videos_dir):
     assert torch.equal(got, torch.stack([r["video"] for r in ref]))  # same draws in workers and in-process
 
 
-def test_normalize_on_device_finishes_the_loader_pipeline(tmp_path, videos_dir):
-    """uint8 clips out of the loader; DeviceNormalize on the batch gives what the loader would have."""
-    from tubelet.data.transforms import DeviceNormalize, build_device_transform
+def test_device_transforms_finish_the_loader_pipeline(tmp_path, videos_dir):
+    """uint8 crops out of the loader; DeviceTransforms on the batch gives what the loader would have."""
+    from tubelet.data.transforms import build_device_transform
 
     m = write_manifest(tmp_path, [(n, i % 2) for i, n in enumerate(GOOD)])
     off = small_cfg(kind="manifest", train=str(m), root=str(videos_dir), repeated_sampling=2)
-    on = small_cfg(kind="manifest", train=str(m), root=str(videos_dir), repeated_sampling=2, normalize_on_device=True)
+    on = small_cfg(kind="manifest", train=str(m), root=str(videos_dir), repeated_sampling=2, device_transforms=True)
     assert build_device_transform(off) is None
     a, b = build_dataset(off, "train", seed=5), build_dataset(on, "train", seed=5)
     items = [b[i] for i in range(len(b))]
     assert items[0]["video"].dtype == torch.uint8 and items[0]["video"].shape == (2, 3, 4, 32, 32)
     batch = build_collate(on, "train")(items)
-    got = build_device_transform(on, seed=5)(batch["video"], batch["index"])
+    got = build_device_transform(on, seed=5)(batch)["video"]
     want = torch.stack([a[i]["video"] for i in range(len(a))])
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
 
-    # erasing: one box per clip, drawn from (seed, epoch, index, clip) whatever the batch holds
-    dev = DeviceNormalize(on.mean, on.std, erasing=1.0, seed=5)
-    full = dev(batch["video"], batch["index"], epoch=2)
-    one = dev(batch["video"][2:3], batch["index"][2:3], epoch=2)
+
+def test_device_transforms_draw_per_clip_and_mix_like_the_collate(tmp_path, videos_dir):
+    """RandAugment and erasing on the device draw from (seed, epoch, index, clip), whatever the batch
+    holds; Mixup on the device mixes as the loader's collate does (mixing commutes with normalising)."""
+    from tubelet.data.transforms import build_device_transform
+
+    m = write_manifest(tmp_path, [(n, i % 2) for i, n in enumerate(GOOD)])
+    cfg = small_cfg(kind="manifest", train=str(m), root=str(videos_dir), device_transforms=True)
+    cfg.augment.randaugment, cfg.augment.random_erasing = "rand-m9-n2-mstd0.5-inc1", 1.0
+    ds = build_dataset(cfg, "train", seed=5)
+    batch = build_collate(cfg, "train")([ds[i] for i in range(len(ds))])
+    dev = build_device_transform(cfg, seed=5)
+    assert [type(t).__name__ for t in dev.transform.transforms] == ["RandAugment", "Normalize", "RandomErasing"]
+    full = dev(dict(batch), epoch=2)["video"]
+    one = dev({"video": batch["video"][2:3], "index": batch["index"][2:3]}, epoch=2)["video"]
     assert torch.equal(full[2:3], one)
-    erased = (full != want).flatten(3).all(2)  # (B, r, T * H * W): pixels changed in every channel
-    assert erased.any(-1).all() and not erased.all()
-    assert not torch.equal(full, dev(batch["video"], batch["index"], epoch=3))
+    assert not torch.equal(full, dev(dict(batch), epoch=3)["video"])
     with pytest.raises(ValueError, match="sample indices"):
-        dev(batch["video"])
+        dev({"video": batch["video"]})
+
+    mix = small_cfg(kind="manifest", train=str(m), root=str(videos_dir))
+    mix.augment.mixup_alpha, mix.augment.label_smoothing = 0.8, 0.1
+    loader = build_collate(mix, "train", num_classes=2, seed=7)([build_dataset(mix, "train")[i] for i in range(4)])
+    mix_on = dataclasses.replace(mix, device_transforms=True)
+    assert build_collate(mix_on, "train", num_classes=2).mixup is None
+    raw = build_collate(mix_on, "train", num_classes=2)([build_dataset(mix_on, "train")[i] for i in range(4)])
+    moved = build_device_transform(mix_on, seed=7, num_classes=2)(raw)
+    assert moved["mix_lambda"] == loader["mix_lambda"] < 1.0
+    assert torch.allclose(moved["label"], loader["label"]) and moved["label"].shape == (4, 2)
+    assert torch.allclose(moved["video"], loader["video"], atol=1e-4)
 
 
-def test_normalize_on_device_refuses_datasets_that_ignore_it():
+def test_device_transforms_refused_by_datasets_that_ignore_them():
     from tubelet.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="normalize_on_device"):
-        build_dataset(DataConfig(kind="synthetic", normalize_on_device=True), "train")
+    with pytest.raises(ConfigError, match="device_transforms"):
+        build_dataset(DataConfig(kind="synthetic", device_transforms=True), "train")

@@ -358,8 +358,8 @@ def test_epoch_based_training_and_unbounded_schedule(tmp_path):
         fit(toy_recipe(tmp_path / "b", max_steps=-1), method=ToyMethod(), datasets=_data())
 
 
-def test_normalize_on_device_runs_on_the_training_batches(tmp_path):
-    """With data.normalize_on_device the loader's uint8 clips reach the method normalised."""
+def test_device_transforms_run_on_the_training_batches(tmp_path):
+    """With data.device_transforms the loader's uint8 clips reach the method normalised."""
 
     class U8(ToyVideos):
         def __getitem__(self, index):
@@ -375,7 +375,7 @@ def test_normalize_on_device_runs_on_the_training_batches(tmp_path):
             self.videos.append(batch["video"])
 
     recipe = toy_recipe(tmp_path / "run", max_steps=2)
-    recipe.data.normalize_on_device = True
+    recipe.data.device_transforms = True
     recipe.data.mean, recipe.data.std = [0.5] * 3, [0.25] * 3
     seen = Seen()
     fit(recipe, method=ToyMethod(), datasets={"train": U8(8), "val": ToyVideos(4)}, callbacks=[seen])

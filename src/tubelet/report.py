@@ -316,7 +316,7 @@ class ClipFigureCallback(Callback):
         import torch
 
         clips = clips_from(self.dataset, self.num_clips)
-        if clips.dtype == torch.uint8:  # a train split with data.normalize_on_device
+        if clips.dtype == torch.uint8:  # a train split with data.device_transforms
             from tubelet.data.transforms import Normalize
 
             clips = Normalize(self.mean, self.std)(clips)

@@ -115,7 +115,7 @@ class DataConfig:
     decoder: str = "pyav"  # pyav | torchcodec | auto
     decode_threads: int = 1  # FFmpeg threads per reader; 1 per DataLoader worker avoids oversubscription
     decode_crop: bool = True  # train: crop, resize and flip each frame while decoding (else on the RGB clip)
-    normalize_on_device: bool = False  # train: uint8 clips out of the loader; normalise + erasing on the batch
+    device_transforms: bool = False  # train: uint8 crops out of the loader; the rest of the pipeline on the batch
     frames_fps: float = 30.0  # frame rate of frame-folder videos (kind "frames")
     clip_max_span: float | None = None  # train clips of one video lie within this many seconds (rho-SSL)
     max_failure_fraction: float = 0.01

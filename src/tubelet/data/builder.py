@@ -19,9 +19,9 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
-    if cfg.normalize_on_device and (cfg.kind not in CLIP_KINDS or cfg.rho.clips > 0):
+    if cfg.device_transforms and (cfg.kind not in CLIP_KINDS or cfg.rho.clips > 0):
         raise ConfigError(
-            "data.normalize_on_device applies to single-stream clip datasets (manifest, folders, frames, images) "
+            "data.device_transforms applies to single-stream clip datasets (manifest, folders, frames, images) "
             f"without rho clips; got data.kind '{cfg.kind}', data.rho.clips {cfg.rho.clips}"
         )
     if split == "train" and cfg.rho.clips > 0:  # rho clips per video for SSL pre-training (data/rho.py)
@@ -118,7 +118,8 @@ def build_collate(cfg: DataConfig, split: str, num_classes: int | None = None, s
 
     aug = cfg.augment
     mix = None
-    if split == "train" and (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0):
+    # with data.device_transforms, Mixup runs on the device after the clip transforms (DeviceTransforms)
+    if split == "train" and (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) and not cfg.device_transforms:
         k = num_classes
         if k is None and cfg.label_map:
             from tubelet.data.datasets import load_label_map

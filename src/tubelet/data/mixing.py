@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-__all__ = ["Mixup", "one_hot_smooth", "BadSample", "ClipCollate"]
+__all__ = ["Mixup", "one_hot_smooth", "BadSample", "ClipCollate", "mix_batch"]
 
 
 def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
     """``(..., )`` int labels -> ``(..., K)`` float targets ``(1 - eps) onehot + eps / K``."""
     off = smoothing / num_classes
-    out = torch.full((*labels.shape, num_classes), off, dtype=torch.float32)
+    out = torch.full((*labels.shape, num_classes), off, dtype=torch.float32, device=labels.device)
     return out.scatter_(-1, labels.long().unsqueeze(-1), 1.0 - smoothing + off)
 
 
@@ -135,9 +135,17 @@ class ClipCollate:
             batch[k] = [s[k] for s in good]
         batch["bad_samples"] = bad
         if self.mixup is not None and "video" in batch:
-            idx = batch.get("index")
-            key = f"{self.seed}:" + ",".join(str(int(i)) for i in (idx.tolist() if torch.is_tensor(idx) else []))
-            g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1)
-            batch["video"], batch["label"], lam = self.mixup(batch["video"], batch["label"], g)
-            batch["mix_lambda"] = lam
+            mix_batch(self.mixup, batch, self.seed)
         return batch
+
+
+def mix_batch(mixup: Mixup, batch: dict, seed: int) -> dict:
+    """Apply ``mixup`` to ``batch["video"]`` / ``batch["label"]`` in place (adds ``"mix_lambda"``), with a
+    generator seeded from ``seed`` and the batch's sample indices: a batch mixes the same way whichever
+    process (loader worker or training device) mixes it."""
+    idx = batch.get("index")
+    key = f"{seed}:" + ",".join(str(int(i)) for i in (idx.tolist() if torch.is_tensor(idx) else []))
+    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1)
+    batch["video"], batch["label"], lam = mixup(batch["video"], batch["label"], g)
+    batch["mix_lambda"] = lam
+    return batch

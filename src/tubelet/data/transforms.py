@@ -16,6 +16,7 @@ random erasing follows arXiv 1708.04896 with one box for all frames (MAE-ST / Vi
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import os
 import re
@@ -48,7 +49,7 @@ __all__ = [
     "RandomErasing",
     "TemporalSubsample",
     "build_transforms",
-    "DeviceNormalize",
+    "DeviceTransforms",
     "build_device_transform",
     "retain_freed_memory",
 ]
@@ -372,7 +373,7 @@ class TemporalSubsample(ClipTransform):
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         t = x.shape[1]
-        idx = torch.linspace(0, t - 1, self.num_samples).long()
+        idx = torch.linspace(0, t - 1, self.num_samples, device=x.device).long()
         return x.index_select(1, idx)
 
 
@@ -503,7 +504,7 @@ class GaussianBlur(ClipTransform):
         c, t, h, w = x.shape
         k = max(3, int(self.kernel_frac * min(h, w)) | 1)
         r = k // 2
-        ax = torch.arange(-r, r + 1, dtype=torch.float32)
+        ax = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
         ker = torch.exp(-(ax**2) / (2 * sigma**2))
         ker = ker / ker.sum()
         n = c * t
@@ -531,7 +532,8 @@ def _affine(x: torch.Tensor, matrix: Sequence[float]) -> torch.Tensor:
     output pixel (x, y) samples input at ``(a x + b y + c, d x + e y + f)``. Fill 128."""
     c, t, h, w = x.shape
     a, b, cc, d, e, f = matrix
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=x.device),
+                            torch.arange(w, dtype=torch.float32, device=x.device), indexing="ij")
     # Pixel centres: PIL maps output centre (x+0.5) through the matrix.
     sx = a * (xs + 0.5) + b * (ys + 0.5) + cc
     sy = d * (xs + 0.5) + e * (ys + 0.5) + f
@@ -564,10 +566,10 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     step = (h * w - last) // 255
     cum = torch.cumsum(hist, 1) - hist  # counts strictly below each bin
     lut = ((cum + (step // 2).unsqueeze(1)) // step.clamp_min(1).unsqueeze(1)).clamp_(0, 255)
-    lut = torch.where((step > 0).unsqueeze(1), lut, torch.arange(256).expand(rows, 256))
+    lut = torch.where((step > 0).unsqueeze(1), lut, torch.arange(256, device=x.device).expand(rows, 256))
     # int32 (row, value) indices into the stacked LUTs: index_select takes int32, 3x faster than
     # take with a clip-sized int64 index
-    flat = u8.to(torch.int32).add_((torch.arange(rows, dtype=torch.int32) * 256).unsqueeze(1))
+    flat = u8.to(torch.int32).add_((torch.arange(rows, dtype=torch.int32, device=x.device) * 256).unsqueeze(1))
     return torch.index_select(lut.view(-1).float(), 0, flat.view(-1)).view(c, t, h, w)
 
 
@@ -770,50 +772,66 @@ class RandomErasing(ClipTransform):
 # ----------------------------------------------------------------------------------------------
 
 
-class DeviceNormalize:
-    """The end of the training pipeline, run on the batch on the training device
-    (``data.normalize_on_device``): :class:`Normalize`, then cube :class:`RandomErasing` per clip.
+class DeviceTransforms:
+    """The training pipeline after the crop and flip, run on the batch on the training device
+    (``data.device_transforms``): per clip the rest of :func:`build_transforms`' train pipeline
+    (colour ops, RandAugment, :class:`Normalize`, :class:`RandomErasing`), then Mixup/CutMix on the
+    batch, in the order the loader applies them.
 
-    The loader then hands over uint8 clips (or, after Mixup, float clips in [0, 255]): a quarter of
-    the bytes to copy to the device, and the two full passes over float pixels leave the loading
-    process (as timm's prefetcher and FFCV do). Erasing draws for clip ``k`` of sample ``index`` in
-    epoch ``epoch`` come from ``sample_rng(seed, epoch, index, stream=1 + k)``, so they do not depend on
-    the batch a clip lands in, and a resumed run erases the same boxes.
+    The loader then hands over the uint8 crops: a quarter of the bytes to copy to the device, and
+    the passes over float pixels leave the loading processes (as timm's prefetcher does for
+    normalising and erasing, and DALI for whole pipelines). Clip ``k`` of sample ``index`` in epoch
+    ``epoch`` draws from ``sample_rng(seed, epoch, index, stream=1 + k)``, and Mixup from the seed and
+    the batch's indices as the collate does, so nothing depends on how samples were batched and a
+    resumed run draws the same.
 
-    ``video``: ``(B, C, T, H, W)`` or ``(B, r, C, T, H, W)``; ``index``: the ``B`` sample indices.
+    ``batch["video"]``: ``(B, C, T, H, W)`` or ``(B, r, C, T, H, W)`` uint8; ``batch["index"]``: ``(B,)``.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], erasing: float = 0.0, seed: int = 0) -> None:
-        self.normalize = Normalize(mean, std)
-        self.erasing = RandomErasing(erasing, inplace=True) if erasing > 0 else None
+    def __init__(self, transform: Compose, mixup=None, seed: int = 0) -> None:
+        self.transform = transform
+        self.mixup = mixup
         self.seed = int(seed)
 
-    def __call__(self, video: torch.Tensor, index=None, epoch: int = 0) -> torch.Tensor:
+    def __call__(self, batch: dict, epoch: int = 0) -> dict:
+        from tubelet.data.mixing import mix_batch
         from tubelet.data.sampling import sample_rng, torch_generator
 
-        out = self.normalize(video)
-        if self.erasing is None:
-            return out
+        video, index = batch["video"], batch.get("index")
         if index is None:
-            raise ValueError("random erasing on the device needs the batch's sample indices (batch['index'])")
+            raise ValueError("transforms on the device need the batch's sample indices (batch['index'])")
         idx = [int(i) for i in (index.tolist() if torch.is_tensor(index) else index)]
-        clips = out.view(-1, *out.shape[-4:])  # (B * r, C, T, H, W), a view: erased in place
+        clips = video.reshape(-1, *video.shape[-4:])  # (B * r, C, T, H, W)
         per = clips.shape[0] // len(idx)
-        for n in range(clips.shape[0]):  # one box per clip (a few per batch), not a loop over pixels
+        out = []
+        for n in range(clips.shape[0]):  # per clip, as in the loader: B * r clips, not a loop over pixels
             g = torch_generator(sample_rng(self.seed, epoch, idx[n // per], stream=1 + n % per))
-            self.erasing.apply(clips[n], g)
-        return out
+            out.append(self.transform(clips[n], g))
+        batch["video"] = torch.stack(out).view(*video.shape[:-4], *out[0].shape)
+        if self.mixup is not None:
+            mix_batch(self.mixup, batch, self.seed)
+        return batch
 
     def __repr__(self) -> str:
-        return f"DeviceNormalize({self.normalize!r}, erasing={self.erasing!r})"
+        return f"DeviceTransforms({self.transform!r}, mixup={self.mixup!r})"
 
 
-def build_device_transform(data_cfg, seed: int = 0) -> DeviceNormalize | None:
-    """The batch transform of ``data.normalize_on_device`` (None when the loader normalises)."""
-    if not getattr(data_cfg, "normalize_on_device", False):
+def build_device_transform(data_cfg, seed: int = 0, num_classes: int | None = None) -> DeviceTransforms | None:
+    """The batch transform of ``data.device_transforms`` (None when the loader runs the whole pipeline).
+    ``num_classes`` sizes Mixup's soft labels when the recipe mixes."""
+    if not getattr(data_cfg, "device_transforms", False):
         return None
-    return DeviceNormalize(data_cfg.mean, data_cfg.std, float(data_cfg.augment.random_erasing), seed)
+    full = build_transforms(dataclasses.replace(data_cfg, device_transforms=False), "train")
+    rest = Compose(full.transforms[full.decode_crop_steps or 1 :], retain_memory=False)
+    mixup = None
+    aug = data_cfg.augment
+    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+        from tubelet.data.mixing import Mixup
 
+        if num_classes is None:
+            raise ValueError("data.device_transforms with mixup/cutmix needs the number of classes")
+        mixup = Mixup(num_classes, aug.mixup_alpha, aug.cutmix_alpha, aug.label_smoothing)
+    return DeviceTransforms(rest, mixup, seed)
 
 
 def build_transforms(data_cfg, split: str) -> Compose:
@@ -821,7 +839,7 @@ def build_transforms(data_cfg, split: str) -> Compose:
 
     train: random resized crop (or short-side jitter + random crop, fused) -> flip -> [colour jitter,
     grayscale, blur] -> [RandAugment] -> normalise -> [cube erasing]. Output ``(C, T, S, S)`` float;
-    with ``data.normalize_on_device`` it stops before normalise with uint8 clips, and
+    with ``data.device_transforms`` it stops after the crop and flip with uint8 clips, and
     :func:`build_device_transform` does the rest on the batch.
 
     val/test: with ``test_crops == 3`` short side to ``crop_size`` then three crops, else short side
@@ -848,10 +866,10 @@ def build_transforms(data_cfg, split: str) -> Compose:
             ts.append(RandomGrayscale(aug.grayscale))
         if aug.blur > 0:
             ts.append(GaussianBlur(aug.blur))
+        if getattr(data_cfg, "device_transforms", False):  # uint8 crops out; DeviceTransforms does the rest
+            return Compose(ts[: 2 if aug.hflip > 0 else 1], retain_memory=True)
         if aug.randaugment:
             ts.append(RandAugment(aug.randaugment))
-        if getattr(data_cfg, "normalize_on_device", False):
-            return Compose(ts, retain_memory=True)  # uint8 out: DeviceNormalize finishes on the batch
         ts.append(norm)
         if aug.random_erasing > 0:
             ts.append(RandomErasing(aug.random_erasing, inplace=True))

@@ -204,7 +204,7 @@ class TubeletDataModule(pl.LightningDataModule):
         seed: int = 0,
         collate: Callable[[list[Any]], Any] | None = None,
         val_batch_size: int | None = None,
-        device_transform: Callable[..., torch.Tensor] | None = None,
+        device_transform: Callable[..., dict] | None = None,
     ) -> None:
         super().__init__()
         for name, ds in (("train", train), ("val", val)):
@@ -218,8 +218,8 @@ class TubeletDataModule(pl.LightningDataModule):
         self.collate = collate
         self.val_batch_size = val_batch_size or batch_size
         self.sampler: ResumableSampler | None = None
-        # data.normalize_on_device: training batches arrive as uint8 clips and are normalised (and
-        # randomly erased) after the transfer, on the device (tubelet.data.transforms.DeviceNormalize).
+        # data.device_transforms: training batches arrive as uint8 crops; the rest of the clip pipeline
+        # and Mixup run after the transfer, on the device (tubelet.data.transforms.DeviceTransforms).
         self.device_transform = device_transform
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -231,7 +231,7 @@ class TubeletDataModule(pl.LightningDataModule):
             and isinstance(batch, dict)
             and "video" in batch
         ):
-            batch["video"] = self.device_transform(batch["video"], batch.get("index"), epoch=trainer.current_epoch)
+            batch = self.device_transform(batch, epoch=trainer.current_epoch)
         return batch
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -85,7 +85,8 @@ def build_collate(recipe: Recipe) -> Any:
 
     aug = recipe.data.augment
     mixup = None
-    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+    # with data.device_transforms Mixup runs on the device, after the clip transforms
+    if (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) and not recipe.data.device_transforms:
         mixup = Mixup(recipe.model.num_classes, mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
                       label_smoothing=aug.label_smoothing)
     return ClipCollate(mixup=mixup, seed=recipe.seed)
@@ -266,7 +267,7 @@ def _fit(
         num_workers=recipe.data.num_workers,
         seed=recipe.seed,
         collate=build_collate(recipe),  # mixup/cutmix follow the recipe whoever built the datasets
-        device_transform=build_device_transform(recipe.data, recipe.seed),
+        device_transform=build_device_transform(recipe.data, recipe.seed, recipe.model.num_classes),
     )
     tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
     module = TubeletModule(
