@@ -385,3 +385,30 @@ def test_device_transforms_run_on_the_training_batches(tmp_path):
     levels = (got * 0.25 + 0.5) * 255
     assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.min() > -0.01 and levels.max() < 255.01
     assert levels.std() > 10  # and not all one value
+
+
+def test_device_transforms_mix_on_the_device(tmp_path):
+    """Mixup moves to the device with the clip transforms: soft labels reach the method."""
+
+    class U8(ToyVideos):
+        def __getitem__(self, index):
+            s = super().__getitem__(index)
+            s["video"] = (s["video"].clamp(0, 1) * 255).round().to(torch.uint8)
+            return s
+
+    class Seen(Callback):
+        def __init__(self):
+            self.batches = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.batches.append((batch["video"], batch["label"], batch.get("mix_lambda")))
+
+    recipe = toy_recipe(tmp_path / "run", max_steps=2)
+    recipe.data.device_transforms = True
+    recipe.data.augment.randaugment = "rand-m9-n2-mstd0.5-inc1"
+    recipe.data.augment.mixup_alpha, recipe.model.num_classes = 0.8, 4
+    seen = Seen()
+    fit(recipe, method=ToyMethod(), datasets={"train": U8(8), "val": ToyVideos(4)}, callbacks=[seen])
+    for video, label, lam in seen.batches:
+        assert video.dtype == torch.float32 and label.shape == (4, 4) and lam is not None
+        assert torch.allclose(label.sum(1), torch.ones(4))
