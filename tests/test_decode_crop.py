@@ -183,3 +183,12 @@ def test_missing_frames_take_the_nearest_frame_of_their_own_clip():
     out = w.out
     assert np.array_equal(out[:, 1], out[:, 0]) or np.array_equal(out[:, 1], out[:, 2])
     assert np.array_equal(out[:, 3], out[:, 5]) and np.array_equal(out[:, 4], out[:, 5])  # never slot 2 (clip 0)
+
+
+def test_frame_size_change_is_reported_not_cropped_wrongly():
+    from tubelet.data.decode_crop import CropWriter
+
+    w = CropWriter(2, np.array([0, 0]), [ResizedCrop(0, 0, 8, 8, (4, 4))], lambda: 0)
+    w.write(av.VideoFrame.from_ndarray(np.zeros((12, 12, 3), np.uint8), format="rgb24"), [0])
+    with pytest.raises(ValueError, match="frame size changes mid-stream"):
+        w.write(av.VideoFrame.from_ndarray(np.zeros((24, 24, 3), np.uint8), format="rgb24"), [1])

@@ -191,6 +191,7 @@ class CropWriter:
         self._rotation = rotation
         self._states: list[_ClipState] | None = None
         self._rot = 0
+        self._coded: tuple[int, int] = (0, 0)
         self._to_rgb = _converter()  # planar YUV -> planar RGB at the output size
         self._full_rgb = VideoReformatter()  # other formats -> packed RGB at full size
         self.out: np.ndarray | None = None
@@ -210,6 +211,7 @@ class CropWriter:
         for c in crops:
             c.check(dh, dw)
         self._states = [_ClipState(c, _coded_box(c, self._rot, ch, cw)) for c in crops]
+        self._coded = (ch, cw)
         oh, ow = crops[0].size
         self.out = np.empty((3, self.n_out, oh, ow), dtype=np.uint8)
 
@@ -246,6 +248,9 @@ class CropWriter:
         """Write ``frame`` to the output slots ``positions`` (each in its own clip's crop)."""
         if self._states is None:
             self._setup(frame)
+        elif (frame.height, frame.width) != self._coded:
+            # a plain ValueError: the reader reports it as a bad file, like the RGB path does
+            raise ValueError(f"frame size changes mid-stream ({self._coded} -> {(frame.height, frame.width)})")
         out = self.out
         if len(positions) == 1:  # the common case: one clip wants this frame once
             pos = int(positions[0])
