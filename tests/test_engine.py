@@ -358,14 +358,17 @@ def test_epoch_based_training_and_unbounded_schedule(tmp_path):
         fit(toy_recipe(tmp_path / "b", max_steps=-1), method=ToyMethod(), datasets=_data())
 
 
+class U8Videos(ToyVideos):
+    """The toy clips as uint8, as a loader with data.device_transforms hands them over."""
+
+    def __getitem__(self, index):
+        s = super().__getitem__(index)
+        s["video"] = (s["video"].clamp(0, 1) * 255).round().to(torch.uint8)
+        return s
+
+
 def test_device_transforms_run_on_the_training_batches(tmp_path):
     """With data.device_transforms the loader's uint8 clips reach the method normalised."""
-
-    class U8(ToyVideos):
-        def __getitem__(self, index):
-            s = super().__getitem__(index)
-            s["video"] = (s["video"].clamp(0, 1) * 255).round().to(torch.uint8)
-            return s
 
     class Seen(Callback):
         def __init__(self):
@@ -378,7 +381,7 @@ def test_device_transforms_run_on_the_training_batches(tmp_path):
     recipe.data.device_transforms = True
     recipe.data.mean, recipe.data.std = [0.5] * 3, [0.25] * 3
     seen = Seen()
-    fit(recipe, method=ToyMethod(), datasets={"train": U8(8), "val": ToyVideos(4)}, callbacks=[seen])
+    fit(recipe, method=ToyMethod(), datasets={"train": U8Videos(8), "val": ToyVideos(4)}, callbacks=[seen])
     got = torch.cat(seen.videos)
     assert got.dtype == torch.float32 and got.shape == (8, 3, 2, 4, 4)
     # normalised exactly once from uint8: (x * std + mean) * 255 is a whole grey level in [0, 255]
@@ -389,12 +392,6 @@ def test_device_transforms_run_on_the_training_batches(tmp_path):
 
 def test_device_transforms_mix_on_the_device(tmp_path):
     """Mixup moves to the device with the clip transforms: soft labels reach the method."""
-
-    class U8(ToyVideos):
-        def __getitem__(self, index):
-            s = super().__getitem__(index)
-            s["video"] = (s["video"].clamp(0, 1) * 255).round().to(torch.uint8)
-            return s
 
     class Seen(Callback):
         def __init__(self):
@@ -408,7 +405,7 @@ def test_device_transforms_mix_on_the_device(tmp_path):
     recipe.data.augment.randaugment = "rand-m9-n2-mstd0.5-inc1"
     recipe.data.augment.mixup_alpha, recipe.model.num_classes = 0.8, 4
     seen = Seen()
-    fit(recipe, method=ToyMethod(), datasets={"train": U8(8), "val": ToyVideos(4)}, callbacks=[seen])
+    fit(recipe, method=ToyMethod(), datasets={"train": U8Videos(8), "val": ToyVideos(4)}, callbacks=[seen])
     for video, label, lam in seen.batches:
         assert video.dtype == torch.float32 and label.shape == (4, 4) and lam is not None
         assert torch.allclose(label.sum(1), torch.ones(4))
