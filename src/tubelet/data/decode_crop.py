@@ -10,10 +10,11 @@ factor), converted to planar RGB at the output size and written straight into th
 clip, mirrored when the clip is flipped. The same idea as FFCV's decode-and-crop for JPEGs.
 
 The crop box is the one :class:`~tubelet.data.transforms.RandomResizedCrop` draws, in displayed
-pixels; rotated videos are cropped in coded orientation and the small output is rotated. Pixel
-formats other than 8-bit planar YUV are converted to planar RGB at full size first, as the plain path
-does. The result matches the tensor path's crop-and-resize up to the resampler: about 1-2 grey levels
-on average (tests/test_decode_crop.py measures it on every real clip).
+pixels; rotated videos are cropped in coded orientation and the small output is rotated. 8-bit
+planar and packed RGB frames are cropped and resized as they are; other formats (10-bit, NV12,
+gray ...) are converted to RGB at full size first, as the plain path does. The result matches the
+tensor path's crop-and-resize up to the resampler: 0-1.8 grey levels on average
+(tests/test_decode_crop.py measures it on every real clip).
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ class CropWriter:
 
     def fill_missing(self, targets: list[np.ndarray] | None = None, done: list[bool] | None = None) -> None:
         """Give each slot the decoder never produced a frame for the nearest written slot of its own
-        clip (the same crop), or of any clip when its clip has none."""
+        clip (the same crop), or of any clip when its clip has none. (``targets`` and ``done``, which
+        the RGB writer needs, are not: this writer tracks the slots it wrote.)"""
         written = np.flatnonzero(self._written)
         for pos in np.flatnonzero(~self._written):
             same = written[self.clip_of[written] == self.clip_of[pos]]

@@ -557,7 +557,9 @@ class PyAVReader(VideoReader):
         if ix.output_order:  # packed: the last keyframe shown at or before the first wanted frame
             j = int(np.searchsorted(ix.key_pos, unique_sorted[0], side="right")) - 1
             if j > 0:
-                out = self._decode_from(int(ix.key_pts[j]), wanted_pts, targets, make_writer(), start_pos=int(ix.key_pos[j]))
+                out = self._decode_from(
+                    int(ix.key_pts[j]), wanted_pts, targets, make_writer(), start_pos=int(ix.key_pos[j])
+                )
         else:
             out = self._decode_from(seek_pts, wanted_pts, targets, make_writer())
         if out is None:  # the first keyframe, or landed after the first wanted frame: decode from the start
@@ -574,9 +576,10 @@ class PyAVReader(VideoReader):
         start_pos: int = 0,
     ):
         """Seek to the keyframe at ``seek_pts`` (or the file start) and decode forward until every
-        wanted frame is seen, handing each to ``writer``; the writer, or ``None`` when the seek cannot give them (then the caller decodes from the
-        start). In packed streams the keyframe sits at display position ``start_pos``, and frames are
-        named by their place in the decoder's output counted from it."""
+        wanted frame is seen, handing each to ``writer`` (``_RGBWriter`` or ``CropWriter``); the
+        writer, or ``None`` when the seek cannot give them (then the caller decodes from the start).
+        In packed streams the keyframe sits at display position ``start_pos``, and frames are named
+        by their place in the decoder's output counted from it."""
         container, stream = self._ensure_open()
         wanted = {int(p): i for i, p in enumerate(wanted_pts)}
         last_wanted = int(wanted_pts[-1])
