@@ -37,7 +37,8 @@ import time
 import torch
 from torch import nn
 
-from tubelet.config.schema import MAESTConfig, ModelConfig, Recipe
+from tubelet.config.schema import ModelConfig, Recipe
+from tubelet.methods.mae_st import MAESTConfig
 from tubelet.data.masking import TokenMask
 from tubelet.engine.optim import param_groups
 from tubelet.flops import count_flops

@@ -3,7 +3,9 @@
 import pytest
 import yaml
 
-from tubelet.config import MAESTConfig, SupervisedConfig, dump_recipe, from_dict, load_recipe, parse_overrides
+from tubelet.config import dump_recipe, from_dict, load_recipe, parse_overrides
+from tubelet.methods.mae_st import MAESTConfig
+from tubelet.methods.supervised import SupervisedConfig
 from tubelet.config.schema import Recipe
 from tubelet.errors import ConfigError
 

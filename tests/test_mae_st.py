@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from tubelet.config.schema import LinearProbeConfig, MAESTConfig, ModelConfig, Recipe
+from tubelet.config.schema import ModelConfig, Recipe
+from tubelet.methods.linear_probe import LinearProbeConfig
+from tubelet.methods.mae_st import MAESTConfig
 from tubelet.data.masking import mask_tokens
 from tubelet.methods import build_method
 from tubelet.methods.linear_probe import LinearProbe
@@ -292,7 +294,7 @@ def test_linear_probe_loads_a_pretrained_backbone(tmp_path):
 
 
 def test_reconstruction_png_is_written(tmp_path):
-    from tubelet.report_mae import save_reconstructions
+    from tubelet.report.figures import save_reconstructions
 
     mae = tiny_mae(mask_ratio=0.75)
     mae.train()
@@ -343,7 +345,7 @@ def test_cli_pretrain_then_finetune_and_probe_round_trip(tmp_path):
 
 def test_run_report_shows_a_runs_reconstructions(tmp_path):
     from tubelet.report import write_report
-    from tubelet.report_mae import save_reconstructions
+    from tubelet.report.figures import save_reconstructions
 
     run = tmp_path / "pretrain"
     save_reconstructions(tiny_mae(mask_ratio=0.75), torch.randn(1, 3, 4, 32, 32), run / "report" / "reconstructions.png")

@@ -196,7 +196,7 @@ def test_gradients_reach_mask_token_head_and_backbone_and_repeated_sampling():
 def test_mvit_pretrains_without_last_q_stride_and_finetunes_from_it(tmp_path):
     from safetensors.torch import save_file
 
-    from tubelet.methods.supervised import build as build_supervised
+    from tubelet.methods import build_method as build_supervised
 
     model = {"name": "mvitv2_s", "num_frames": 8, "img_size": 64, "num_classes": 4,
              "overrides": {"depth": 5, "embed_dim": 16, "num_heads": 1, "transitions": [1, 3], "kv_stride": [1, 4, 4]}}

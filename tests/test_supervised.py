@@ -9,7 +9,9 @@ from torch import nn
 from tubelet.config.loader import from_dict
 from tubelet.errors import CheckpointError, ConfigError
 from tubelet.methods import build_method
-from tubelet.methods.supervised import Supervised, load_backbone_checkpoint, soft_target_cross_entropy
+from tubelet.methods import RunContext
+from tubelet.methods.backbone import load_backbone_weights
+from tubelet.methods.supervised import Supervised, soft_target_cross_entropy
 
 
 class TinyBackbone(nn.Module):
@@ -96,10 +98,11 @@ def test_checkpoint_loads_body_and_reinitialises_mismatched_head(tmp_path, caplo
     dst = TinyBackbone(num_classes=4)
     head_before = dst.head.weight.clone()
     with caplog.at_level(logging.WARNING):
-        info = load_backbone_checkpoint(dst, str(path))
+        info = load_backbone_weights(dst, str(path))
     assert torch.equal(dst.proj.weight, src.proj.weight)
     assert torch.equal(dst.head.weight, head_before)
-    assert info["head_reinit"] == ["head.bias", "head.weight"] and info["ignored"] == ["decoder.weight"]
+    assert info.head_reinit == ["head.bias", "head.weight"] and info.ignored == ["decoder.weight"]
+    assert info.prefix == "backbone." and "proj.weight" in info.loaded
     assert "head re-initialised" in caplog.text
 
 
@@ -107,7 +110,7 @@ def test_checkpoint_body_mismatch_is_an_error(tmp_path):
     path = tmp_path / "bad.safetensors"
     save_file({k: v.contiguous() for k, v in TinyBackbone(dim=5).state_dict().items()}, str(path))
     with pytest.raises(CheckpointError, match="proj.weight"):
-        load_backbone_checkpoint(TinyBackbone(dim=6), str(path))
+        load_backbone_weights(TinyBackbone(dim=6), str(path))
 
 
 def _recipe(**model):
@@ -143,8 +146,18 @@ def test_build_from_vit_checkpoint_with_other_head(tmp_path):
     assert m.backbone.num_classes == 5 and heads and heads[0].shape[0] == 5
 
 
-def test_class_count_mismatch_with_synthetic_set_is_an_error():
+def test_class_count_mismatch_with_the_training_set_is_an_error():
+    # the engine's run context carries the training set's class count (here: 6 against model.num_classes 8)
+    with pytest.raises(ConfigError, match="num_classes"):
+        build_method(_recipe(), RunContext(total_steps=1, num_classes=6))
+
+
+def test_fit_refuses_a_model_with_another_class_count_than_the_synthetic_set(tmp_path):
+    from tubelet.engine import fit
+
     recipe = _recipe()
     recipe.data.synthetic.num_classes = 6
-    with pytest.raises(ConfigError, match="num_classes"):
-        build_method(recipe)
+    recipe.data.crop_size, recipe.data.num_frames, recipe.data.synthetic.size = 16, 4, 16
+    recipe.run_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="6 classes"):
+        fit(recipe)

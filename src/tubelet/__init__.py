@@ -1,6 +1,9 @@
 """tubelet: video understanding on PyTorch."""
 
 from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError
+
+# The shipped methods register their config sections with the recipe loader on import.
+import tubelet.methods  # noqa: E402,F401,I001
 from tubelet.models.registry import create_model, list_models
 from tubelet.models.weights import load_weights as load_checkpoint
 

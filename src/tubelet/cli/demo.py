@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from tubelet.engine import evaluate, fit
     from tubelet.methods import build_method
     from tubelet.report import format_table, write_report
-    from tubelet.report_mae import ReconstructionCallback
+    from tubelet.report.figures import ReconstructionCallback
 
     out = Path(args.out)
     common = list(QUICK if args.quick else []) + list(args.overrides)

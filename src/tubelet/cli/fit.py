@@ -19,18 +19,12 @@ def run(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from tubelet.engine import fit
-    from tubelet.eval.knn import monitor_from_recipe
-    from tubelet.report_mae import ReconstructionCallback
-    from tubelet.report_maskfeat import HOGReportCallback
+    from tubelet.report.figures import figure_callbacks
 
     recipe = load_from_args(args)
-    # Report figures for the methods that have them (each is a no-op for other methods):
-    # MAE-ST reconstructions.png, MaskFeat (HOG target) hog.png.
-    callbacks = [ReconstructionCallback.for_recipe(recipe), HOGReportCallback.for_recipe(recipe)]
-    knn = monitor_from_recipe(recipe)  # kNN accuracy during SSL pre-training (method.knn_every_n_steps)
-    if knn is not None:
-        callbacks.append(knn)
-    result = fit(recipe, resume=args.resume, callbacks=callbacks)
+    # the report's figures, each drawn only for a method it fits; the method's own callbacks (monitors)
+    # are added by fit
+    result = fit(recipe, resume=args.resume, callbacks=figure_callbacks(recipe))
     if getattr(rank_zero_only, "rank", 0) != 0:
         return 0  # with several processes, rank 0 reports
     print(f"run folder: {result.run_dir}")

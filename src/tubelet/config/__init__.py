@@ -1,22 +1,20 @@
-"""Typed recipes: schema, YAML loading, dotted overrides and validation."""
+"""Typed recipes: the shared sections' schema, YAML loading, dotted overrides, validation, and the
+registry that methods fill with their own config sections."""
 
 from tubelet.config.loader import dump_recipe, from_dict, list_recipes, load_recipe, parse_overrides, to_dict
+from tubelet.config.registry import MethodConfig, method_config_class, method_names, register_method_config
 from tubelet.config.schema import (
-    METHOD_CONFIGS,
     AugmentConfig,
     DataConfig,
-    MAESTConfig,
-    MethodConfig,
     ModelConfig,
     OptimConfig,
     Recipe,
-    SupervisedConfig,
     SyntheticConfig,
     TrainerConfig,
 )
 
 __all__ = [
-    "METHOD_CONFIGS", "AugmentConfig", "DataConfig", "MAESTConfig", "MethodConfig", "ModelConfig",
-    "OptimConfig", "Recipe", "SupervisedConfig", "SyntheticConfig", "TrainerConfig",
-    "dump_recipe", "from_dict", "list_recipes", "load_recipe", "parse_overrides", "to_dict",
+    "AugmentConfig", "DataConfig", "MethodConfig", "ModelConfig", "OptimConfig", "Recipe", "SyntheticConfig",
+    "TrainerConfig", "dump_recipe", "from_dict", "list_recipes", "load_recipe", "method_config_class",
+    "method_names", "parse_overrides", "register_method_config", "to_dict",
 ]

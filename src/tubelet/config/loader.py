@@ -13,11 +13,12 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
-from tubelet.config.schema import METHOD_CONFIGS, MethodConfig, Recipe
+from tubelet.config.registry import MethodConfig, method_config_class, method_names
+from tubelet.config.schema import Recipe
 from tubelet.errors import ConfigError
 
 BASE_KEY = "_base_"
@@ -144,9 +145,7 @@ def _unknown_key_message(dotted: str, source: str, valid: list[str], prefix: str
 
 def _dataclass_of(hint: Any, key: str, method_name: str) -> type | None:
     if hint is MethodConfig:
-        if method_name not in METHOD_CONFIGS:
-            return None
-        return METHOD_CONFIGS[method_name]
+        return method_config_class(method_name)
     if dataclasses.is_dataclass(hint):
         return hint
     return None
@@ -157,9 +156,9 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping, got {type(raw).__name__}")
     method_name = _method_name(raw)
-    if method_name not in METHOD_CONFIGS:
-        close = difflib.get_close_matches(str(method_name), list(METHOD_CONFIGS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(METHOD_CONFIGS))}"
+    if method_config_class(str(method_name)) is None:
+        close = difflib.get_close_matches(str(method_name), method_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(method_names())}"
         raise ConfigError(f"unknown method.name '{method_name}' in {source}{hint}")
     return _build(Recipe, raw, source, "", method_name)
 
@@ -186,6 +185,14 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -
     args = typing.get_args(hint)
     if hint is Any:
         return value
+    if origin is Literal:
+        # an enumerated option: a value outside the choices is refused like an unknown key
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        choices = [str(a) for a in args]
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid values: {', '.join(choices)}"
+        raise ConfigError(f"'{dotted}' in {source} is {value!r}, not one of its values{hint}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -2,14 +2,20 @@
 
 A recipe is a YAML file with five sections (``model``, ``data``, ``method``, ``optim``, ``trainer``)
 plus ``seed`` and ``run_dir``. Every section is a dataclass; ``config.loader`` validates YAML against
-them and rejects unknown keys. The ``method`` section is polymorphic: its ``name`` picks the dataclass
-from ``METHOD_CONFIGS``.
+them and rejects unknown keys and values outside a ``Literal``. This file holds the shared sections
+only: the ``method`` section is polymorphic, its ``name`` picks the dataclass that the method declared
+beside itself and registered (``config.registry``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from tubelet.config.registry import MethodConfig, default_method_config
+
+
+DataKind = Literal["synthetic", "manifest", "folders", "frames", "images"]
 
 
 @dataclass
@@ -95,7 +101,7 @@ class DataConfig:
     ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``.
     """
 
-    kind: str = "synthetic"
+    kind: DataKind = "synthetic"
     train: str | None = None  # manifest path or root folder
     val: str | None = None
     root: str | None = None  # data root: manifest paths are resolved under it and may not escape it
@@ -112,7 +118,7 @@ class DataConfig:
     test_crops: int = 1  # ... x spatial crops
     batch_size: int = 8  # videos per step per process
     num_workers: int = 0
-    decoder: str = "pyav"  # pyav | torchcodec | auto
+    decoder: Literal["pyav", "torchcodec", "auto"] = "pyav"
     decode_threads: int = 1  # FFmpeg threads per reader; 1 per DataLoader worker avoids oversubscription
     decode_crop: bool = True  # train: crop, resize and flip each frame while decoding (else on the RGB clip)
     device_transforms: bool = False  # train: uint8 crops out of the loader; the rest of the pipeline on the batch
@@ -126,7 +132,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    name: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float | None = None  # absolute LR; when None, base_lr * (videos per step) / 256
     base_lr: float = 1e-3
     min_lr: float = 1e-6
@@ -135,7 +141,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9  # SGD / LARS
     warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | constant
+    schedule: Literal["cosine", "constant"] = "cosine"
     clip_grad: float | None = None
     layer_decay: float | None = None
     ema_decay: float | None = None
@@ -159,104 +165,16 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     deterministic: bool = True
     collective_timeout_s: float = 1800.0
-    nonfinite: str = "stop"  # stop | skip
+    nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped_steps: int = 10
     enable_progress_bar: bool = True
-
-
-@dataclass
-class MethodConfig:
-    """Base of every method section; ``name`` selects the subclass."""
-
-    name: str = "supervised"
-
-
-@dataclass
-class SupervisedConfig(MethodConfig):
-    name: str = "supervised"
-    head_dropout: float = 0.0
-
-
-@dataclass
-class MAESTConfig(MethodConfig):
-    name: str = "mae_st"
-    mask_ratio: float = 0.9
-    mask_type: str = "random"  # random | tube | frame | cube
-    decoder_dim: int = 512
-    decoder_depth: int = 4
-    decoder_heads: int = 8  # SlowFast's MAE decoder; mae_st uses 16 (same FLOPs, slower attention on CPU)
-    mask_block: list[int] = field(default_factory=lambda: [2, 2, 2])  # cube masking: (t, h, w) tokens
-    norm_pix_loss: bool = True
-    target_frames: str = "first"  # first | cube (see methods/mae_st.py)
-
-
-@dataclass
-class LinearProbeConfig(MethodConfig):
-    """Frozen backbone + linear classifier on mean-pooled tokens (methods/linear_probe.py)."""
-
-    name: str = "linear_probe"
-    feature_norm: str = "layernorm"  # layernorm (parameter-free standardisation) | none
-
-
-@dataclass
-class ContrastiveConfig(MethodConfig):
-    """rho-SSL frameworks (methods/contrastive.py, arXiv 2104.14558) with the asymmetric designs of
-    arXiv 2204.00613 (methods/asym.py). ``None`` fields take the framework's paper value."""
-
-    name: str = "contrastive"
-    framework: str = "byol"  # simclr | moco | byol | swav
-    temperature: float | None = None  # 0.1 (simclr, moco, swav)
-    proj_dim: int | None = None  # moco/simclr/swav 128, byol 256
-    proj_hidden: int | None = None  # 2048 (byol 4096)
-    proj_layers: int | None = None  # 3 (byol 2)
-    proj_bn: bool | None = None  # all but moco
-    pred_hidden: int | None = None  # byol 4096
-    pred_layers: int | None = None  # byol 2, others 0 (no predictor)
-    momentum: float | None = None  # m0: moco 0.994, byol 0.996 (cosine to 1); simclr/swav share the encoder
-    momentum_schedule: str = "cosine"  # cosine | constant
-    queue_size: int = 65536  # moco
-    num_prototypes: int = 1000  # swav
-    sinkhorn_iters: int = 3
-    sinkhorn_eps: float = 0.05
-    freeze_prototypes_steps: int | None = None  # swav; None = one epoch (steps_per_epoch)
-    steps_per_epoch: int | None = None  # None: from the synthetic set's size, else required by swav
-    total_steps: int | None = None  # momentum schedule length; None = trainer.max_steps
-    asym_bn: bool = False  # AsymBN: target projector BN over all views (and SyncBN across processes)
-    mean_enc: bool = False  # MeanEnc: target = mean of the other clips' embeddings, then normalised
-    knn_every_n_steps: int | None = None  # kNN monitor (eval/knn.py); None = off, 0 = at the end only
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_max_train: int = 2048  # memory-bank videos (first N of the train split)
-
-
-@dataclass
-class MaskFeatConfig(MethodConfig):
-    """Masked feature prediction (methods/maskfeat.py, arXiv 2112.09133)."""
-
-    name: str = "maskfeat"
-    mask_ratio: float = 0.4
-    mask_type: str = "cube"  # cube | tube | frame (video) | block (images, BEiT)
-    mask_unit: list[int] = field(default_factory=lambda: [1, 2, 2])  # output tokens per mask unit (t, h, w)
-    target: str = "hog"  # hog | pixel_norm | pixel
-    hog_bins: int = 9
-    hog_cell: int = 8  # pixels per HOG cell side
-    target_frame_stride: int = 2  # targets use frames 0, s, 2s, ... (the first frame of each 2-frame cube)
-
-
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
-    "supervised": SupervisedConfig,
-    "mae_st": MAESTConfig,
-    "linear_probe": LinearProbeConfig,
-    "maskfeat": MaskFeatConfig,
-    "contrastive": ContrastiveConfig,
-}
 
 
 @dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=SupervisedConfig)
+    method: MethodConfig = field(default_factory=default_method_config)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0

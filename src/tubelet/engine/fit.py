@@ -70,12 +70,31 @@ def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | N
     return path
 
 
-def build_datasets(recipe: Recipe, method: nn.Module) -> dict[str, Dataset | None]:
+def build_datasets(recipe: Recipe, method: nn.Module | None = None) -> dict[str, Dataset | None]:
+    """The train split, and the val split when the method can classify (``method`` None: both)."""
     from tubelet.data.builder import build_dataset
 
     train = build_dataset(recipe.data, "train", seed=recipe.seed)
-    val = build_dataset(recipe.data, "val", seed=recipe.seed) if hasattr(method, "classify") else None
+    classifies = method is None or hasattr(method, "classify")
+    val = build_dataset(recipe.data, "val", seed=recipe.seed) if classifies else None
     return {"train": train, "val": val}
+
+
+def dataset_classes(dataset: Any) -> int | None:
+    """The class count a dataset's label map gives (``class_names`` or ``num_classes``), else None."""
+    names = getattr(dataset, "class_names", None)
+    if names:
+        return len(names)
+    k = getattr(dataset, "num_classes", None)
+    return int(k) if isinstance(k, int) else None
+
+
+def run_context(recipe: Recipe, train: Dataset | None) -> Any:
+    """The ``RunContext`` the methods get: computed here, once, from the recipe and the training set."""
+    from tubelet.methods.base import RunContext
+
+    size = len(train) if train is not None else None  # type: ignore[arg-type]
+    return RunContext.from_recipe(recipe, size, dataset_classes(train) if train is not None else None)
 
 
 def build_collate(recipe: Recipe) -> Any:
@@ -166,6 +185,19 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
     )
 
 
+def method_callbacks(recipe: Recipe, method: nn.Module) -> list[Callback]:
+    """What the method asks the run for (``method.callbacks()``: its monitors and figures), plus the kNN
+    monitor when the recipe's method section asks for one (``method.knn_every_n_steps``)."""
+    from tubelet.eval.knn import monitor_from_recipe
+
+    extra = getattr(method, "callbacks", None)
+    cbs = list(extra()) if callable(extra) else []
+    knn = monitor_from_recipe(recipe)
+    if knn is not None:
+        cbs.append(knn)
+    return cbs
+
+
 def _read_csv_log(path: Path, before_step: int) -> list[dict[str, str]]:
     """Rows of an earlier CSV log up to the resumed step (rows past it were logged after the
     checkpoint by the interrupted run, and are logged again)."""
@@ -250,14 +282,20 @@ def _fit(
                        else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     set_threads(recipe)
+    if datasets is None:
+        from tubelet.data.builder import build_dataset
+
+        datasets = {"train": build_dataset(recipe.data, "train", seed=recipe.seed)}
+    if "train" not in datasets or datasets["train"] is None:
+        raise ConfigError("fit needs a 'train' dataset")
     if method is None:
         from tubelet.methods import build_method
 
-        method = build_method(recipe)
-    if datasets is None:
-        datasets = build_datasets(recipe, method)
-    if "train" not in datasets or datasets["train"] is None:
-        raise ConfigError("fit needs a 'train' dataset")
+        method = build_method(recipe, run_context(recipe, datasets["train"]))
+    if "val" not in datasets and hasattr(method, "classify"):
+        from tubelet.data.builder import build_dataset
+
+        datasets = {**datasets, "val": build_dataset(recipe.data, "val", seed=recipe.seed)}
     val = datasets.get("val")
     if val is not None and len(val) == 0:  # type: ignore[arg-type]
         val = None
@@ -279,6 +317,7 @@ def _fit(
         checkpoint_dir=run_dir / "checkpoints",
         bad_files_path=run_dir / "bad_files.txt",
     )
+    callbacks = [*callbacks, *method_callbacks(recipe, method)]
     trainer = build_trainer(recipe, callbacks, has_val=val is not None and hasattr(method, "classify"))
     csv_log = run_dir / "logs" / "csv" / "metrics.csv"
     old_rows: list[dict[str, str]] = []

@@ -1,31 +1,14 @@
-"""Training objectives, one file per paper. A method is a plain ``nn.Module`` whose
-``forward(batch)`` returns a dict with ``loss`` (and anything else worth logging).
-
-Methods that can classify a clip also define ``classify(video) -> logits``; evaluation uses it.
+"""Training objectives, one file per paper. A method is a plain ``nn.Module`` whose ``forward(batch)``
+returns a dict with ``loss`` (``methods/base.py``); it declares its config beside itself and registers
+with ``@register_method(name, Config)`` (``methods/registry.py``). Importing this package registers the
+methods shipped with tubelet; a method of your own registers when its module is imported.
 """
 
 from __future__ import annotations
 
-import importlib
+# Each import registers its method (and its config section with the recipe loader).
+from tubelet.methods import contrastive, linear_probe, mae_st, maskfeat, supervised  # noqa: F401
+from tubelet.methods.base import Method, RunContext
+from tubelet.methods.registry import build_method, list_methods, register_method
 
-from torch import nn
-
-from tubelet.config.schema import Recipe
-from tubelet.errors import ConfigError
-
-# method name (recipe ``method.name``) -> "module:builder"; each builder takes the whole Recipe.
-METHODS = {
-    "supervised": "tubelet.methods.supervised:build",
-    "mae_st": "tubelet.methods.mae_st:build",
-    "linear_probe": "tubelet.methods.linear_probe:build",
-    "maskfeat": "tubelet.methods.maskfeat:build",
-    "contrastive": "tubelet.methods.contrastive:build",
-}
-
-
-def build_method(recipe: Recipe) -> nn.Module:
-    name = recipe.method.name
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}")
-    module_name, func = METHODS[name].split(":")
-    return getattr(importlib.import_module(module_name), func)(recipe)
+__all__ = ["Method", "RunContext", "build_method", "list_methods", "register_method"]

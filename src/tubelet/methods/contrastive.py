@@ -40,19 +40,55 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tubelet.config.schema import ContrastiveConfig, Recipe
+from tubelet.config.registry import MethodConfig
+from tubelet.config.schema import Recipe
 from tubelet.errors import ConfigError
+from tubelet.methods.backbone import build_backbone
+from tubelet.methods.base import RunContext
+from tubelet.methods.registry import register_method
 from tubelet.methods._dist import all_gather_no_grad, all_gather_with_grad, rank, world_size
 from tubelet.methods.asym import mean_of_others, multicrop_weights, project_views, scalemix, sync_batchnorm
 
 FRAMEWORKS = ("simclr", "moco", "byol", "swav")
+
+
+@dataclass
+class ContrastiveConfig(MethodConfig):
+    """The ``method`` section of rho-SSL with the asymmetric designs of arXiv 2204.00613 (methods/asym.py).
+    ``None`` fields take the framework's paper value (``FRAMEWORK_DEFAULTS``)."""
+
+    name: str = "contrastive"
+    framework: Literal["simclr", "moco", "byol", "swav"] = "byol"
+    temperature: float | None = None  # 0.1 (simclr, moco, swav)
+    proj_dim: int | None = None  # moco/simclr/swav 128, byol 256
+    proj_hidden: int | None = None  # 2048 (byol 4096)
+    proj_layers: int | None = None  # 3 (byol 2)
+    proj_bn: bool | None = None  # all but moco
+    pred_hidden: int | None = None  # byol 4096
+    pred_layers: int | None = None  # byol 2, others 0 (no predictor)
+    momentum: float | None = None  # m0: moco 0.994, byol 0.996 (cosine to 1); simclr/swav share the encoder
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+    queue_size: int = 65536  # moco
+    num_prototypes: int = 1000  # swav
+    sinkhorn_iters: int = 3
+    sinkhorn_eps: float = 0.05
+    freeze_prototypes_steps: int | None = None  # swav; None = one epoch (the run's steps per epoch)
+    steps_per_epoch: int | None = None  # None: the run's (from the training set's size)
+    total_steps: int | None = None  # momentum schedule length; None = the run's total steps
+    asym_bn: bool = False  # AsymBN: target projector BN over all views (and SyncBN across processes)
+    mean_enc: bool = False  # MeanEnc: target = mean of the other clips' embeddings, then normalised
+    knn_every_n_steps: int | None = None  # kNN monitor (eval/knn.py); None = off, 0 = at the end only
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_max_train: int = 2048  # memory-bank videos (first N of the train split)
 
 # Paper values (METHODS.md Sec. 4; REFERENCE_NUMBERS.md Sec. E) filled in for ``None`` config fields.
 FRAMEWORK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -397,58 +433,19 @@ class Contrastive(nn.Module):
         return out
 
 
-def _steps_per_epoch(recipe: Recipe) -> int | None:
-    cfg = recipe.method
-    if cfg.steps_per_epoch is not None:
-        return int(cfg.steps_per_epoch)
-    d = recipe.data
-    if d.kind == "synthetic":
-        from tubelet.data.synthetic import split_indices
-
-        devices = recipe.trainer.devices if isinstance(recipe.trainer.devices, int) else 1
-        t = recipe.trainer
-        per_step = d.batch_size * max(1, devices) * max(1, t.num_nodes) * t.accumulate_grad_batches
-        return max(1, len(split_indices(d.synthetic, "train")) // per_step)
-    return None
-
-
-def build_backbone(recipe: Recipe) -> nn.Module:
-    """``model.name`` without a classifier (num_classes=0), head dropout off; ``model.checkpoint`` loaded."""
-    from tubelet.models import create_model, get_model_config
-
-    m = recipe.model
-    overrides = dict(m.overrides)
-    fields = {f.name for f in dataclasses.fields(get_model_config(m.name))}
-    for key, value in (("num_frames", m.num_frames), ("img_size", m.img_size), ("drop_path_rate", m.drop_path_rate)):
-        if key in fields:
-            overrides.setdefault(key, value)
-    if "head_dropout" in fields:
-        overrides.setdefault("head_dropout", 0.0)  # dropout on the SSL feature would only add noise
-    overrides["num_classes"] = 0
-    backbone = create_model(m.name, **overrides)
-    if m.checkpoint:
-        from tubelet.methods.supervised import load_backbone_checkpoint
-
-        load_backbone_checkpoint(backbone, m.checkpoint)
-    return backbone
-
-
-def build(recipe: Recipe) -> Contrastive:
-    cfg = recipe.method
-    if not isinstance(cfg, ContrastiveConfig):
-        raise TypeError(f"contrastive needs a ContrastiveConfig method section, got {type(cfg).__name__}")
-    cfg = resolve_config(cfg)
+@register_method("contrastive", ContrastiveConfig)
+def build(recipe: Recipe, context: RunContext) -> Contrastive:
+    cfg = resolve_config(recipe.method)
     if recipe.data.rho.clips < 1:
         raise ConfigError("method 'contrastive' needs data.rho.clips >= 1 (rho clips per video)")
-    spe = _steps_per_epoch(recipe)
-    total = cfg.total_steps
-    if total is None:
-        t = recipe.trainer
-        total = t.max_steps if t.max_steps and t.max_steps > 0 else (t.max_epochs or 1) * (spe or 1)
+    spe = cfg.steps_per_epoch if cfg.steps_per_epoch is not None else context.steps_per_epoch
+    total = cfg.total_steps if cfg.total_steps is not None else context.total_steps
     freeze = cfg.freeze_prototypes_steps
     if freeze is None:
         if cfg.framework == "swav" and spe is None:
             raise ConfigError("swav: set method.steps_per_epoch (or method.freeze_prototypes_steps) for the "
                               "first-epoch prototype freeze")
         freeze = spe or 0
-    return Contrastive(build_backbone(recipe), cfg, total_steps=int(total), freeze_prototypes_steps=int(freeze))
+    # no classifier, and no head dropout: dropout on the SSL feature would only add noise
+    backbone = build_backbone(recipe.model, num_classes=0, head_dropout=0.0)
+    return Contrastive(backbone, cfg, total_steps=int(total), freeze_prototypes_steps=int(freeze))

@@ -16,11 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tubelet.config.schema import LinearProbeConfig, Recipe
-from tubelet.methods.supervised import Supervised, load_backbone_checkpoint
-from tubelet.models import create_model
+from dataclasses import dataclass
+from typing import Literal
+
+from tubelet.config.registry import MethodConfig
+from tubelet.config.schema import Recipe
+from tubelet.methods.backbone import build_backbone
+from tubelet.methods.base import RunContext
+from tubelet.methods.registry import register_method
+from tubelet.methods.supervised import Supervised
 
 FEATURE_NORMS = ("layernorm", "none")
+
+
+@dataclass
+class LinearProbeConfig(MethodConfig):
+    """Frozen backbone + linear classifier on mean-pooled tokens."""
+
+    name: str = "linear_probe"
+    feature_norm: Literal["layernorm", "none"] = "layernorm"  # layernorm: parameter-free standardisation
 
 
 class LinearProbe(Supervised):
@@ -66,17 +80,10 @@ class LinearProbe(Supervised):
         return self.head.out_features
 
 
-def build(recipe: Recipe) -> LinearProbe:
-    """Backbone ``model.name`` with weights from ``model.checkpoint`` (head keys ignored), frozen."""
-    cfg = recipe.method
-    if not isinstance(cfg, LinearProbeConfig):
-        raise TypeError(f"linear_probe needs a LinearProbeConfig method section, got {type(cfg).__name__}")
-    m = recipe.model
-    overrides = dict(m.overrides)
-    overrides.setdefault("num_frames", m.num_frames)
-    overrides.setdefault("img_size", m.img_size)
-    overrides["num_classes"] = 0  # the probe owns the classifier
-    backbone = create_model(m.name, **overrides)
-    if m.checkpoint:  # every encoder weight must fit; a classifier head in the file is ignored
-        load_backbone_checkpoint(backbone, m.checkpoint)
-    return LinearProbe(backbone, m.num_classes, cfg.feature_norm, recipe.data.augment.label_smoothing)
+@register_method("linear_probe", LinearProbeConfig)
+def build(recipe: Recipe, context: RunContext) -> LinearProbe:
+    """Backbone ``model.name`` without a classifier, weights from ``model.checkpoint`` (a head in the
+    file is ignored), frozen; the probe owns the classifier."""
+    backbone = build_backbone(recipe.model, num_classes=0)
+    return LinearProbe(backbone, recipe.model.num_classes, recipe.method.feature_norm,
+                       recipe.data.augment.label_smoothing)

@@ -35,14 +35,18 @@ visible ones, as MAE's reference code does.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
-from tubelet.config.schema import MAESTConfig, Recipe
+from tubelet.config.registry import MethodConfig
+from tubelet.config.schema import Recipe
 from tubelet.data.masking import TokenMask, mask_tokens
-from tubelet.models import create_model
+from tubelet.methods.backbone import build_backbone
+from tubelet.methods.base import RunContext
+from tubelet.methods.registry import register_method
 from tubelet.models.layers.pos_embed import SeparablePosEmbed
 from tubelet.models.vit import Block
 
@@ -54,6 +58,21 @@ NORM_PIX_EPS = 1e-6
 # Conv3d patch-embedding weight. MSE and per-patch normalisation do not depend on the order as long as
 # prediction and target share it.
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MAESTConfig(MethodConfig):
+    """The ``method`` section of MAE-ST pre-training."""
+
+    name: str = "mae_st"
+    mask_ratio: float = 0.9
+    mask_type: Literal["random", "tube", "frame", "cube"] = "random"
+    decoder_dim: int = 512
+    decoder_depth: int = 4
+    decoder_heads: int = 8  # SlowFast's MAE decoder; mae_st uses 16 (same FLOPs, slower attention on CPU)
+    mask_block: list[int] = field(default_factory=lambda: [2, 2, 2])  # cube masking: (t, h, w) tokens
+    norm_pix_loss: bool = True
+    target_frames: Literal["first", "cube"] = "first"  # see MAEST.__init__
 
 
 def _cube_view(video: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
@@ -283,24 +302,12 @@ class MAEST(nn.Module):
         return {"original": un(raw), "masked": un(masked), "reconstruction": un(recon), "mask": removed}
 
 
-def build(recipe: Recipe) -> MAEST:
-    """The MAE-ST method from a recipe; the backbone has no classification head (``num_classes=0``).
-
-    ``model.checkpoint`` (optional) initialises the encoder, e.g. to continue pre-training.
-    """
-    cfg = recipe.method
-    if not isinstance(cfg, MAESTConfig):
-        raise TypeError(f"mae_st needs a MAESTConfig method section, got {type(cfg).__name__}")
+@register_method("mae_st", MAESTConfig)
+def build(recipe: Recipe, context: RunContext) -> MAEST:
+    """The MAE-ST method from a recipe; the backbone has no classification head (``num_classes=0``), so
+    ``backbone.safetensors`` fits any fine-tuning head. ``model.checkpoint`` (optional) initialises the
+    encoder, e.g. to continue pre-training, by the shared loading policy."""
     m = recipe.model
-    overrides = dict(m.overrides)
-    overrides.setdefault("num_frames", m.num_frames)
-    overrides.setdefault("img_size", m.img_size)
-    overrides.setdefault("drop_path_rate", m.drop_path_rate)
-    overrides["num_classes"] = 0  # no head: backbone.safetensors then fits any fine-tuning head
-    backbone = create_model(m.name, checkpoint=None, **overrides)
-    if m.checkpoint:
-        from tubelet.models.weights import load_weights
-
-        load_weights(backbone, m.checkpoint, strict=False)
+    backbone = build_backbone(m, num_classes=0)
     grid = backbone.patch_embed.grid_size(m.num_frames, m.img_size, m.img_size)
-    return MAEST(backbone, cfg, grid)
+    return MAEST(backbone, recipe.method, grid)

@@ -41,17 +41,35 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
-from tubelet.config.schema import MaskFeatConfig, Recipe
+from tubelet.config.registry import MethodConfig
+from tubelet.config.schema import Recipe
 from tubelet.data.masking import MASKFEAT_MASK_TYPES, maskfeat_masks, upsample_unit_mask
+from tubelet.methods.backbone import build_backbone
+from tubelet.methods.base import RunContext
 from tubelet.methods.hog import HOGLayer, hog_video_targets
-from tubelet.models import create_model
+from tubelet.methods.registry import register_method
 
 TARGETS = ("hog", "pixel_norm", "pixel")
+
+
+@dataclass
+class MaskFeatConfig(MethodConfig):
+    """The ``method`` section of MaskFeat pre-training."""
+
+    name: str = "maskfeat"
+    mask_ratio: float = 0.4
+    mask_type: Literal["cube", "tube", "frame", "block"] = "cube"  # block: images (BEiT)
+    mask_unit: list[int] = field(default_factory=lambda: [1, 2, 2])  # output tokens per mask unit (t, h, w)
+    target: Literal["hog", "pixel_norm", "pixel"] = "hog"
+    hog_bins: int = 9
+    hog_cell: int = 8  # pixels per HOG cell side
+    target_frame_stride: int = 2  # targets use frames 0, s, 2s, ... (the first frame of each 2-frame cube)
 NORM_PIX_EPS = 1e-6
 Grid = tuple[int, int, int]
 
@@ -227,31 +245,15 @@ class MaskFeat(nn.Module):
         return {"target": to_map(target), "pred": to_map(pred), "frames": frames, "mask": m}
 
 
-def build(recipe: Recipe) -> MaskFeat:
+@register_method("maskfeat", MaskFeatConfig)
+def build(recipe: Recipe, context: RunContext) -> MaskFeat:
     """MaskFeat from a recipe; the backbone has no classification head (``num_classes=0``).
 
-    MViT backbones are built with ``q_stride_last_stage=False`` unless the recipe says otherwise (the
-    pre-training geometry, §3.1). ``model.checkpoint`` (optional) initialises the backbone.
+    MViT backbones are built with ``q_stride_last_stage=False`` unless ``model.overrides`` says otherwise
+    (the pre-training geometry, §3.1). ``model.checkpoint`` (optional) initialises the backbone.
     """
-    from tubelet.models.registry import get_model_config
-
-    cfg = recipe.method
-    if not isinstance(cfg, MaskFeatConfig):
-        raise TypeError(f"maskfeat needs a MaskFeatConfig method section, got {type(cfg).__name__}")
     m = recipe.model
-    overrides = dict(m.overrides)
-    overrides.setdefault("num_frames", m.num_frames)
-    overrides.setdefault("img_size", m.img_size)
-    overrides.setdefault("drop_path_rate", m.drop_path_rate)
-    overrides["num_classes"] = 0
-    if hasattr(get_model_config(m.name), "q_stride_last_stage"):
-        overrides.setdefault("q_stride_last_stage", False)
-    backbone = create_model(m.name, checkpoint=None, **overrides)
-    if m.checkpoint:
-        from tubelet.models.weights import load_weights
-
-        load_weights(backbone, m.checkpoint, strict=False)
+    backbone = build_backbone(m, num_classes=0, q_stride_last_stage=False)
     image_model = getattr(getattr(backbone, "cfg", None), "video", True) is False  # MViT image variants
     frames = 1 if image_model else m.num_frames
-    return MaskFeat(backbone, cfg, (frames, m.img_size, m.img_size))
-
+    return MaskFeat(backbone, recipe.method, (frames, m.img_size, m.img_size))

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from tubelet.models.layers.drop_path import DropPath
 from tubelet.models.layers.mlp import Mlp
 from tubelet.models.layers.pool_attention import Grid, PoolingAttention, conv_out_size, pool_grid, pool_tokens
+from tubelet.models.layers.rel_pos import interpolate_rel_pos
 from tubelet.models.registry import register_model
 
 HEAD_POOLS = ("cls", "mean", "mean_norm")
@@ -214,8 +215,22 @@ class MultiScaleBlock(nn.Module):
         return x + self.drop_path(x_mlp), q_grid
 
 
+def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample relative-position tables whose length follows another token grid (e.g. MaskFeat
+    pre-trains without the last stage's query stride) linearly to the model's, as the reference does."""
+    own = model.state_dict()
+    out = dict(state)
+    for k, v in state.items():
+        if (k.rsplit(".", 1)[-1] in ("rel_pos_h", "rel_pos_w", "rel_pos_t") and k in own and v.ndim == 2
+                and own[k].ndim == 2 and v.shape[1] == own[k].shape[1] and v.shape[0] != own[k].shape[0]):
+            out[k] = interpolate_rel_pos(v.float(), own[k].shape[0]).to(v.dtype)
+    return out
+
+
 class MViT(nn.Module):
     """MViTv2 backbone with a linear head (timm-style ``forward_features`` / ``forward_head``)."""
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(self, cfg: MViTConfig) -> None:
         super().__init__()

@@ -71,3 +71,10 @@ def _training_checkpoint_weights(path: Path, info: dict) -> dict[str, torch.Tens
     state = read_state_dict(weights)
     prefix = "state_dict/method."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def filter_checkpoint(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Adapt ``state`` to ``model`` with its family's ``checkpoint_filter_fn(state, model)`` (timm's idea:
+    renaming and resampling that belong to a model family live with it), when the family has one."""
+    fn = getattr(type(model), "checkpoint_filter_fn", None)
+    return dict(fn(state, model)) if fn is not None else state

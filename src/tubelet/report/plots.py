@@ -1,24 +1,17 @@
-"""The HTML run report: loss/accuracy curves, sample clips with predictions, confusion matrix, results table.
-
-Everything is drawn with matplotlib's Agg backend (no display needed) into ``<out>/`` as PNG files tied
-together by ``<out>/index.html``. Curves come from the CSV logs the engine writes under ``run_dir/logs``
-(Lightning's ``metrics.csv``: one row per logged step, empty cells where a metric was not logged).
-"""
+"""Plots of a run: loss/accuracy curves from the CSV logs, confusion matrices, sample clips, and the
+markdown results table. matplotlib's Agg backend: no display needed."""
 
 from __future__ import annotations
 
 import csv
-import html
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from lightning.pytorch.callbacks import Callback
 
-from tubelet.errors import TubeletError
+
 
 LOSS_KEYS = ("loss",)
 ACC_KEYS = ("acc", "top1", "top5")
@@ -187,137 +180,3 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def _html_table(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def write_report(
-    out_dir: str | Path,
-    runs: dict[str, str | Path],
-    results: Sequence[dict[str, Any]] = (),
-    class_names: Sequence[str] | None = None,
-    confusions: dict[str, Any] | None = None,
-    samples: dict[str, Sequence[SampleClip]] | None = None,
-    title: str = "tubelet run report",
-    notes: str = "",
-) -> Path:
-    """Write ``out_dir/index.html`` (+ PNGs, ``results.md``, ``results.json``) for one or several runs.
-
-    ``runs`` maps a display name to a run folder (curves come from its ``logs/``); ``confusions`` and
-    ``samples`` map the same names to a ``(K, K)`` matrix and clips with predictions. A run folder's own
-    ``report/confusion.png``, when present and no matrix is given, is linked too.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    if notes:
-        parts.append(f"<p>{html.escape(notes)}</p>")
-    if results:
-        parts.append("<h2>Results</h2>" + _html_table(results))
-        (out / "results.md").write_text(format_table(results) + "\n", encoding="utf-8")
-        (out / "results.json").write_text(json.dumps(list(results), indent=2, default=str), encoding="utf-8")
-    curves = plot_curves(runs, out)
-    if curves:
-        parts.append("<h2>Training curves</h2>" + "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in curves))
-    for name, run in runs.items():
-        slug = _slug(name)
-        section = []
-        if samples and samples.get(name):
-            png = plot_samples(samples[name], out / f"samples_{slug}.png", title=name)
-            section.append(f'<h3>Sample clips with predictions</h3><img src="{png.name}" alt="samples">')
-        if confusions and confusions.get(name) is not None and class_names:
-            png = plot_confusion(confusions[name], class_names, out / f"confusion_{slug}.png", title=name)
-            section.append(f'<h3>Confusion matrix</h3><img src="{png.name}" alt="confusion">')
-        else:
-            own = Path(run) / "report" / "confusion.png"
-            if own.is_file():
-                rel = Path(_relpath(own, out))
-                section.append(f'<h3>Confusion matrix</h3><img src="{rel.as_posix()}" alt="confusion">')
-        recon = Path(run) / "report" / "reconstructions.png"
-        if recon.is_file():  # masked autoencoders (MAE-ST): original / masked / reconstructed frames
-            rel = Path(_relpath(recon, out))
-            section.append(f'<h3>Reconstructions</h3><img src="{rel.as_posix()}" alt="reconstructions">')
-        if section:
-            parts.append(f"<h2>{html.escape(name)}</h2><p>run folder: <code>{html.escape(str(run))}</code></p>")
-            parts.extend(section)
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}img{max-width:100%;margin:4px}"
-    )
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower() or "run"
-
-
-def _relpath(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path.resolve(), start.resolve())
-
-
-def clips_from(dataset: Any, num_clips: int = 3) -> Any:
-    """The first ``num_clips`` clips of a dataset as (B, C, T, H, W) (first view of repeated samples)."""
-    import torch
-
-    clips = []
-    for i in range(min(num_clips, len(dataset))):
-        v = dataset[i]["video"]
-        clips.append(v[0] if v.ndim == 5 else v)
-    return torch.stack(clips)
-
-
-class ClipFigureCallback(Callback):
-    """Base of the end-of-fit figures drawn from a few clips (MAE-ST reconstructions, MaskFeat HOG).
-
-    The clips come from ``dataset`` or, with ``for_recipe``, from the recipe's val split (else train),
-    built only when the figure is drawn. Subclasses implement ``on_train_end``.
-    """
-
-    def __init__(self, dataset: Any = None, mean: Sequence[float] = (0.45,) * 3,
-                 std: Sequence[float] = (0.225,) * 3, num_clips: int = 3, data_cfg: Any = None) -> None:
-        self.dataset, self.mean, self.std, self.num_clips = dataset, list(mean), list(std), num_clips
-        self.data_cfg = data_cfg
-        self.path: Path | None = None
-
-    @classmethod
-    def for_recipe(cls, recipe: Any, num_clips: int = 3) -> "ClipFigureCallback":
-        return cls(None, recipe.data.mean, recipe.data.std, num_clips, data_cfg=recipe.data)
-
-    def _clips(self) -> Any:
-        if self.dataset is None and self.data_cfg is not None:
-            from tubelet.data.builder import build_dataset
-
-            for split in ("val", "train"):
-                try:
-                    ds = build_dataset(self.data_cfg, split)
-                except TubeletError:  # a split the data does not have: try the next one
-                    continue
-                if len(ds):
-                    self.dataset = ds
-                    break
-        if self.dataset is None:
-            return None
-        import torch
-
-        clips = clips_from(self.dataset, self.num_clips)
-        if clips.dtype == torch.uint8:  # a train split with data.device_transforms
-            from tubelet.data.transforms import Normalize
-
-            clips = Normalize(self.mean, self.std)(clips)
-        return clips

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tubelet.report import ClipFigureCallback, _pyplot, save_figure
+from tubelet.report.figures.base import ClipFigureCallback
+from tubelet.report.plots import _pyplot, save_figure
 
 
 def hog_glyphs(hist: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray]:

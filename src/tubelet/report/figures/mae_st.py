@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tubelet.report import ClipFigureCallback, _pyplot, save_figure
+from tubelet.report.figures.base import ClipFigureCallback
+from tubelet.report.plots import _pyplot, save_figure
 
 ROWS = ("original", "masked", "reconstruction")
 
