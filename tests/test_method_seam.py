@@ -147,3 +147,21 @@ def test_a_method_of_its_own_file_trains_from_the_cli(tmp_path):
     assert CALLS[-1] == "end at step 2"
     assert (tmp_path / "run" / "method.safetensors").is_file()
     assert dataclasses.is_dataclass(method_config_class("toy_method"))
+
+
+@pytest.mark.parametrize("name, kw, stem, out", [
+    ("vit_tiny", dict(num_frames=4, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2), (2, 4, 4), (2, 4, 4)),
+    ("mvitv2_s", dict(num_frames=4, img_size=64, depth=2, transitions=(1,), embed_dim=8, num_heads=1), (2, 16, 16),
+     (2, 8, 8)),
+])
+def test_backbones_keep_the_backbone_contract(name, kw, stem, out):
+    from tubelet.models import create_model
+    from tubelet.models.base import Backbone
+
+    m = create_model(name, num_classes=0, **kw)
+    assert isinstance(m, Backbone)
+    assert m.in_chans == 3 and m.token_grids(4, kw["img_size"], kw["img_size"]) == (stem, out)
+    x = torch.randn(1, 3, 4, kw["img_size"], kw["img_size"])
+    tokens = m.forward_features(x)
+    assert tokens.shape == (1, m.num_prefix_tokens + out[0] * out[1] * out[2], m.embed_dim)
+    assert m.stem_dim == (m.embed_dim if name.startswith("vit") else 8)

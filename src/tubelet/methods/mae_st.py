@@ -158,8 +158,8 @@ class MAEST(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
         self.mask_ratio = cfg.mask_ratio
-        self.patch_size = tuple(backbone.patch_embed.patch_size)
-        self.in_chans = backbone.patch_embed.in_chans
+        self.patch_size = tuple(backbone.patch_size)
+        self.in_chans = backbone.in_chans
         pt, ph, pw = self.patch_size
         self.target_patch = (1, ph, pw) if cfg.target_frames == "first" else (pt, ph, pw)
         target_dim = self.in_chans * math.prod(self.target_patch)  # 768 (first) or 1536 (cube)
@@ -196,7 +196,7 @@ class MAEST(nn.Module):
     # -- masking ------------------------------------------------------------------------------------
 
     def grid_of(self, video: torch.Tensor) -> tuple[int, int, int]:
-        return tuple(self.backbone.patch_embed.grid_size(*video.shape[-3:]))
+        return tuple(self.backbone.token_grids(*video.shape[-3:])[0])
 
     def random_mask(self, video: torch.Tensor, generator: torch.Generator | None = None) -> TokenMask:
         """One mask per clip of the configured type and ratio; index tensors on ``video``'s device."""
@@ -309,5 +309,5 @@ def build(recipe: Recipe, context: RunContext) -> MAEST:
     encoder, e.g. to continue pre-training, by the shared loading policy."""
     m = recipe.model
     backbone = build_backbone(m, num_classes=0)
-    grid = backbone.patch_embed.grid_size(m.num_frames, m.img_size, m.img_size)
+    grid = backbone.token_grids(m.num_frames, m.img_size, m.img_size)[0]
     return MAEST(backbone, recipe.method, grid)

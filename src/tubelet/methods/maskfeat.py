@@ -54,6 +54,7 @@ from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
 from tubelet.methods.hog import HOGLayer, hog_video_targets
 from tubelet.methods.registry import register_method
+from tubelet.models.base import Backbone
 
 TARGETS = ("hog", "pixel_norm", "pixel")
 
@@ -74,14 +75,10 @@ NORM_PIX_EPS = 1e-6
 Grid = tuple[int, int, int]
 
 
-def backbone_grids(backbone: nn.Module, num_frames: int, height: int, width: int) -> tuple[Grid, Grid]:
+def backbone_grids(backbone: Backbone, num_frames: int, height: int, width: int) -> tuple[Grid, Grid]:
     """(stem grid, output grid) of a backbone for an input size: where masks replace tokens and where
     the loss is taken. Equal for the plain ViT; MViT pools in between."""
-    if hasattr(backbone, "grid_sizes"):  # MViT: grid entering each block, then the output grid
-        grids = backbone.grid_sizes(num_frames, height, width)
-        return tuple(grids[0]), tuple(grids[-1])  # type: ignore[return-value]
-    g = tuple(backbone.patch_embed.grid_size(num_frames, height, width))
-    return g, g  # type: ignore[return-value]
+    return backbone.token_grids(num_frames, height, width)
 
 
 def pixel_targets(video: torch.Tensor, grid: Sequence[int], frame_stride: int = 2) -> torch.Tensor:
@@ -128,8 +125,8 @@ class MaskFeat(nn.Module):
             raise ValueError(f"method.mask_unit must be three positive token counts (t, h, w), got {cfg.mask_unit}")
         self.backbone = backbone
         self.cfg = cfg
-        self.in_chans = int(backbone.patch_embed.proj.in_channels)
-        stem_dim = int(backbone.patch_embed.proj.out_channels)
+        self.in_chans = int(backbone.in_chans)
+        stem_dim = int(backbone.stem_dim)
         self.mask_token = nn.Parameter(torch.zeros(stem_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.hog = HOGLayer(cfg.hog_bins, cfg.hog_cell, self.in_chans)

@@ -290,6 +290,23 @@ class MViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    # -- the Backbone contract (models/base.py) ------------------------------------------------------------
+    @property
+    def in_chans(self) -> int:
+        return int(self.cfg.in_chans)
+
+    @property
+    def stem_dim(self) -> int:
+        return int(self.cfg.embed_dim)
+
+    @property
+    def patch_size(self) -> Grid:
+        return tuple(int(p) for p in self.patch_embed.patch_size)  # type: ignore[return-value]
+
+    def token_grids(self, num_frames: int, height: int, width: int) -> tuple[Grid, Grid]:
+        grids = self.grid_sizes(num_frames, height, width)
+        return tuple(grids[0]), tuple(grids[-1])  # type: ignore[return-value]
+
     def grid_sizes(self, num_frames: int, height: int, width: int) -> list[Grid]:
         """Token grid entering each block and (last entry) leaving the final block, for an input size."""
         specs = block_specs(self.cfg, num_frames, (height, width))

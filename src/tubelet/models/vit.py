@@ -102,6 +102,23 @@ class VisionTransformer(nn.Module):
     ``num_prefix_tokens``.
     """
 
+    # -- the Backbone contract (models/base.py) ------------------------------------------------------------
+    @property
+    def in_chans(self) -> int:
+        return int(self.patch_embed.in_chans)
+
+    @property
+    def stem_dim(self) -> int:
+        return int(self.embed_dim)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(int(p) for p in self.patch_embed.patch_size)  # type: ignore[return-value]
+
+    def token_grids(self, num_frames: int, height: int, width: int) -> tuple[tuple[int, int, int], ...]:
+        g = tuple(int(v) for v in self.patch_embed.grid_size(num_frames, height, width))
+        return g, g
+
     def __init__(self, cfg: ViTConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         cfg = dataclasses.replace(cfg or ViTConfig(), **overrides)
