@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tubelet demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks fuzz
 	$(PY) -m pytest -q -n 2
 
 clean:

@@ -131,10 +131,9 @@ def linear_kernels(name: str, lin: nn.Linear, m: int, calls: int) -> list[Kernel
     n, k = w.shape
     x, g = torch.randn(m, k), torch.randn(m, n)
     y, dx, dw = torch.empty(m, n), torch.empty(m, k), torch.empty(n, k)
-    if b is None:
-        fwd: Callable[[], object] = lambda: torch.mm(x, w.t(), out=y)
-    else:
-        fwd = lambda: torch.addmm(b, x, w.t(), out=y)
+    def fwd() -> object:
+        return torch.mm(x, w.t(), out=y) if b is None else torch.addmm(b, x, w.t(), out=y)
+
     return [
         Kernel(f"{name} forward ({'mm' if b is None else 'addmm'})", f"{m}x{k} @ {k}x{n}", fwd, calls),
         Kernel(f"{name} input grad", f"{m}x{n} @ {n}x{k}", lambda: torch.mm(g, w, out=dx), calls),
