@@ -115,28 +115,6 @@ def mask_tokens(
     return TokenMask(ids_shuffle[:, :K], ids_shuffle[:, K:], ids_restore)
 
 
-def random_masking(batch_size: int, grid: Sequence[int], ratio: float = 0.9, **kw) -> TokenMask:
-    """Space-time agnostic random masking, the MAE-ST default (Sec. 3, 90%)."""
-    return mask_tokens(batch_size, grid, ratio, "random", **kw)
-
-
-def tube_masking(batch_size: int, grid: Sequence[int], ratio: float = 0.9, **kw) -> TokenMask:
-    """Space-only masking: one random spatial mask repeated over time (Table 2a "tube")."""
-    return mask_tokens(batch_size, grid, ratio, "tube", **kw)
-
-
-def frame_masking(batch_size: int, grid: Sequence[int], ratio: float = 0.75, **kw) -> TokenMask:
-    """Time-only masking: whole time slices removed (Table 2a "frame")."""
-    return mask_tokens(batch_size, grid, ratio, "frame", **kw)
-
-
-def cube_masking(
-    batch_size: int, grid: Sequence[int], ratio: float = 0.75, block: Sequence[int] = (2, 2, 2), **kw
-) -> TokenMask:
-    """Space-time block masking with fixed ``block`` = (bt, bh, bw) tokens (Table 2a "cube")."""
-    return mask_tokens(batch_size, grid, ratio, "cube", block=block, **kw)
-
-
 # --------------------------------------------------------------------------------------------------
 # MaskFeat block masks (Wei et al., arXiv 2112.09133; PySlowFast ``MaskingGenerator3D`` / BEiT's
 # ``MaskingGenerator``, METHODS.md §3.3-3.4). Unlike the index masks above, the encoder sees every token

@@ -87,12 +87,7 @@ def multicrop_weights(num_small: int) -> tuple[float, float]:
     return 1.0, (1.0 / num_small if num_small > 0 else 0.0)
 
 
-def check_views(batch: dict) -> dict[str, bool]:
-    """Which asymmetric views a batch carries (built by data/rho.py from ``data.rho``)."""
-    return {"asym_aug": "target" in batch, "multicrop": "small" in batch, "scalemix": "mix" in batch}
-
-
 __all__ = [
-    "check_views", "mean_of_others", "multicrop_weights", "project_views", "scalemix", "scalemix_boxes",
+    "mean_of_others", "multicrop_weights", "project_views", "scalemix", "scalemix_boxes",
     "sync_batchnorm",
 ]
