@@ -249,3 +249,22 @@ def test_gaussian_blur_matches_numpy_separable():
     p = np.pad(a, ((0, 0), (0, 0), (r, r), (0, 0)), mode="reflect")
     ref = np.clip(np.round(sum(ker[i] * p[..., i : i + 30, :] for i in range(k))), 0, 255)
     assert np.abs(y.numpy().astype(np.float64) - ref).max() <= 1
+
+
+def test_a_call_without_a_generator_draws_afresh_each_time():
+    # the default generator used to be re-seeded at 0, so every call made the same draw
+    from tubelet.data.transforms import Compose, RandomHorizontalFlip, RandomResizedCrop
+
+    x = torch.randint(0, 255, (3, 2, 48, 48), dtype=torch.uint8)
+    crop = RandomResizedCrop(32)
+    outs = {crop(x).numpy().tobytes() for _ in range(10)}
+    assert len(outs) > 1
+    pipe = Compose([RandomResizedCrop(32), RandomHorizontalFlip()])
+    assert len({pipe(x).numpy().tobytes() for _ in range(10)}) > 1
+    # with a generator the draw is reproducible, and torch.manual_seed repeats generator-less calls
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(crop(x, g1), crop(x, g2))
+    torch.manual_seed(3)
+    a = crop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, crop(x))

@@ -55,6 +55,12 @@ __all__ = [
 ]
 
 
+def fresh_generator() -> torch.Generator:
+    """A generator for a call that passed none: seeded from the global torch RNG, so that successive
+    calls draw differently (as torchvision's transforms do) and ``torch.manual_seed`` makes them repeat."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+
+
 def _rand(g: torch.Generator) -> float:
     return float(torch.rand((), generator=g))
 
@@ -73,7 +79,7 @@ class ClipTransform(ABC):
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if g is None:
-            g = torch.Generator().manual_seed(0)
+            g = fresh_generator()
         if x.dim() == 5:
             outs = [self.apply(c, g) for c in x]
             if any(o.shape != outs[0].shape for o in outs):
@@ -141,7 +147,7 @@ class Compose:
         if self.retain_memory and not _MALLOC_TUNED:
             retain_freed_memory()
         if g is None:
-            g = torch.Generator().manual_seed(0)
+            g = fresh_generator()
         for t in self.transforms[start:]:
             x = t(x, g)
         return x
