@@ -338,7 +338,7 @@ def test_strategy_configuration(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from tubelet.engine.distributed import strategy_from_recipe
-    from tubelet.engine.fit import build_trainer
+    from tubelet.engine.trainer import build_trainer
 
     fsdp = strategy_from_recipe("fsdp", 42)
     assert isinstance(fsdp, FSDPStrategy) and fsdp._timeout.total_seconds() == 42

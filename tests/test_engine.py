@@ -297,7 +297,7 @@ def test_trainer_settings_come_from_the_recipe(tmp_path):
     from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
 
     from tubelet.engine.checkpoint import SafeCheckpointIO
-    from tubelet.engine.fit import build_trainer
+    from tubelet.engine.trainer import build_trainer
 
     recipe = toy_recipe(tmp_path / "run", accumulate_grad_batches=3, checkpoint_every_n_steps=7, keep_last_k=4)
     recipe.optim.clip_grad = 0.5

@@ -1,21 +1,11 @@
 """``fit(recipe)``: build the method, data, Lightning Trainer and callbacks from a recipe, and train.
 
-Run folder (``recipe.run_dir``)::
-
-    config.yaml            effective config (after _base_ and overrides), written at the start
-    checkpoints/           the last ``trainer.keep_last_k`` training states, every
-                           ``trainer.checkpoint_every_n_steps`` steps: step=NNNNNN.ckpt + weights
-    logs/csv/metrics.csv   CSV log;  logs/tensorboard/  TensorBoard events
-    method.safetensors     the whole method's weights at the end
-    backbone.safetensors   ``method.backbone`` (loads with ``create_model(name, checkpoint=...)``)
-    metrics.json           final metrics
+The run folder's layout is described in ``engine/run_dir.py``; the Trainer is assembled in
+``engine/trainer.py``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.utils.data import Dataset
@@ -33,10 +22,11 @@ from tubelet.config.loader import dump_recipe
 from tubelet.config.schema import Recipe
 from tubelet.data.datasets.base import FailureTracker
 from tubelet.data.transforms import build_device_transform
-from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
-from tubelet.engine.checkpoint import SafeCheckpointIO, find_latest_checkpoint, is_complete, save_safetensors
+from tubelet.engine.checkpoint import find_latest_checkpoint, is_complete, save_safetensors
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.module import TubeletModule
+from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_metrics
+from tubelet.engine.trainer import build_trainer
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 
 
@@ -111,80 +101,6 @@ def build_collate(recipe: Recipe) -> Any:
     return ClipCollate(mixup=mixup, seed=recipe.seed)
 
 
-def _strategy(recipe: Recipe) -> Any:
-    """Lightning strategy with ``trainer.collective_timeout_s``; ``auto`` with several devices or nodes
-    becomes DDP so that the timeout applies there too."""
-    from tubelet.engine.distributed import strategy_from_recipe
-
-    t = recipe.trainer
-    name = t.strategy
-    several = t.num_nodes > 1 or (isinstance(t.devices, int) and t.devices > 1)
-    if name == "auto" and several:
-        name = "ddp"
-    if name == "fsdp" and (t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())):
-        raise ConfigError("trainer.strategy=fsdp needs GPUs (Lightning's FSDP does not run on CPU); "
-                          "use trainer.strategy=ddp on CPU")
-    return strategy_from_recipe(name, t.collective_timeout_s)
-
-
-def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: bool = True) -> pl.Trainer:
-    t = recipe.trainer
-    run_dir = Path(recipe.run_dir)
-    if t.checkpoint_every_n_steps <= 0 or t.keep_last_k <= 0:
-        raise ConfigError("trainer.checkpoint_every_n_steps and trainer.keep_last_k must be positive")
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step={step:06d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=t.keep_last_k,
-        monitor="step",
-        mode="max",
-        save_last=False,
-        enable_version_counter=False,
-        # Save at the step itself: otherwise Lightning defers a save that falls on an epoch's last batch
-        # until after validation (to monitor fresh validation metrics), which moves it off the step grid.
-        save_on_train_epoch_end=True,
-    )
-    cbs: list[Callback] = [checkpoint, DataPosition(), IsolateValidationRNG()]
-    if t.enable_progress_bar:
-        cbs.append(TQDMProgressBar())
-    if recipe.optim.ema_decay is not None:
-        cbs.append(ema_callback(recipe.optim.ema_decay))
-    cbs.extend(callbacks)
-    loggers = [
-        CSVLogger(run_dir, name="logs", version="csv"),
-        TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
-    ]
-    val_every: dict[str, Any] = {}
-    if has_val and t.val_check_interval is not None:
-        val_every = {"val_check_interval": t.val_check_interval, "check_val_every_n_epoch": None}
-    return pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=_strategy(recipe),
-        precision=t.precision,
-        max_steps=t.max_steps if t.max_steps is not None else -1,
-        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=recipe.optim.clip_grad,
-        log_every_n_steps=t.log_every_n_steps,
-        limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=0,
-        deterministic=t.deterministic,
-        sync_batchnorm=t.sync_batchnorm,
-        use_distributed_sampler=False,  # the ResumableSampler shards per rank itself
-        callbacks=cbs,
-        logger=loggers,
-        plugins=[SafeCheckpointIO()],
-        default_root_dir=run_dir,
-        enable_progress_bar=t.enable_progress_bar,
-        enable_model_summary=False,
-        **val_every,
-    )
-
-
 def method_callbacks(recipe: Recipe, method: nn.Module) -> list[Callback]:
     """What the method asks the run for (``method.callbacks()``: its monitors and figures), plus the kNN
     monitor when the recipe's method section asks for one (``method.knn_every_n_steps``)."""
@@ -198,34 +114,6 @@ def method_callbacks(recipe: Recipe, method: nn.Module) -> list[Callback]:
     return cbs
 
 
-def _read_csv_log(path: Path, before_step: int) -> list[dict[str, str]]:
-    """Rows of an earlier CSV log up to the resumed step (rows past it were logged after the
-    checkpoint by the interrupted run, and are logged again)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if not r.get("step") or int(float(r["step"])) < before_step]
-
-
-def _merge_csv_log(path: Path, old: list[dict[str, str]]) -> None:
-    # Lightning's CSVLogger starts a fresh file; put the rows of the runs before the resume back in front.
-    if not old:
-        return
-    new: list[dict[str, str]] = []
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as f:
-            new = list(csv.DictReader(f))
-    keys: list[str] = []
-    for row in old + new:
-        keys.extend(k for k in row if k not in keys)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted(keys))
-        writer.writeheader()
-        writer.writerows(old + new)
-
-
 def _is_collective_failure(exc: BaseException) -> bool:
     """A torch.distributed error (peer gone, timeout), as opposed to an error of this process's own work."""
     if isinstance(exc, TubeletError):
@@ -237,16 +125,6 @@ def _is_collective_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(
         s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out",
                             "ProcessGroup", "Broken pipe"))
-
-
-def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            out[k] = float(v)
-    return out
 
 
 def fit(
@@ -282,6 +160,7 @@ def _fit(
                        else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     set_threads(recipe)
+    built = datasets is None
     if datasets is None:
         from tubelet.data.builder import build_dataset
 
@@ -292,7 +171,7 @@ def _fit(
         from tubelet.methods import build_method
 
         method = build_method(recipe, run_context(recipe, datasets["train"]))
-    if "val" not in datasets and hasattr(method, "classify"):
+    if built and hasattr(method, "classify"):  # the val split only for a method that can be validated
         from tubelet.data.builder import build_dataset
 
         datasets = {**datasets, "val": build_dataset(recipe.data, "val", seed=recipe.seed)}
@@ -327,7 +206,7 @@ def _fit(
             from tubelet.engine.checkpoint import safe_torch_load
 
             step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
-            old_rows = _read_csv_log(csv_log, step)
+            old_rows = read_csv_log(csv_log, step)
     if trainer.world_size > 1:
         from tubelet.engine.distributed import report_dead_peers
 
@@ -352,11 +231,11 @@ def _fit(
         raise
     finally:
         if trainer.is_global_zero:
-            _merge_csv_log(csv_log, old_rows)
+            merge_csv_log(csv_log, old_rows)
 
     paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
              "method": run_dir / "method.safetensors", "metrics": run_dir / "metrics.json"}
-    metrics = _scalar_metrics(trainer.callback_metrics)
+    metrics = scalar_metrics(trainer.callback_metrics)
     metrics["global_step"] = float(trainer.global_step)
     metrics["epoch"] = float(trainer.current_epoch)
     metrics["skipped_steps"] = float(module.skipped_steps)
@@ -371,7 +250,6 @@ def _fit(
         if tracker is not None and tracker.failures:
             paths["bad_files"] = run_dir / "bad_files.txt"
             tracker.write(paths["bad_files"])
-        text = json.dumps(metrics, indent=2, sort_keys=True)
-        paths["metrics"].write_text(text + "\n", encoding="utf-8")
+        write_metrics(paths["metrics"], metrics)
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     return FitResult(run_dir=run_dir, metrics=metrics, paths=paths, checkpoints=[p for p in ckpts if is_complete(p)])

@@ -1,0 +1,65 @@
+"""The run folder's logs and results: the CSV log kept whole across resumes, and the final metrics.
+
+Layout (``recipe.run_dir``)::
+
+    config.yaml            effective config (after _base_ and overrides), written at the start
+    checkpoints/           the last ``trainer.keep_last_k`` training states (step=NNNNNN.ckpt + weights)
+    logs/csv/metrics.csv   CSV log;  logs/tensorboard/  TensorBoard events
+    method.safetensors     the whole method's weights at the end
+    backbone.safetensors   ``method.backbone`` (loads with ``create_model(name, checkpoint=...)``)
+    metrics.json           final metrics
+    bad_files.txt          the unreadable samples, when there were any
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+
+def read_csv_log(path: Path, before_step: int) -> list[dict[str, str]]:
+    """Rows of an earlier CSV log up to the resumed step (rows past it were logged after the
+    checkpoint by the interrupted run, and are logged again)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if not r.get("step") or int(float(r["step"])) < before_step]
+
+
+def merge_csv_log(path: Path, old: list[dict[str, str]]) -> None:
+    # Lightning's CSVLogger starts a fresh file; put the rows of the runs before the resume back in front.
+    if not old:
+        return
+    new: list[dict[str, str]] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            new = list(csv.DictReader(f))
+    keys: list[str] = []
+    for row in old + new:
+        keys.extend(k for k in row if k not in keys)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted(keys))
+        writer.writeheader()
+        writer.writerows(old + new)
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def write_metrics(path: Path, metrics: Mapping[str, float]) -> Path:
+    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
