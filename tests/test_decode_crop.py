@@ -98,7 +98,7 @@ def test_unscaled_crop_of_lossless_video_is_exact(tmp_path, codec, pix_fmt, opti
 
 def test_planar_rgb_check_finds_the_converter_gap():
     """The width check agrees with a direct comparison of the two conversions on a real frame."""
-    from tubelet.data.decode_crop import planar_rgb_ok
+    from tubelet.data.decoding.crop import planar_rgb_ok
 
     assert planar_rgb_ok("yuv420p", 224) and planar_rgb_ok("yuv444p", 40)
     for w in (40, 56, 62, 64, 168):
@@ -171,7 +171,7 @@ def test_dataset_decode_crop_draws_as_tensor_path(videos_dir, repeats):
 
 def test_missing_frames_take_the_nearest_frame_of_their_own_clip():
     """A frame the decoder never produced is filled from the same clip (the same crop), nearest first."""
-    from tubelet.data.decode_crop import CropWriter
+    from tubelet.data.decoding.crop import CropWriter
 
     clip_of = np.array([0, 0, 0, 1, 1, 1])
     crops = [ResizedCrop(0, 0, 8, 8, (4, 4)), ResizedCrop(4, 4, 8, 8, (4, 4))]
@@ -186,7 +186,7 @@ def test_missing_frames_take_the_nearest_frame_of_their_own_clip():
 
 
 def test_frame_size_change_is_reported_not_cropped_wrongly():
-    from tubelet.data.decode_crop import CropWriter
+    from tubelet.data.decoding.crop import CropWriter
 
     w = CropWriter(2, np.array([0, 0]), [ResizedCrop(0, 0, 8, 8, (4, 4))], lambda: 0)
     w.write(av.VideoFrame.from_ndarray(np.zeros((12, 12, 3), np.uint8), format="rgb24"), [0])

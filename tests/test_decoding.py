@@ -417,7 +417,7 @@ def test_torchcodec_adapter_matches_pyav(monkeypatch, videos_dir, name):
     from tubelet.data import decoding
 
     _fake_torchcodec(monkeypatch)
-    monkeypatch.setattr(decoding, "_TC_APPLIES_ROTATION", {})
+    monkeypatch.setattr(decoding.torchcodec, "_TC_APPLIES_ROTATION", {})
     assert torchcodec_available()
     tc = open_video(videos_dir / name, backend="auto")
     assert isinstance(tc, decoding.TorchCodecReader)

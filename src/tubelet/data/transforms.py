@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from tubelet.data.decode_crop import ResizedCrop
+from tubelet.data.decoding.crop import ResizedCrop
 
 __all__ = [
     "Compose",
@@ -262,7 +262,7 @@ class RandomResizedCrop(ClipTransform):
         return resize(x[..., top : top + ch, left : left + cw], (self.size, self.size))
 
     def decode_crop(self, h: int, w: int, g: torch.Generator) -> ResizedCrop:
-        """The same draw as :meth:`apply`, as a crop for the decoder (:mod:`tubelet.data.decode_crop`)."""
+        """The same draw as :meth:`apply`, as a crop for the decoder (:mod:`tubelet.data.decoding.crop`)."""
         top, left, ch, cw = self.params(h, w, g)
         return ResizedCrop(top, left, ch, cw, (self.size, self.size))
 
@@ -307,7 +307,7 @@ class ScaleJitterCrop(ClipTransform):
         return resize(x[..., y0:y1, x0:x1], (self.size, self.size))
 
     def decode_crop(self, h: int, w: int, g: torch.Generator) -> ResizedCrop:
-        """The same draw as :meth:`apply`, as a crop for the decoder (:mod:`tubelet.data.decode_crop`)."""
+        """The same draw as :meth:`apply`, as a crop for the decoder (:mod:`tubelet.data.decoding.crop`)."""
         y0, x0, y1, x1 = self.box(h, w, g)
         return ResizedCrop(y0, x0, y1 - y0, x1 - x0, (self.size, self.size))
 

@@ -138,7 +138,7 @@ class ClipDataset(Dataset):
         self.repeats = max(1, int(cfg.repeated_sampling)) if self.train else 1
         self.views_t = 1 if self.train else max(1, int(cfg.test_clips))
         self.max_failure_fraction = float(cfg.max_failure_fraction)
-        # crop, resize and flip training clips while decoding (data/decode_crop.py)
+        # crop, resize and flip training clips while decoding (data/decoding/crop.py)
         self.decode_crop = bool(getattr(cfg, "decode_crop", True))
         self.num_classes = num_classes
         self.class_names = class_names

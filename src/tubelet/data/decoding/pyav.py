@@ -1,36 +1,4 @@
-"""Video decoding behind one small interface.
-
-``open_video(path, backend=...)`` returns a :class:`VideoReader` with exact, rational timing and
-frame-accurate access by index or by time window. PyAV (which bundles FFmpeg) is the default;
-torchcodec is used for ``backend="torchcodec"``, or for ``"auto"`` when it is importable.
-
-Conventions (PyTorchVideo-compatible, see docs/data.md):
-
-* Frames are returned as ``uint8`` numpy arrays of shape ``(T, H, W, C)`` in RGB, with the display
-  rotation of the container already applied. Datasets convert to ``(C, T, H, W)`` once
-  (:func:`to_cthw`).
-* Frame ``i`` is the ``i``-th frame in *presentation* order. Its time ``t_i`` is
-  ``(pts_i - pts_0) * time_base`` as a :class:`fractions.Fraction`, so the first frame is at 0.
-* A window ``[start, end)`` in seconds is half-open and holds the frames with ``start <= t_i < end``.
-
-The frame index table is built once per file from packet timestamps, by demuxing without decoding
-(cached per process), and sorted by PTS, which fixes B-frame reordering (``unordered.mov``). In
-packed-B-frame AVIs (DivX/Xvid: two frames in one packet) the decoder still outputs frames in display
-order, but the PTS it stamps on them are swapped in pairs; sorting by them would scramble the clip,
-so in those streams (found while indexing: a packet holding two VOP start codes) a decoded frame is
-named by its place in the decoder's output, counted from the keyframe the reader seeks to, whose
-display position the index computes from its packet (its stamp's rank, plus the B-VOPs packed behind
-it, which are shown before it and cannot be decoded after a seek). FFmpeg's MPEG-4 Part 2
-decoder drops one-byte DivX/Xvid placeholder packets ("frame skip" in ``mpeg4videodec.c``); those
-packets are left out of the table, which is why ``hmdb51_...cartwheel...avi`` has 84 packets but 83
-frames.
-
-Only the needed range is decoded: the reader seeks to the last keyframe at or before the first
-wanted frame and decodes forward until every wanted frame has been seen. One
-:class:`~av.video.reformatter.VideoReformatter` is reused per reader (``frame.to_ndarray`` rebuilds
-the colour converter for every frame). The container is opened lazily and re-opened after a fork,
-so no decoder object is ever shared between DataLoader worker processes.
-"""
+"""The PyAV reader (FFmpeg bundled): the default backend."""
 
 from __future__ import annotations
 
@@ -38,203 +6,23 @@ import contextlib
 import functools
 import math
 import os
-import threading
-from abc import ABC, abstractmethod
-from collections import OrderedDict
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from tubelet.data.decode_crop import CropError, CropWriter, ResizedCrop
+from tubelet.data.decoding.crop import CropError, CropWriter, ResizedCrop
+from tubelet.data.decoding.index import (
+    _INDEX_CACHE,
+    _INDEX_CACHE_SIZE,
+    _INDEX_LOCK,
+    _MPEG4_VOP_START,
+    _ROTATION_CACHE,
+    _Index,
+)
+from tubelet.data.decoding.reader import VideoMetadata, VideoReader, _check_file, _rotate
 from tubelet.errors import VideoError
-
-__all__ = [
-    "VideoMetadata",
-    "VideoReader",
-    "ResizedCrop",
-    "PyAVReader",
-    "TorchCodecReader",
-    "open_video",
-    "torchcodec_available",
-    "to_cthw",
-    "BACKENDS",
-]
-
-BACKENDS = ("pyav", "torchcodec", "auto")
-
-
-@dataclass(frozen=True)
-class VideoMetadata:
-    """What a reader knows about a video stream.
-
-    ``width``/``height`` are the *displayed* size, after rotation. ``rotation`` is the clockwise
-    rotation in degrees (0, 90, 180 or 270) applied to the coded frames for display.
-    ``duration`` is the end of the last frame: ``t_last + 1 / fps``.
-    """
-
-    path: str
-    num_frames: int
-    fps: Fraction
-    duration: Fraction
-    width: int
-    height: int
-    rotation: int
-    codec: str
-
-
-def to_cthw(frames: np.ndarray):
-    """``(T, H, W, C)`` uint8 numpy frames -> ``(C, T, H, W)`` uint8 torch tensor (contiguous)."""
-    import torch
-
-    if frames.ndim != 4:
-        raise ValueError(f"expected frames (T, H, W, C), got shape {tuple(frames.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise VideoError(path, "file not found")
-    if path.is_dir():
-        raise VideoError(path, "is a directory, not a video file")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise VideoError(path, f"cannot stat file: {exc}") from exc
-    if size == 0:
-        raise VideoError(path, "empty file (0 bytes)")
-    if not os.access(path, os.R_OK):
-        raise VideoError(path, "file is not readable (permission denied)")
-
-
-def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
-    """Rotate ``(T, H, W, C)`` frames clockwise by ``rotation`` degrees (multiple of 90)."""
-    if rotation == 0:
-        return frames
-    # np.rot90 turns counter-clockwise for positive k; axes (1, 2) are (H, W).
-    return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))
-
-
-class VideoReader(ABC):
-    """Frame-accurate access to one video stream (a file, a frame folder or an image).
-
-    Subclasses provide the metadata, the sorted frame timestamps, the window lookup and
-    ``_decode(indices)``; frame selection, validation and de-duplication live here once.
-    """
-
-    path: str
-
-    @property
-    @abstractmethod
-    def metadata(self) -> VideoMetadata: ...
-
-    @property
-    def num_frames(self) -> int:
-        return self.metadata.num_frames
-
-    @property
-    def fps(self) -> Fraction:
-        return self.metadata.fps
-
-    @property
-    def duration(self) -> Fraction:
-        return self.metadata.duration
-
-    @property
-    @abstractmethod
-    def timestamps(self) -> list[Fraction]:
-        """Presentation time of every frame in seconds, sorted, first frame at 0."""
-
-    @abstractmethod
-    def indices_in(self, start: Fraction | float, end: Fraction | float) -> np.ndarray:
-        """Indices of the frames with ``start <= t_i < end`` (int64, ascending)."""
-
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(len(indices), H, W, 3)``."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = self.num_frames
-        if idx.size == 0:
-            m = self.metadata
-            return np.zeros((0, m.height, m.width, 3), dtype=np.uint8)
-        if idx.min() < 0 or idx.max() >= n:
-            raise IndexError(f"{self.path}: frame indices must be in [0, {n}), got {idx.min()}..{idx.max()}")
-        unique, inverse = np.unique(idx, return_inverse=True)
-        decoded = self._decode(unique)
-        return decoded[inverse]
-
-    def get_resized_clips(
-        self,
-        clips: Sequence[np.ndarray],
-        crops: Sequence[ResizedCrop] | Callable[[int, int], Sequence[ResizedCrop]],
-    ) -> list[np.ndarray]:
-        """Clips of frame indices, each cropped, resized and flipped as its :class:`ResizedCrop` says:
-        one uint8 ``(3, T, h, w)`` per clip. ``crops`` may be ``f(height, width) -> crops`` of the
-        displayed size. Here: :meth:`get_frames`, then FFmpeg's scaler on the RGB frames; the PyAV
-        reader crops while decoding instead."""
-        from av.video.frame import VideoFrame
-
-        idx = [np.asarray(c, dtype=np.int64).reshape(-1) for c in clips]
-        if not idx or any(c.size == 0 for c in idx):
-            raise ValueError(f"{self.path}: every clip needs at least one frame index")
-        allidx = np.concatenate(idx)
-        frames = self.get_frames(allidx)  # (N, H, W, 3), displayed orientation
-        clip_of = np.repeat(np.arange(len(idx)), [len(c) for c in idx])
-        writer = CropWriter(len(allidx), clip_of, crops, lambda: 0)
-        for pos in range(len(allidx)):  # one scaler call per frame
-            writer.write(VideoFrame.from_ndarray(np.ascontiguousarray(frames[pos]), format="rgb24"), [pos])
-        return writer.result()
-
-    def get_clip(self, start: Fraction | float, end: Fraction | float) -> tuple[np.ndarray, np.ndarray]:
-        """Frames in the half-open window ``[start, end)`` seconds and their indices."""
-        idx = self.indices_in(start, end)
-        return self.get_frames(idx), idx
-
-    @abstractmethod
-    def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
-        """uint8 ``(len(unique_sorted), H, W, 3)`` for sorted, unique, in-range indices."""
-
-    def close(self) -> None:  # noqa: B027 - readers without resources have nothing to release
-        return None
-
-    def __enter__(self) -> "VideoReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass(frozen=True)
-class _Index:
-    """Frame index table of one stream: sorted PTS, keyframe PTS, timing and codec facts."""
-
-    pts: np.ndarray  # int64, sorted presentation timestamps of the frames that decode
-    key_pts: np.ndarray  # int64, sorted PTS of keyframe packets
-    time_base: Fraction
-    fps: Fraction
-    codec: str
-    coded_width: int
-    coded_height: int
-    # MPEG-4 Part 2 "packed B-frames" (DivX/Xvid AVI): the decoder outputs frames in display order,
-    # but the PTS it attaches to them come from the packets and are swapped in pairs (1, 4, 3, 6, 5,
-    # ...), so sorting by them would scramble the clip. In such streams a decoded frame is named by
-    # its position in the decoder's output, counted from a keyframe whose position is known.
-    output_order: bool = False
-    # Display position of each keyframe in ``key_pts`` (packed streams only). A keyframe's stamp
-    # alone does not give it: the B-frames packed with an I-frame are shown before it, so it sits
-    # that many places later than its stamp sorts.
-    key_pos: np.ndarray | None = None
-
-
-# A VOP (video object plane, one coded frame) start code; a packet with two of them is packed.
-_MPEG4_VOP_START = b"\x00\x00\x01\xb6"
-
-
-_INDEX_CACHE: "OrderedDict[tuple, _Index]" = OrderedDict()
-_ROTATION_CACHE: dict[tuple, int] = {}
-_INDEX_CACHE_SIZE = 4096
-_INDEX_LOCK = threading.Lock()
 
 
 def _ffmpeg_reason(exc: BaseException) -> str:
@@ -521,7 +309,7 @@ class PyAVReader(VideoReader):
         crops: Sequence[ResizedCrop] | Callable[[int, int], Sequence[ResizedCrop]],
     ) -> list[np.ndarray]:
         """Decode the union of ``clips`` (frame indices each) once, cropping and resizing every frame
-        while it is decoded (:mod:`tubelet.data.decode_crop`); one uint8 ``(3, T, h, w)`` per clip.
+        while it is decoded (:mod:`tubelet.data.decoding.crop`); one uint8 ``(3, T, h, w)`` per clip.
 
         ``crops``: one :class:`ResizedCrop` per clip in displayed pixels, or ``f(height, width) ->
         crops`` called with the displayed size once the first frame is decoded.
@@ -689,112 +477,3 @@ class PyAVReader(VideoReader):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: av may already be gone
             self.close()
-
-
-def torchcodec_available() -> bool:
-    try:
-        import torchcodec.decoders  # noqa: F401
-    except Exception:  # ImportError, or OSError when FFmpeg's shared libraries are missing
-        return False
-    return True
-
-
-_TC_APPLIES_ROTATION: dict[tuple, bool] = {}
-
-
-class TorchCodecReader(PyAVReader):
-    """:class:`VideoReader` whose pixels come from torchcodec's ``VideoDecoder``.
-
-    The frame table, timing, rotation and error semantics are those of :class:`PyAVReader` (the same
-    packet-PTS index), so frame ``i`` is the same frame with either backend; torchcodec decodes the
-    wanted frames in one batched call (``get_frames_played_at`` at each frame's own PTS). Whether
-    this torchcodec build applies the display rotation itself is checked once per file against
-    PyAV's first frame. It needs FFmpeg's shared libraries on the system.
-    """
-
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
-        super().__init__(path, threads=threads)
-        self._decoder = None
-        self._tc_pid: int | None = None
-        self._ensure_decoder()  # a file torchcodec cannot open fails here, as with PyAV
-
-    def _ensure_decoder(self):
-        pid = os.getpid()
-        if self._decoder is None or self._tc_pid != pid:
-            from torchcodec.decoders import VideoDecoder
-
-            try:
-                self._decoder = VideoDecoder(
-                    self.path, seek_mode="exact", num_ffmpeg_threads=self.threads, dimension_order="NHWC"
-                )
-            except Exception as exc:
-                raise VideoError(self.path, f"cannot open with torchcodec: {type(exc).__name__}: {exc}") from exc
-            self._tc_pid = pid
-        return self._decoder
-
-    def _play(self, pts: np.ndarray) -> np.ndarray:
-        """Frames displayed at the given PTS, ``(N, H, W, 3)`` uint8 as torchcodec returns them."""
-        tb = self._index.time_base
-        # Each frame's own start time, nudged inside its display interval against float rounding.
-        secs = [float(int(p) * tb) + 1e-6 for p in pts]
-        try:
-            batch = self._ensure_decoder().get_frames_played_at(seconds=secs)
-        except Exception as exc:
-            raise VideoError(self.path, f"corrupt data while decoding: {type(exc).__name__}: {exc}") from exc
-        data = batch.data
-        return data.numpy() if hasattr(data, "numpy") else np.asarray(data)
-
-    def _applies_rotation(self) -> bool:
-        rot = self.rotation
-        if rot == 0:
-            return True
-        hit = _TC_APPLIES_ROTATION.get(self._key)
-        if hit is None:
-            tc0 = self._play(self._index.pts[:1])[0]
-            av0 = PyAVReader._decode_into(self, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))[0]
-            hit = tc0.shape == av0.shape and (rot != 180 or np.array_equal(tc0, av0))
-            _TC_APPLIES_ROTATION[self._key] = hit
-        return hit
-
-    def _decode_into(self, unique_sorted: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-        if self._index.output_order:
-            # Packed B-frames: torchcodec times these frames by its own best-effort timestamps,
-            # which name different frames than the index does, and it cannot decode the last
-            # one; PyAV decodes them by output order.
-            return PyAVReader._decode_into(self, unique_sorted, inverse)
-        frames = self._play(self._index.pts[unique_sorted])
-        if not self._applies_rotation():
-            frames = _rotate(frames, self.rotation)
-        return frames[inverse]
-
-    def get_resized_clips(self, clips, crops) -> list[np.ndarray]:
-        # torchcodec decodes the frames; the crop runs on them (VideoReader's path), not PyAV's.
-        return VideoReader.get_resized_clips(self, clips, crops)
-
-    def close(self) -> None:
-        super().close()
-        self._decoder = None
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_decoder"] = None
-        state["_tc_pid"] = None
-        return state
-
-
-def open_video(path: str | os.PathLike, backend: str = "pyav", threads: int = 1) -> VideoReader:
-    """Open ``path`` for frame-accurate reading.
-
-    ``backend``: ``"pyav"`` (default), ``"torchcodec"`` (error when not importable) or ``"auto"``
-    (torchcodec when importable, else PyAV). Raises :class:`VideoError` naming the file and the
-    reason when it is missing, empty, not a video, truncated or unreadable.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got '{backend}'")
-    if backend == "torchcodec" or (backend == "auto" and torchcodec_available()):
-        if backend == "torchcodec" and not torchcodec_available():
-            raise VideoError(
-                path, "backend 'torchcodec' requested but torchcodec (or FFmpeg's libraries) is not importable"
-            )
-        return TorchCodecReader(path, threads=threads)
-    return PyAVReader(path, threads=threads)

@@ -1,0 +1,155 @@
+"""The reader interface every source of frames keeps: exact rational timing, access by index or by time
+window, and crops taken while decoding."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tubelet.data.decoding.crop import CropWriter, ResizedCrop
+from tubelet.errors import VideoError
+
+
+@dataclass(frozen=True)
+class VideoMetadata:
+    """What a reader knows about a video stream.
+
+    ``width``/``height`` are the *displayed* size, after rotation. ``rotation`` is the clockwise
+    rotation in degrees (0, 90, 180 or 270) applied to the coded frames for display.
+    ``duration`` is the end of the last frame: ``t_last + 1 / fps``.
+    """
+
+    path: str
+    num_frames: int
+    fps: Fraction
+    duration: Fraction
+    width: int
+    height: int
+    rotation: int
+    codec: str
+
+
+def to_cthw(frames: np.ndarray):
+    """``(T, H, W, C)`` uint8 numpy frames -> ``(C, T, H, W)`` uint8 torch tensor (contiguous)."""
+    import torch
+
+    if frames.ndim != 4:
+        raise ValueError(f"expected frames (T, H, W, C), got shape {tuple(frames.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoError(path, "file not found")
+    if path.is_dir():
+        raise VideoError(path, "is a directory, not a video file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise VideoError(path, f"cannot stat file: {exc}") from exc
+    if size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise VideoError(path, "file is not readable (permission denied)")
+
+
+def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate ``(T, H, W, C)`` frames clockwise by ``rotation`` degrees (multiple of 90)."""
+    if rotation == 0:
+        return frames
+    # np.rot90 turns counter-clockwise for positive k; axes (1, 2) are (H, W).
+    return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))
+
+
+class VideoReader(ABC):
+    """Frame-accurate access to one video stream (a file, a frame folder or an image).
+
+    Subclasses provide the metadata, the sorted frame timestamps, the window lookup and
+    ``_decode(indices)``; frame selection, validation and de-duplication live here once.
+    """
+
+    path: str
+
+    @property
+    @abstractmethod
+    def metadata(self) -> VideoMetadata: ...
+
+    @property
+    def num_frames(self) -> int:
+        return self.metadata.num_frames
+
+    @property
+    def fps(self) -> Fraction:
+        return self.metadata.fps
+
+    @property
+    def duration(self) -> Fraction:
+        return self.metadata.duration
+
+    @property
+    @abstractmethod
+    def timestamps(self) -> list[Fraction]:
+        """Presentation time of every frame in seconds, sorted, first frame at 0."""
+
+    @abstractmethod
+    def indices_in(self, start: Fraction | float, end: Fraction | float) -> np.ndarray:
+        """Indices of the frames with ``start <= t_i < end`` (int64, ascending)."""
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(len(indices), H, W, 3)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = self.num_frames
+        if idx.size == 0:
+            m = self.metadata
+            return np.zeros((0, m.height, m.width, 3), dtype=np.uint8)
+        if idx.min() < 0 or idx.max() >= n:
+            raise IndexError(f"{self.path}: frame indices must be in [0, {n}), got {idx.min()}..{idx.max()}")
+        unique, inverse = np.unique(idx, return_inverse=True)
+        decoded = self._decode(unique)
+        return decoded[inverse]
+
+    def get_resized_clips(
+        self,
+        clips: Sequence[np.ndarray],
+        crops: Sequence[ResizedCrop] | Callable[[int, int], Sequence[ResizedCrop]],
+    ) -> list[np.ndarray]:
+        """Clips of frame indices, each cropped, resized and flipped as its :class:`ResizedCrop` says:
+        one uint8 ``(3, T, h, w)`` per clip. ``crops`` may be ``f(height, width) -> crops`` of the
+        displayed size. Here: :meth:`get_frames`, then FFmpeg's scaler on the RGB frames; the PyAV
+        reader crops while decoding instead."""
+        from av.video.frame import VideoFrame
+
+        idx = [np.asarray(c, dtype=np.int64).reshape(-1) for c in clips]
+        if not idx or any(c.size == 0 for c in idx):
+            raise ValueError(f"{self.path}: every clip needs at least one frame index")
+        allidx = np.concatenate(idx)
+        frames = self.get_frames(allidx)  # (N, H, W, 3), displayed orientation
+        clip_of = np.repeat(np.arange(len(idx)), [len(c) for c in idx])
+        writer = CropWriter(len(allidx), clip_of, crops, lambda: 0)
+        for pos in range(len(allidx)):  # one scaler call per frame
+            writer.write(VideoFrame.from_ndarray(np.ascontiguousarray(frames[pos]), format="rgb24"), [pos])
+        return writer.result()
+
+    def get_clip(self, start: Fraction | float, end: Fraction | float) -> tuple[np.ndarray, np.ndarray]:
+        """Frames in the half-open window ``[start, end)`` seconds and their indices."""
+        idx = self.indices_in(start, end)
+        return self.get_frames(idx), idx
+
+    @abstractmethod
+    def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(unique_sorted), H, W, 3)`` for sorted, unique, in-range indices."""
+
+    def close(self) -> None:  # noqa: B027 - readers without resources have nothing to release
+        return None
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
