@@ -151,26 +151,26 @@ def _batch(B=3, V=2, seed=0):
 
 def test_queue_fifo_wraps():
     m = build_method(_recipe("moco", proj_dim=2))
-    K = m.queue.shape[0]  # 10 slots
+    K = m.objective.queue.shape[0]  # 10 slots
     batches = []
     for i in range(3):  # 3 batches of 4 distinct keys: 12 writes wrap around once
         k = torch.stack([torch.ones(4), torch.arange(4.0) + 10 * i + 1], dim=1)
         batches.append(F.normalize(k, dim=1))
-        m.enqueue(k)
-    assert int(m.queue_ptr) == 12 % K
-    torch.testing.assert_close(m.queue[0:2], batches[2][2:4])  # the oldest slots were overwritten
-    torch.testing.assert_close(m.queue[2:4], batches[0][2:4])
-    torch.testing.assert_close(m.queue[4:8], batches[1])
-    torch.testing.assert_close(m.queue[8:10], batches[2][0:2])
+        m.objective.enqueue(k)
+    assert int(m.objective.queue_ptr) == 12 % K
+    torch.testing.assert_close(m.objective.queue[0:2], batches[2][2:4])  # the oldest slots were overwritten
+    torch.testing.assert_close(m.objective.queue[2:4], batches[0][2:4])
+    torch.testing.assert_close(m.objective.queue[4:8], batches[1])
+    torch.testing.assert_close(m.objective.queue[8:10], batches[2][0:2])
 
 
 def test_moco_step_does_not_use_own_keys():
     m = build_method(_recipe("moco"))
-    before = m.queue.clone()
+    before = m.objective.queue.clone()
     out = m(_batch())
     # the loss was computed with the queue as it was; the keys went in afterwards
-    assert not torch.equal(before, m.queue)
-    assert int(m.queue_ptr) == 6  # V*B = 6 keys enqueued
+    assert not torch.equal(before, m.objective.queue)
+    assert int(m.objective.queue_ptr) == 6  # V*B = 6 keys enqueued
     assert torch.isfinite(out["loss"])
 
 
@@ -200,10 +200,10 @@ def test_momentum_update_moves_target_toward_source():
 def test_swav_prototypes_frozen_first_epoch():
     m = build_method(_recipe("swav", freeze_prototypes_steps=1))
     m(_batch())["loss"].backward()
-    assert m.prototypes.weight.grad is None  # step 1: frozen
+    assert m.objective.prototypes.weight.grad is None  # step 1: frozen
     m.zero_grad()
     m(_batch(seed=1))["loss"].backward()
-    assert m.prototypes.weight.grad is not None and m.prototypes.weight.grad.abs().sum() > 0
+    assert m.objective.prototypes.weight.grad is not None and m.objective.prototypes.weight.grad.abs().sum() > 0
 
 
 def test_simclr_gradients_reach_both_views():

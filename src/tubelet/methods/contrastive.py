@@ -38,6 +38,7 @@ Any registry backbone works: the encoder uses its pooled pre-logits feature,
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -272,6 +273,117 @@ def _views_first(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).flatten(0, 1)
 
 
+# --------------------------------------------------------------------------------------------------
+# the four frameworks: each owns its state and its loss
+# --------------------------------------------------------------------------------------------------
+
+
+class Objective(nn.Module):
+    """What differs between the frameworks: their state (MoCo's queue, SwAV's prototypes), what the
+    keys become before the loss (SwAV's codes) and the loss itself. ``q``, ``k``: ``(V, B, d)``."""
+
+    def begin_step(self) -> None:
+        """Before a training step's forward."""
+
+    def targets(self, k: torch.Tensor, step: int) -> torch.Tensor:
+        return k
+
+    @abstractmethod
+    def loss(self, q: torch.Tensor, target: torch.Tensor, positives: str, step: int) -> torch.Tensor: ...
+
+    def end_step(self, k: torch.Tensor) -> None:
+        """After a training step's loss, with its keys."""
+
+
+class SimCLRObjective(Objective):
+    """Multi-positive InfoNCE over the global batch (Eq. 1); keys carry gradients unless they come from
+    a momentum encoder."""
+
+    def __init__(self, temperature: float, detach_keys: bool) -> None:
+        super().__init__()
+        self.temperature, self.detach_keys = temperature, detach_keys
+
+    def loss(self, q, target, positives, step):
+        return info_nce_global(q, target.detach() if self.detach_keys else target, self.temperature, positives)
+
+
+class MoCoObjective(Objective):
+    """InfoNCE against a FIFO queue of keys, enqueued after the loss."""
+
+    def __init__(self, temperature: float, dim: int, queue_size: int) -> None:
+        super().__init__()
+        self.temperature = temperature
+        bound = math.sqrt(3.0 / dim)  # U[-sqrt(3/d), sqrt(3/d)] as the reference (0.1531 at d = 128)
+        self.register_buffer("queue", torch.empty(queue_size, dim).uniform_(-bound, bound))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def loss(self, q, target, positives, step):
+        return info_nce_queue(q, target.detach(), self.queue.clone(), self.temperature, positives)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """FIFO: write ``keys (n, d)`` (normalised, all processes) at the pointer, wrapping around."""
+        keys = gather(F.normalize(keys.detach().float(), dim=-1), with_grad=False)
+        K = self.queue.shape[0]
+        n = keys.shape[0]
+        if n > K:
+            keys, n = keys[-K:], K
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % K
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + n) % K)
+
+    def end_step(self, k: torch.Tensor) -> None:
+        if self.training:
+            self.enqueue(k.flatten(0, 1))
+
+
+class BYOLObjective(Objective):
+    """``2 - 2 cos(q, k)`` against the momentum target's keys."""
+
+    def loss(self, q, target, positives, step):
+        return byol_loss(q, target.detach(), positives)
+
+
+class SwAVObjective(Objective):
+    """Swapped prediction of Sinkhorn codes over L2-normalised prototypes, frozen for the first epoch."""
+
+    def __init__(self, temperature: float, dim: int, num_prototypes: int, freeze_steps: int, eps: float,
+                 iters: int) -> None:
+        super().__init__()
+        self.temperature, self.freeze_steps, self.eps, self.iters = temperature, freeze_steps, eps, iters
+        self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
+
+    def begin_step(self) -> None:
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def scores(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        w = self.prototypes.weight
+        if step <= self.freeze_steps and self.training:
+            w = w.detach()  # prototypes frozen during the first epoch (SwAV / rho-SSL)
+        return F.normalize(z, dim=-1) @ w.t()
+
+    @torch.no_grad()
+    def targets(self, k: torch.Tensor, step: int) -> torch.Tensor:
+        scores_k = self.scores(k.detach().flatten(0, 1), step).view(*k.shape[:2], -1)
+        return torch.stack([sinkhorn(s, self.eps, self.iters) for s in scores_k])
+
+    def loss(self, q, target, positives, step):
+        return swav_loss(self.scores(q.flatten(0, 1), step).view(*q.shape[:2], -1), target, self.temperature,
+                         positives)
+
+
+# framework -> its objective, from the resolved config, whether keys come from a momentum encoder, and
+# the prototype-freeze length
+OBJECTIVES: dict[str, Any] = {
+    "simclr": lambda cfg, momentum, freeze: SimCLRObjective(float(cfg.temperature), detach_keys=momentum),
+    "moco": lambda cfg, momentum, freeze: MoCoObjective(float(cfg.temperature), cfg.proj_dim, cfg.queue_size),
+    "byol": lambda cfg, momentum, freeze: BYOLObjective(),
+    "swav": lambda cfg, momentum, freeze: SwAVObjective(float(cfg.temperature), cfg.proj_dim, cfg.num_prototypes,
+                                                        freeze, cfg.sinkhorn_eps, cfg.sinkhorn_iters),
+}
+
+
 class Contrastive(nn.Module):
     """One rho-SSL framework. ``forward(batch)`` with ``batch["video"] (B, V, C, T, H, W)`` (V >= 2) and
     optional ``target`` (B, V, ...), ``small`` (B, V, n, C, T, s, s), ``mix`` (B, V, ...) returns
@@ -303,12 +415,7 @@ class Contrastive(nn.Module):
                 p.requires_grad_(False)
         elif cfg.asym_bn:
             self.projector = sync_batchnorm(self.projector)
-        if self.framework == "moco":
-            bound = math.sqrt(3.0 / cfg.proj_dim)  # U[-sqrt(3/d), sqrt(3/d)] as the reference (0.1531 at d = 128)
-            self.register_buffer("queue", torch.empty(cfg.queue_size, cfg.proj_dim).uniform_(-bound, bound))
-            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        if self.framework == "swav":
-            self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
+        self.objective: Objective = OBJECTIVES[cfg.framework](cfg, self.uses_momentum, self.freeze_prototypes_steps)
 
     # -- momentum target ----------------------------------------------------------------------------
     def current_momentum(self) -> float:
@@ -325,19 +432,6 @@ class Contrastive(nn.Module):
             torch._foreach_mul_(pt, m)
             torch._foreach_add_(pt, ps, alpha=1.0 - m)
         return m
-
-    # -- queue --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """FIFO: write ``keys (n, d)`` (normalised, all processes) at the pointer, wrapping around."""
-        keys = gather(F.normalize(keys.detach().float(), dim=-1), with_grad=False)
-        K = self.queue.shape[0]
-        n = keys.shape[0]
-        if n > K:
-            keys, n = keys[-K:], K
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % K
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % K)
 
     # -- encoders -----------------------------------------------------------------------------------
     def source_embed(self, x: torch.Tensor, views: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,24 +451,9 @@ class Contrastive(nn.Module):
         h = pooled_source if pooled_source is not None else pooled(self.backbone, x)
         return project_views(self.projector, h, views, joint=self.cfg.asym_bn)
 
-    def prototype_scores(self, z: torch.Tensor) -> torch.Tensor:
-        w = self.prototypes.weight
-        if int(self.step) <= self.freeze_prototypes_steps and self.training:
-            w = w.detach()  # prototypes frozen during the first epoch (SwAV / rho-SSL)
-        return F.normalize(z, dim=-1) @ w.t()
-
-    # -- loss ---------------------------------------------------------------------------------------
-    def criterion(self, q: torch.Tensor, k: torch.Tensor, positives: str) -> torch.Tensor:
-        """q: (V, B, d) queries; k: (V, B, d) keys, or (V, B, K) codes for SwAV."""
-        if self.framework == "simclr":
-            if self.uses_momentum:
-                return info_nce_global(q, k.detach(), self.temperature, positives)
-            return info_nce_global(q, k, self.temperature, positives)
-        if self.framework == "moco":
-            return info_nce_queue(q, k.detach(), self.queue.clone(), self.temperature, positives)
-        if self.framework == "byol":
-            return byol_loss(q, k.detach(), positives)
-        return swav_loss(self.prototype_scores(q.flatten(0, 1)).view(*q.shape[:2], -1), k, self.temperature, positives)
+    def criterion(self, q: torch.Tensor, target: torch.Tensor, positives: str) -> torch.Tensor:
+        """q: (V, B, d) queries; target: (V, B, d) keys, or (V, B, K) codes for SwAV."""
+        return self.objective.loss(q, target, positives, int(self.step))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         video = batch["video"]
@@ -386,9 +465,7 @@ class Contrastive(nn.Module):
         B, V = video.shape[:2]
         out: dict[str, torch.Tensor] = {}
         if self.training and torch.is_grad_enabled():
-            if self.framework == "swav":
-                with torch.no_grad():
-                    self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+            self.objective.begin_step()
             if self.uses_momentum:
                 out["momentum"] = torch.tensor(self.momentum_update())
             self.step += 1
@@ -407,12 +484,7 @@ class Contrastive(nn.Module):
         if self.cfg.mean_enc:
             k = mean_of_others(k)
             positives = "same"
-        if self.framework == "swav":
-            with torch.no_grad():
-                scores_k = self.prototype_scores(k.detach().flatten(0, 1)).view(V, B, -1)
-                target = torch.stack([sinkhorn(s, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_iters) for s in scores_k])
-        else:
-            target = k
+        target = self.objective.targets(k, int(self.step))
         loss = self.criterion(q, target, positives)
         if "small" in batch:  # MultiCrop: small source crops as extra queries with the same positives
             small = batch["small"]  # (B, V, n, C, T, s, s)
@@ -423,8 +495,7 @@ class Contrastive(nn.Module):
             w_main, w_small = multicrop_weights(n)
             loss = w_main * loss + w_small * sum(self.criterion(qs[s], target, positives) for s in range(n))
             out["small_crops"] = torch.tensor(float(n))
-        if self.framework == "moco" and self.training:
-            self.enqueue(k.flatten(0, 1))
+        self.objective.end_step(k)
         with torch.no_grad():
             pm = positive_mask(V, positives, q.device)
             cos = torch.einsum("ibd,jbd->bij", F.normalize(q.detach(), dim=-1), F.normalize(k.detach(), dim=-1))
