@@ -14,16 +14,17 @@ other recipe sections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from tubelet.config.schema import Recipe
+from tubelet.core.batch import Batch
 
 
 @runtime_checkable
 class Method(Protocol):
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from torch import nn
 
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
+from tubelet.core.batch import Batch
 from tubelet.errors import ConfigError
 from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
@@ -455,7 +456,7 @@ class Contrastive(nn.Module):
         """q: (V, B, d) queries; target: (V, B, d) keys, or (V, B, K) codes for SwAV."""
         return self.objective.loss(q, target, positives, int(self.step))
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         video = batch["video"]
         if video.ndim != 6 or video.shape[1] < 2:
             raise ValueError(

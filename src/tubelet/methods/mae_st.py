@@ -43,6 +43,7 @@ from torch import nn
 
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
+from tubelet.core.batch import Batch
 from tubelet.data.masking import TokenMask, mask_tokens
 from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
@@ -265,7 +266,7 @@ class MAEST(nn.Module):
         target = self.targets(video, mask.masked)  # (B, M, target_dim), only removed tokens
         return (pred.float() - target.float()).pow(2).mean()
 
-    def forward(self, batch: dict, mask: TokenMask | None = None) -> dict:
+    def forward(self, batch: Batch, mask: TokenMask | None = None) -> dict:
         video = batch["video"]
         if video.ndim == 6:  # repeated sampling: (B, r, C, T, H, W) -> (B*r, C, T, H, W)
             video = video.flatten(0, 1)

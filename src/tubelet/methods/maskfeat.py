@@ -49,6 +49,7 @@ from torch import nn
 
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
+from tubelet.core.batch import Batch
 from tubelet.data.masking import MASKFEAT_MASK_TYPES, maskfeat_masks, upsample_unit_mask
 from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
@@ -196,7 +197,7 @@ class MaskFeat(nn.Module):
             raise ValueError(f"backbone gave {tokens.shape[1]} tokens for a {out} output grid")
         return self.head(self.head_norm(tokens)), out_mask
 
-    def forward(self, batch: dict, mask: torch.Tensor | None = None) -> dict:
+    def forward(self, batch: Batch, mask: torch.Tensor | None = None) -> dict:
         video = batch["video"]
         if video.ndim == 6:  # repeated sampling: (B, r, C, T, H, W) -> (B*r, C, T, H, W)
             video = video.flatten(0, 1)

@@ -20,6 +20,7 @@ from torch import nn
 
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
+from tubelet.core.batch import Batch
 from tubelet.errors import ConfigError
 from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
@@ -51,7 +52,7 @@ class Supervised(nn.Module):
         feats = self.backbone.forward_head(self.backbone.forward_features(video), pre_logits=True)
         return self.backbone.head(self.head_drop(feats))
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         video, label = batch["video"], batch["label"]
         if video.dim() == 6:  # repeated sampling: (B, r, C, T, H, W) -> (B*r, C, T, H, W)
             B, r = video.shape[:2]
