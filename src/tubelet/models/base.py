@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
 Grid = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The fields every variant config shares: input, classifier and regularisation. A family's config
+    subclasses it and may redeclare a field to change its default."""
+
+    in_chans: int = 3
+    num_classes: int = 400  # 0: no classifier (the pooled feature is the output)
+    num_frames: int = 16  # build-time input length (sizes position tables)
+    img_size: int = 224
+    drop_path_rate: float = 0.0  # stochastic depth of the last block
+    head_dropout: float = 0.0  # dropout before the classifier
 
 
 @runtime_checkable

@@ -28,13 +28,14 @@ from tubelet.models.layers.drop_path import DropPath
 from tubelet.models.layers.mlp import Mlp
 from tubelet.models.layers.pool_attention import Grid, PoolingAttention, conv_out_size, pool_grid, pool_tokens
 from tubelet.models.layers.rel_pos import interpolate_rel_pos
+from tubelet.models.base import BackboneConfig
 from tubelet.models.registry import register_model
 
 HEAD_POOLS = ("cls", "mean", "mean_norm")
 
 
 @dataclass(frozen=True)
-class MViTConfig:
+class MViTConfig(BackboneConfig):
     """One MViTv2 variant. Defaults are MViTv2-S 16x4 (Kinetics-400) as in PySlowFast's config."""
 
     depth: int = 16
@@ -44,10 +45,6 @@ class MViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     dim_mul_in_att: bool = True  # width doubles in the transition's attention (v2); False: in the MLP before
-    num_classes: int = 400
-    num_frames: int = 16  # build-time input; sizes the relative-position tables
-    img_size: int = 224
-    in_chans: int = 3
     video: bool = True  # False: image model (Conv2d stem, 2-D pooling, no temporal term)
     patch_kernel: tuple[int, int, int] = (3, 7, 7)
     patch_stride: tuple[int, int, int] = (2, 4, 4)

@@ -22,13 +22,14 @@ from torch import nn
 
 from tubelet.models.heads import ClassifierHead
 from tubelet.models.layers import DropPath
+from tubelet.models.base import BackboneConfig
 from tubelet.models.registry import register_model
 
 __all__ = ["ResNet3dConfig", "ResNet3d", "Bottleneck3d"]
 
 
-@dataclass
-class ResNet3dConfig:
+@dataclass(frozen=True)
+class ResNet3dConfig(BackboneConfig):
     """One Slow-only ResNet variant; ``num_frames``/``img_size`` are accepted for the recipe interface
     (the network is fully convolutional and takes any input size)."""
 
@@ -37,11 +38,7 @@ class ResNet3dConfig:
     temporal_kernels: list[int] = field(default_factory=lambda: [1, 1, 3, 3])  # first conv of each block
     stem_temporal_kernel: int = 1
     expansion: int = 4
-    in_chans: int = 3
-    num_classes: int = 400
     num_frames: int = 8
-    img_size: int = 224
-    drop_path_rate: float = 0.0
     head_dropout: float = 0.5
     head_init_std: float = 0.01
     zero_init_last_bn: bool = True

@@ -23,21 +23,19 @@ from torch.utils.checkpoint import checkpoint
 
 from tubelet.models.heads import ClassifierHead, pool_tokens
 from tubelet.models.layers import Attention, DropPath, Mlp, PatchEmbed3d, SeparablePosEmbed
+from tubelet.models.base import BackboneConfig
 from tubelet.models.registry import register_model
 
 __all__ = ["Block", "ViTConfig", "VisionTransformer"]
 
 
-@dataclass
-class ViTConfig:
+@dataclass(frozen=True)
+class ViTConfig(BackboneConfig):
     """One space-time ViT variant. ``img_size``/``num_frames`` only size the position tables at build
     time; other inputs work too (tables are interpolated)."""
 
-    img_size: int = 224
-    num_frames: int = 16
     patch_size: int = 16
     tubelet_size: int = 2
-    in_chans: int = 3
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -45,13 +43,10 @@ class ViTConfig:
     qkv_bias: bool = True
     drop_rate: float = 0.0  # dropout after the attention and MLP output projections
     attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0  # stochastic depth of the last block; rises linearly from 0
     pos_embed: str = "learned"  # "learned" | "sincos" (fixed); both separable space + time
     class_token: bool = True
     global_pool: str = "avg"  # "avg" (mean of patch tokens) | "token" (CLS)
     fc_norm: bool = False  # True: the final LayerNorm acts on the pooled feature instead of the tokens
-    num_classes: int = 400
-    head_dropout: float = 0.0
     head_init_std: float = 0.02
     norm_eps: float = 1e-6
     fused_attn: bool = True  # F.scaled_dot_product_attention; False: explicit softmax(qk^T)v
