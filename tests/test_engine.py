@@ -15,7 +15,8 @@ from tubelet.config.loader import load_recipe
 from tubelet.engine import FitResult, fit
 from tubelet.engine.checkpoint import find_latest_checkpoint, load_checkpoint
 from tubelet.engine.datamodule import ResumableSampler
-from tubelet.engine.module import count_clips, topk_correct
+from tubelet.engine.module import count_clips
+from tubelet.eval.multiview import topk_correct
 from tubelet.errors import TubeletError
 from tubelet.models.registry import create_model, list_models, register_model
 from tubelet.models.weights import read_state_dict

@@ -9,7 +9,9 @@ from torch import nn
 
 from tubelet.engine.checkpoint import save_checkpoint, save_safetensors
 from tubelet.errors import CheckpointError, ConfigError
-from tubelet.eval.multiview import confusion_matrix, evaluate, topk_accuracy, view_scores
+from tubelet.engine import evaluate
+from tubelet.eval.multiview import confusion_matrix, topk_accuracy, view_scores
+from tubelet.report import save_test_figures
 
 K = 6
 
@@ -88,6 +90,7 @@ def test_evaluate_loads_weights_and_writes_report(tmp_path):
     assert [p["index"] for p in res["predictions"]] == [0, 1, 2]
     assert res["predictions"][1]["score"] == pytest.approx(max(hand_scores[1]), abs=1e-6)
     png = tmp_path / "run" / "report" / "confusion.png"
+    assert save_test_figures(res) == png
     assert res["confusion_png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "run" / "report" / "test_results.json").is_file()
 
@@ -131,3 +134,51 @@ def test_unreadable_test_videos_are_left_out_and_reported(tmp_path):
     assert res["num_videos"] == 2 and [p["index"] for p in res["predictions"]] == [0, 2]
     assert res["bad_samples"] == [[1, "clips/broken.mp4", "moov atom not found"]]
     assert res["top1"] == 0.0 and res["top5"] == 0.5  # video 0: class 0 in top 5; video 2: not
+
+
+def test_evaluate_runs_the_method_and_the_clips_on_the_trainers_device(tmp_path, monkeypatch):
+    # `tubelet test` used to leave the method and every batch where they were, whatever
+    # trainer.accelerator said. A recording stand-in for the device checks both moves.
+    import importlib
+
+    ev = importlib.import_module("tubelet.engine.evaluate")  # the module (the package exports the function)
+    moved: list[str] = []
+    real_to = torch.Tensor.to
+
+    def tensor_to(self, *args, **kwargs):
+        if args and args[0] == "marker":
+            moved.append("batch")
+            return real_to(self, "cpu", **kwargs)
+        return real_to(self, *args, **kwargs)
+
+    class Marker:
+        type = "cpu"
+
+        def __eq__(self, other):
+            return other == "marker"
+
+        __hash__ = object.__hash__
+
+    marker = Marker()
+    seen: list[str] = []
+    monkeypatch.setattr(ev, "resolve_device", lambda accelerator: seen.append(accelerator) or marker)
+    monkeypatch.setattr(torch.Tensor, "to", tensor_to)
+    method = Reader(1.0)
+    real_module_to = nn.Module.to
+    monkeypatch.setattr(nn.Module, "to", lambda self, *a, **k: moved.append(f"method:{a[0] is marker}") or self)
+    recipe = toy_recipe(tmp_path / "run")
+    recipe.trainer.accelerator = "gpu"
+    data = ToyViews(torch.stack([_views(v) for v in LOGITS]), torch.tensor(LABELS))
+    evaluate(recipe, None, method=method, dataset=data, batch_size=2)
+    monkeypatch.setattr(nn.Module, "to", real_module_to)
+    assert seen == ["gpu"]
+    assert "method:True" in moved and moved.count("batch") == 2  # two batches of 2 + 1 videos
+
+
+def test_an_accelerator_that_is_not_there_is_a_config_error():
+    from tubelet.engine.evaluate import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu"):
+            resolve_device("gpu")

@@ -52,7 +52,7 @@ def test_malicious_pickle_refused_on_every_load_path(tmp_path, evil_files):
         load_checkpoint,
         safe_torch_load,
     )
-    from tubelet.eval.multiview import load_method_weights
+    from tubelet.engine.evaluate import load_method_weights
     from tubelet.models.convert import read_foreign_state_dict
     from tubelet.models.weights import load_weights, read_state_dict
 

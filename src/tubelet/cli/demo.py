@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from tubelet.data.builder import build_dataset
     from tubelet.engine import evaluate, fit
     from tubelet.methods import build_method
-    from tubelet.report import format_table, write_report
+    from tubelet.report import format_table, save_test_figures, write_report
     from tubelet.report.figures import ReconstructionCallback
 
     out = Path(args.out)
@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             "train_s": f"{train_s:.1f}",
             "test_clips": int(result["num_videos"]),
         })
+        save_test_figures(result)
         confusions[stage.label] = np.asarray(result["confusion"])
         samples[stage.label] = _pick_samples(datasets["test"], result["predictions"], names)
     chance = 1.0 / max(1, len(names))

@@ -31,8 +31,11 @@ def format_table(results: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tubelet.eval.multiview import evaluate
+    from tubelet.engine import evaluate
+    from tubelet.report import save_test_figures
 
     recipe = load_from_args(args)
-    print(format_table(evaluate(recipe, args.checkpoint)))
+    results = evaluate(recipe, args.checkpoint)
+    save_test_figures(results)
+    print(format_table(results))
     return 0

@@ -25,6 +25,7 @@ from tubelet.engine.distributed import all_gather_objects, all_reduce_sum
 from tubelet.engine.optim import build_optimizer, resolve_lr
 from tubelet.engine.schedules import WarmupCosine
 from tubelet.errors import ConfigError, TubeletError
+from tubelet.eval.multiview import topk_correct, view_scores
 
 NONFINITE = ("stop", "skip")
 
@@ -32,16 +33,6 @@ NONFINITE = ("stop", "skip")
 def count_clips(video: torch.Tensor) -> int:
     """Clips in a batch: ``B`` for ``(B,C,T,H,W)``, ``B*r`` for repeated sampling ``(B,r,C,T,H,W)``."""
     return int(video.shape[0] * video.shape[1]) if video.ndim == 6 else int(video.shape[0])
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
-    """Number of rows whose label is among the top-k scores, for each k (k capped at the class count)."""
-    if labels.ndim == 2:  # soft targets: the argmax is the label
-        labels = labels.argmax(dim=1)
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
-    hit = top == labels.view(-1, 1)
-    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
 
 
 class TubeletModule(pl.LightningModule):
@@ -201,8 +192,7 @@ class TubeletModule(pl.LightningModule):
             return
         video, labels = batch["video"], batch["label"]
         if video.ndim == 6:  # (B, V, C, T, H, W) views: average the softmax scores per video
-            b, v = video.shape[:2]
-            scores = self.method.classify(video.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1)
+            scores = view_scores(self.method.classify, video)
         else:
             scores = self.method.classify(video).float()
         top1, top5 = topk_correct(scores, labels)

@@ -14,17 +14,12 @@ clip ``(C, T, H, W)`` counts as one view. The default collate stacks them to ``(
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterable
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from tubelet.config.schema import Recipe
-from tubelet.errors import CheckpointError, ConfigError, TubeletError
-from tubelet.report import plot_confusion
+from tubelet.errors import TubeletError
 
 
 def view_scores(classify: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor) -> torch.Tensor:
@@ -38,11 +33,20 @@ def view_scores(classify: Callable[[torch.Tensor], torch.Tensor], video: torch.T
     return logits.softmax(dim=-1).view(b, v, -1).mean(dim=1)
 
 
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of rows whose label is among the top-k scores, for each k (k capped at the class count);
+    soft ``(N, K)`` labels count by their argmax."""
+    if labels.ndim == 2:
+        labels = labels.argmax(dim=1)
+    maxk = min(max(ks), scores.shape[1])
+    hit = scores.topk(maxk, dim=1).indices == labels.view(-1, 1)
+    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of rows whose label is among the ``k`` highest scores (k capped at the class count)."""
-    k = min(k, scores.shape[1])
-    top = scores.topk(k, dim=1).indices
-    return (top == labels.view(-1, 1)).any(dim=1).float().mean().item()
+    (correct,) = topk_correct(scores, labels, (k,))
+    return correct.float().item() / max(1, labels.shape[0])
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -51,124 +55,28 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def load_method_weights(method: nn.Module, checkpoint: str | Path) -> str:
-    """Load a training checkpoint (``*.ckpt``), ``method.safetensors`` or ``backbone.safetensors`` into
-    ``method``; returns which kind was loaded. Never unpickles code."""
-    from tubelet.engine.checkpoint import checkpoint_weights
-    from tubelet.models.weights import read_state_dict
-
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        state = read_state_dict(path)
-    else:
-        state = {k[len("method."):]: v for k, v in checkpoint_weights(path).items() if k.startswith("method.")}
-    own = method.state_dict()
-    backbone = getattr(method, "backbone", None)
-    if set(state) == set(own):
-        target, kind = method, "method"
-    elif isinstance(backbone, nn.Module) and set(state) == set(backbone.state_dict()):
-        target, kind = backbone, "backbone"
-    else:
-        missing = sorted(set(own) - set(state))[:5]
-        unexpected = sorted(set(state) - set(own))[:5]
-        raise CheckpointError(
-            f"{path}: weights fit neither {type(method).__name__} nor its backbone "
-            f"(missing e.g. {missing}, unexpected e.g. {unexpected})"
-        )
-    ref = target.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(ref[k].shape)}" for k, v in state.items() if ref[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{path}: shape mismatches:\n  " + "\n  ".join(bad))
-    target.load_state_dict(state)
-    return kind
-
-
-@torch.inference_mode()
-def evaluate(
-    recipe: Recipe,
-    checkpoint: str | Path | None,
-    method: nn.Module | None = None,
-    dataset: Dataset | None = None,
-    batch_size: int | None = None,
-    report_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Multi-view test of a classifying method.
-
-    ``checkpoint``: a training checkpoint, ``method.safetensors`` or ``backbone.safetensors`` (None:
-    use ``method`` as it is). ``dataset`` defaults to ``build_dataset(recipe.data, "test")``.
-    Returns ``top1``, ``top5``, ``num_videos``, ``num_views``, ``confusion`` (K x K list, rows = true),
-    ``predictions`` (per video: index, label, pred, score), ``confusion_png`` (written under
-    ``report_dir``, default ``run_dir/report``) and ``bad_samples`` (videos that could not be read
-    and were left out: index, path, reason).
-    """
-    from tubelet.engine.fit import set_threads
-
-    set_threads(recipe)
-    if checkpoint is not None and not Path(checkpoint).exists():  # fail before building anything
-        raise CheckpointError(f"{checkpoint}: checkpoint not found")
-    if method is None:
-        from tubelet.methods import build_method
-
-        method = build_method(recipe)
-    if not hasattr(method, "classify"):
-        raise ConfigError(f"method '{recipe.method.name}' has no classify(); multi-view testing needs one")
-    loaded = load_method_weights(method, checkpoint) if checkpoint is not None else "none"
-    if dataset is None:
-        from tubelet.data.builder import build_dataset
-
-        dataset = build_dataset(recipe.data, "test")
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise TubeletError("the test dataset is empty")
-    method.eval()
-    from tubelet.engine.datamodule import default_batch_collate
-
-    # The data package's collate drops unreadable videos (reported in batch["bad_samples"]).
-    loader = DataLoader(dataset, batch_size=batch_size or recipe.data.batch_size, shuffle=False,
-                        num_workers=recipe.data.num_workers, collate_fn=default_batch_collate(recipe.seed))
-    bf16 = recipe.trainer.precision.startswith("bf16")
-    all_scores, all_labels, all_index = [], [], []
+def predict_views(classify: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict[str, Any]],
+                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Mean view scores of every video the batches hold: ``scores (N, K)``, ``labels (N,)``, ``indices
+    (N,)`` (-1 where a batch has none), ``num_views`` and ``bad`` (the samples the collate left out).
+    Each batch's clips are moved to ``device``; with ``autocast_dtype`` the model runs under autocast."""
+    scores, labels, indices, bad = [], [], [], []
     num_views = 0
-    bad: list = []
-    for batch in loader:
+    for batch in batches:
         bad.extend(batch.get("bad_samples", []))
         if "video" not in batch:
             continue
-        video = batch["video"]
+        video = batch["video"].to(device, non_blocking=True)
         num_views = 1 if video.ndim == 5 else int(video.shape[1])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            scores = view_scores(method.classify, video)
-        all_scores.append(scores.float())
-        all_labels.append(batch["label"].long().view(-1))
+        ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            s = view_scores(classify, video)
+        scores.append(s.float().cpu())
+        labels.append(batch["label"].long().view(-1))
         index = batch.get("index")
-        all_index.append(torch.as_tensor(index).view(-1) if index is not None else torch.full_like(all_labels[-1], -1))
-    if not all_scores:
-        raise TubeletError(f"no test video could be read ({len(bad)} failed)")
-    scores = torch.cat(all_scores)
-    labels = torch.cat(all_labels)
-    indices = torch.cat(all_index)
-    num_classes = scores.shape[1]
-    preds = scores.argmax(dim=1)
-    cm = confusion_matrix(preds, labels, num_classes)
-    out_dir = Path(report_dir) if report_dir is not None else Path(recipe.run_dir) / "report"
-    png = plot_confusion(cm.numpy(), getattr(dataset, "class_names", None), out_dir / "confusion.png",
-                         title=f"{recipe.model.name}: {num_views}-view test, top-1 {topk_accuracy(scores, labels, 1):.3f}")
-    results: dict[str, Any] = {
-        "top1": topk_accuracy(scores, labels, 1),
-        "top5": topk_accuracy(scores, labels, 5),
-        "num_videos": int(labels.numel()),
-        "num_views": num_views,
-        "num_classes": num_classes,
-        "weights": loaded,
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "confusion": cm.tolist(),
-        "predictions": [
-            {"index": int(i), "label": int(y), "pred": int(p), "score": float(s)}
-            for i, y, p, s in zip(indices, labels, preds, scores.max(dim=1).values)
-        ],
-        "confusion_png": str(png),
-        "bad_samples": [list(b) for b in bad],
-    }
-    (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    return results
+        indices.append(torch.as_tensor(index).view(-1) if index is not None else torch.full_like(labels[-1], -1))
+    if not scores:
+        return {"scores": None, "labels": None, "indices": None, "num_views": 0, "bad": bad}
+    return {"scores": torch.cat(scores), "labels": torch.cat(labels), "indices": torch.cat(indices),
+            "num_views": num_views, "bad": bad}

@@ -3,7 +3,15 @@ them (``figures/``): plain functions over logs, arrays and clips, plus the end-o
 draw them. Imported by the CLI; nothing below it imports the report."""
 
 from tubelet.report.html import write_report
-from tubelet.report.plots import SampleClip, format_table, plot_confusion, plot_curves, plot_samples, read_metrics
+from tubelet.report.plots import (
+    SampleClip,
+    format_table,
+    plot_confusion,
+    plot_curves,
+    plot_samples,
+    read_metrics,
+    save_test_figures,
+)
 
 __all__ = ["SampleClip", "format_table", "plot_confusion", "plot_curves", "plot_samples", "read_metrics",
-           "write_report"]
+           "save_test_figures", "write_report"]

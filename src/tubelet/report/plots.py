@@ -180,3 +180,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def save_test_figures(results: dict[str, Any]) -> Path:
+    """Draw the confusion matrix of an ``evaluate`` result into its ``report_dir`` as ``confusion.png``;
+    the path is also stored as ``results["confusion_png"]``."""
+    png = plot_confusion(np.asarray(results["confusion"]), results.get("class_names") or None,
+                         Path(results["report_dir"]) / "confusion.png", title=results.get("title", ""))
+    results["confusion_png"] = str(png)
+    return png
