@@ -231,3 +231,34 @@ def test_shared_cache_and_render_all():
     still = SyntheticVideoDataset(data_cfg(synthetic={"single_frame": True}), "val", cache=cache)
     assert still.render_all() == 0  # every clip came from the shared cache
     assert torch.equal(still[0]["video"][:, 0], video[0]["video"][:, 4])
+
+
+@pytest.mark.parametrize("key, value", [("randaugment", "rand-m9-n2-mstd0.5-inc1"), ("color_jitter", 0.4),
+                                        ("random_erasing", 1.0)])
+def test_train_samples_go_through_the_shared_augmentations(key, value):
+    # these options used to be ignored on the synthetic set: the sample was bit-identical with them
+    base = data_cfg(crop_size=16)
+    plain = SyntheticVideoDataset(base, "train", seed=5)
+    aug = dataclasses.replace(base.augment, **{key: value})
+    augmented = SyntheticVideoDataset(dataclasses.replace(base, augment=aug), "train", seed=5)
+    differ = [not torch.equal(plain[i]["video"], augmented[i]["video"]) for i in range(4)]
+    assert any(differ)
+
+
+def test_train_draws_come_from_seed_epoch_and_index_only():
+    ds = SyntheticVideoDataset(data_cfg(crop_size=16), "train", seed=5)
+    state = torch.get_rng_state()
+    a = ds[3]["video"]
+    torch.manual_seed(123)  # the global RNG plays no part
+    b = ds[3]["video"]
+    assert torch.equal(a, b)
+    torch.set_rng_state(state)
+    before = torch.get_rng_state()
+    ds[2]
+    assert torch.equal(before, torch.get_rng_state())  # and is left untouched
+    others = []
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        others.append(ds[3]["video"])
+    assert not torch.equal(others[0], others[1]) or not torch.equal(a, others[0])
+    assert not torch.equal(SyntheticVideoDataset(data_cfg(crop_size=16), "train", seed=6)[3]["video"], a)

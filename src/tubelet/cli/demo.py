@@ -169,12 +169,9 @@ def _prerender(dataset: Any) -> int:
 
 
 def _dataset(build_dataset: Callable, recipe: Any, split: str, caches: dict[str, dict]) -> Any:
-    d = recipe.data
-    if d.kind != "synthetic":
-        return build_dataset(d, split)
+    """The recipe's split; stages over the same synthetic set share its rendered clips."""
     import dataclasses
 
-    from tubelet.data.synthetic import SyntheticVideoDataset
-
+    d = recipe.data
     key = repr(dataclasses.replace(d.synthetic, single_frame=False))
-    return SyntheticVideoDataset(d, split, cache=caches.setdefault(key, {}))
+    return build_dataset(d, split, seed=recipe.seed, cache=caches.setdefault(key, {}) if d.kind == "synthetic" else None)

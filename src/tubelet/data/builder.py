@@ -10,12 +10,13 @@ from tubelet.errors import ConfigError
 SPLITS = ("train", "val", "test")
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
+def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None) -> Dataset:
     """A map-style dataset of samples ``{"video": (C,T,H,W) float, "label": int, "index": int, ...}``.
 
     With ``repeated_sampling = r > 1`` on the train split, ``video`` is ``(r, C, T, H, W)`` and
     ``label`` has shape ``(r,)``. Val/test samples of real media hold ``V = test_clips x test_crops``
-    views ``(V, C, T, H, W)``. ``seed`` seeds the per-sample draws (with ``set_epoch``).
+    views ``(V, C, T, H, W)``. ``seed`` seeds the per-sample draws (with ``set_epoch``). ``cache``: rendered
+    synthetic clips to share between datasets over the same set (``SyntheticVideoDataset``).
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
@@ -31,7 +32,7 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     if cfg.kind == "synthetic":
         from tubelet.data.synthetic import SyntheticVideoDataset
 
-        return SyntheticVideoDataset(cfg, split)
+        return SyntheticVideoDataset(cfg, split, cache=cache, seed=seed)
     if cfg.kind not in CLIP_KINDS:
         raise ConfigError(
             f"data.kind '{cfg.kind}' is not supported; use synthetic, manifest, folders, frames or images"

@@ -32,6 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from tubelet.config.schema import DataConfig, SyntheticConfig
+from tubelet.data.sampling import sample_rng, torch_generator
+from tubelet.data.transforms import build_transforms
 from tubelet.errors import ConfigError
 
 # Canonical class order; ``num_classes = K`` uses the first K (or ``SyntheticConfig.classes``).
@@ -272,8 +274,10 @@ class SyntheticVideoDataset(Dataset):
     "boxes": float32 (T,K,4), "ids": int64 (T,K)}``.
 
     - train: random temporal window, random crop (when ``synthetic.size > crop_size``) and horizontal flip
-      with probability ``augment.hflip``, all drawn once per clip; a flip mirrors the label too
-      (left <-> right, clockwise <-> counter-clockwise) and the boxes. With ``repeated_sampling = r > 1``:
+      with probability ``augment.hflip``, all drawn once per clip from a generator seeded by (seed, epoch,
+      index); a flip mirrors the label too (left <-> right, clockwise <-> counter-clockwise) and the boxes.
+      The rest of the shared training pipeline follows (``build_transforms``: colour jitter, grayscale,
+      blur, RandAugment, normalise, random erasing), drawing from the same generator. With ``repeated_sampling = r > 1``:
       video ``(r,C,T,H,W)``, label ``(r,)`` (each view augmented independently).
     - val: centre window and centre crop.
     - test: ``test_clips x test_crops`` views ``(V,C,T,H,W)`` when V > 1 (label scalar): evenly spaced windows
@@ -282,11 +286,13 @@ class SyntheticVideoDataset(Dataset):
       in training, middle frame otherwise), the still-image baseline with the same input shape.
     """
 
-    def __init__(self, data_cfg: DataConfig, split: str, cache: dict[int, SyntheticClip] | None = None):
+    def __init__(self, data_cfg: DataConfig, split: str, cache: dict[int, SyntheticClip] | None = None,
+                 seed: int = 0):
         """``cache``: a dict of rendered clips by global index to share between datasets over the same set
         (e.g. a video run and its single-frame baseline); clips only depend on ``synthetic`` minus
-        ``single_frame``."""
+        ``single_frame``. ``seed`` (with ``set_epoch``) seeds every training draw, per sample."""
         self.cfg = data_cfg
+        self.seed, self.epoch = int(seed), 0
         self.syn = data_cfg.synthetic
         self.split = split
         self.names = class_names(self.syn)
@@ -305,9 +311,17 @@ class SyntheticVideoDataset(Dataset):
         self.mean = torch.tensor(data_cfg.mean, dtype=torch.float32).view(3, 1, 1, 1)
         self.std = torch.tensor(data_cfg.std, dtype=torch.float32).view(3, 1, 1, 1)
         self._cache: dict[int, SyntheticClip] = {} if cache is None else cache
+        # The shared training pipeline after its crop and flip (colour ops, RandAugment, normalise,
+        # erasing): this set crops and flips itself, since a flip also mirrors its label and boxes.
+        self.train_pipeline = build_transforms(data_cfg, "train") if split == "train" else None
+        self.pipeline_start = self.train_pipeline.decode_crop_steps if self.train_pipeline is not None else 0
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of ``epoch`` (windows, crops, flips, colour ops ...)."""
+        self.epoch = int(epoch)
 
     @property
     def class_names(self) -> list[str]:
@@ -327,7 +341,8 @@ class SyntheticVideoDataset(Dataset):
             self._cache[index] = render_clip(self.syn, index)
         return self._cache[index]
 
-    def _view(self, clip: SyntheticClip, t0: int, y0: int, x0: int, flip: bool, still: int | None):
+    def _view(self, clip: SyntheticClip, t0: int, y0: int, x0: int, flip: bool, still: int | None,
+              g: torch.Generator | None = None):
         c = self.cfg.crop_size
         frames = torch.from_numpy(clip.frames)
         tidx = torch.arange(t0, t0 + self.span, self.stride)
@@ -344,17 +359,23 @@ class SyntheticVideoDataset(Dataset):
         gone = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1]) | (ids < 0)
         boxes[gone] = 0.0
         ids[gone] = -1
-        video = (v.permute(3, 0, 1, 2).float().div_(255.0) - self.mean) / self.std  # (C,T,c,c)
+        if g is not None:  # training: the shared pipeline from its colour ops on, (C,T,c,c) uint8 in
+            video = self.train_pipeline.apply_from(self.pipeline_start, v.permute(3, 0, 1, 2).contiguous(), g)
+        else:
+            video = (v.permute(3, 0, 1, 2).float().div_(255.0) - self.mean) / self.std  # (C,T,c,c)
         label = int(self.flip_map[clip.label]) if flip else clip.label
         return video, label, boxes, ids
 
-    def _train_view(self, clip: SyntheticClip):
+    def _train_view(self, clip: SyntheticClip, g: torch.Generator):
+        """One training view, every draw from ``g`` (never from the global RNG)."""
         c, S = self.cfg.crop_size, self.syn.size
-        t0 = int(torch.randint(0, self.syn.frames - self.span + 1, ()))
-        y0, x0 = (int(v) for v in torch.randint(0, S - c + 1, (2,)))
-        flip = self.flip_ok and bool(torch.rand(()) < self.cfg.augment.hflip)
-        still = t0 + self.stride * int(torch.randint(0, self.cfg.num_frames, ())) if self.syn.single_frame else None
-        return self._view(clip, t0, y0, x0, flip, still)
+        t0 = int(torch.randint(0, self.syn.frames - self.span + 1, (), generator=g))
+        y0, x0 = (int(v) for v in torch.randint(0, S - c + 1, (2,), generator=g))
+        flip = self.flip_ok and bool(torch.rand((), generator=g) < self.cfg.augment.hflip)
+        still = None
+        if self.syn.single_frame:
+            still = t0 + self.stride * int(torch.randint(0, self.cfg.num_frames, (), generator=g))
+        return self._view(clip, t0, y0, x0, flip, still, g)
 
     def _eval_views(self, clip: SyntheticClip, n_clips: int, n_crops: int):
         c, S = self.cfg.crop_size, self.syn.size
@@ -373,7 +394,8 @@ class SyntheticVideoDataset(Dataset):
         clip = self.clip(i)
         sample = {"index": int(self.indices[i]), "caption": clip.caption}
         if self.split == "train":
-            views = [self._train_view(clip) for _ in range(max(1, self.cfg.repeated_sampling))]
+            rng = sample_rng(self.seed, self.epoch, i)
+            views = [self._train_view(clip, torch_generator(rng)) for _ in range(max(1, self.cfg.repeated_sampling))]
             if len(views) == 1:
                 video, label, boxes, ids = views[0]
                 sample.update(video=video, label=torch.tensor(label, dtype=torch.int64), boxes=boxes, ids=ids)
