@@ -174,4 +174,4 @@ def _dataset(build_dataset: Callable, recipe: Any, split: str, caches: dict[str,
 
     d = recipe.data
     key = repr(dataclasses.replace(d.synthetic, single_frame=False))
-    return build_dataset(d, split, seed=recipe.seed, cache=caches.setdefault(key, {}) if d.kind == "synthetic" else None)
+    return build_dataset(d, split, seed=recipe.seed, cache=caches.setdefault(key, {}))

@@ -26,8 +26,6 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
             f"without rho clips; got data.kind '{cfg.kind}', data.rho.clips {cfg.rho.clips}"
         )
     if split == "train" and cfg.rho.clips > 0:  # rho clips per video for SSL pre-training (data/rho.py)
-        from tubelet.data.rho import build_rho_dataset
-
         return build_rho_dataset(cfg, split, seed=seed)
     if cfg.kind == "synthetic":
         from tubelet.data.synthetic import SyntheticVideoDataset
@@ -41,6 +39,20 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
 
 
 CLIP_KINDS = ("manifest", "folders", "frames", "images")
+
+
+def build_eval_views(cfg: DataConfig, videos: str = "train", seed: int = 0) -> Dataset:
+    """Deterministic single-clip views (the val split's pipeline: centre window and crop) of the videos of
+    split ``videos``, e.g. the memory bank of a kNN monitor over the training videos."""
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, rho=dataclasses.replace(cfg.rho, clips=0), test_clips=1, test_crops=1)
+    if cfg.kind == "synthetic":
+        from tubelet.data.synthetic import SyntheticVideoDataset
+
+        return SyntheticVideoDataset(cfg, "val", seed=seed, videos=videos)
+    source = cfg.train if videos == "train" else cfg.val
+    return build_dataset(dataclasses.replace(cfg, val=source), "val", seed=seed)
 
 
 def _source(cfg: DataConfig, split: str) -> str:
@@ -108,6 +120,21 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
         return ClipDataset(samples, cfg, split, opener=partial(FrameFolderReader, fps=cfg.frames_fps, root=cfg.root),
                            **kw)
     return ClipDataset(samples, cfg, split, **kw)
+
+
+def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0) -> Dataset:
+    """The multi-clip training set for ``cfg`` (``cfg.rho.clips >= 1``)."""
+    import dataclasses
+
+    from tubelet.data.rho import RhoClipDataset, SyntheticRhoDataset
+
+    if cfg.kind == "synthetic":
+        return SyntheticRhoDataset(cfg, split, seed=seed)
+
+    # ClipDataset draws the rho windows (inside clip_max_span when set) and decodes their union once.
+    base = build_clip_dataset(dataclasses.replace(cfg, repeated_sampling=max(1, int(cfg.rho.clips))), split, seed=seed)
+    base.transform = None
+    return RhoClipDataset(base, cfg)
 
 
 def build_collate(cfg: DataConfig, split: str, num_classes: int | None = None, seed: int = 0):

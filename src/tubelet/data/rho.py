@@ -37,7 +37,7 @@ from tubelet.data.sampling import rho_clips, sample_rng, torch_generator
 from tubelet.data.transforms import build_transforms
 from tubelet.errors import ConfigError
 
-__all__ = ["RhoViews", "SyntheticRhoDataset", "RhoClipDataset", "build_rho_dataset", "frame_windows", "num_views"]
+__all__ = ["RhoViews", "SyntheticRhoDataset", "RhoClipDataset", "frame_windows", "num_views"]
 
 
 class RhoViews:
@@ -169,15 +169,3 @@ class RhoClipDataset(Dataset):
         out["label"] = torch.full((self.views,), sample.label, dtype=torch.int64)
         out["index"] = index
         return out
-
-
-def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0) -> Dataset:
-    """The multi-clip training set for ``cfg`` (``cfg.rho.clips >= 1``)."""
-    if cfg.kind == "synthetic":
-        return SyntheticRhoDataset(cfg, split, seed=seed)
-    from tubelet.data.builder import build_clip_dataset
-
-    # ClipDataset draws the rho windows (inside clip_max_span when set) and decodes their union once.
-    base = build_clip_dataset(dataclasses.replace(cfg, repeated_sampling=max(1, int(cfg.rho.clips))), split, seed=seed)
-    base.transform = None
-    return RhoClipDataset(base, cfg)

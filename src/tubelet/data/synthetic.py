@@ -287,16 +287,17 @@ class SyntheticVideoDataset(Dataset):
     """
 
     def __init__(self, data_cfg: DataConfig, split: str, cache: dict[int, SyntheticClip] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, videos: str | None = None):
         """``cache``: a dict of rendered clips by global index to share between datasets over the same set
         (e.g. a video run and its single-frame baseline); clips only depend on ``synthetic`` minus
-        ``single_frame``. ``seed`` (with ``set_epoch``) seeds every training draw, per sample."""
+        ``single_frame``. ``seed`` (with ``set_epoch``) seeds every training draw, per sample. ``videos``: the
+        split whose videos are served through ``split``'s pipeline (default: ``split``'s own)."""
         self.cfg = data_cfg
         self.seed, self.epoch = int(seed), 0
         self.syn = data_cfg.synthetic
         self.split = split
         self.names = class_names(self.syn)
-        self.indices = split_indices(self.syn, split)
+        self.indices = split_indices(self.syn, videos or split)
         self.stride = temporal_stride(data_cfg)
         self.span = (data_cfg.num_frames - 1) * self.stride + 1
         if self.span > self.syn.frames:

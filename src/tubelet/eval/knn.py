@@ -12,7 +12,6 @@ end of training) on a train memory set and a validation set, logging ``val/knn_t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import lightning.pytorch as pl
@@ -72,17 +71,10 @@ def knn_accuracy(backbone: nn.Module, memory: Dataset, test: Dataset, num_classe
 def knn_datasets(data_cfg: Any, max_train: int | None = None, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Deterministic single-clip views (the val-split pipeline) of the train videos (memory, at most
     ``max_train``) and of the validation videos."""
-    from tubelet.data.builder import build_dataset
+    from tubelet.data.builder import build_eval_views
 
-    cfg = dataclasses.replace(data_cfg, rho=dataclasses.replace(data_cfg.rho, clips=0))
-    val = build_dataset(cfg, "val", seed=seed)
-    if cfg.kind == "synthetic":
-        from tubelet.data.synthetic import SyntheticVideoDataset, split_indices
-
-        memory = SyntheticVideoDataset(cfg, "val")  # centre window and crop ...
-        memory.indices = split_indices(cfg.synthetic, "train")  # ... of the train videos
-    else:
-        memory = build_dataset(dataclasses.replace(cfg, val=cfg.train), "val", seed=seed)
+    memory = build_eval_views(data_cfg, "train", seed=seed)
+    val = build_eval_views(data_cfg, "val", seed=seed)
     if max_train is not None and len(memory) > max_train:
         memory = Subset(memory, range(max_train))
     return memory, val
@@ -125,5 +117,6 @@ def monitor_from_recipe(recipe: Any) -> KNNMonitor | None:
         return None
     m = recipe.method
     memory, test = knn_datasets(recipe.data, m.knn_max_train, recipe.seed)
-    num_classes = recipe.data.synthetic.num_classes if recipe.data.kind == "synthetic" else recipe.model.num_classes
+    names = getattr(test, "class_names", None)
+    num_classes = len(names) if names else recipe.model.num_classes
     return KNNMonitor(memory, test, num_classes, int(every), m.knn_k, m.knn_temperature, recipe.data.batch_size)
