@@ -199,7 +199,7 @@ _GATHER = textwrap.dedent("""
     torch.set_num_threads(1)
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
-    from tubelet.methods._dist import all_gather_with_grad, all_gather_no_grad, rank as get_rank, world_size
+    from tubelet.core.dist import all_gather_with_grad, all_gather_no_grad, rank as get_rank, world_size
     assert (get_rank(), world_size()) == (rank, 2)
     x = torch.full((2, 3), float(rank + 1), requires_grad=True)
     g = all_gather_with_grad(x)
@@ -221,12 +221,11 @@ _GATHER = textwrap.dedent("""
 
 
 def test_all_gather_with_grad_over_two_processes(tmp_path):
-    # one implementation: the engine re-exports the methods' helper, and rho-SSL's gather uses it
-    import tubelet.engine.distributed as engine_dist
-    import tubelet.methods._dist as methods_dist
+    # one implementation in core, which rho-SSL's gather uses
+    import tubelet.core.dist as engine_dist
     from tubelet.methods import contrastive
 
-    assert engine_dist.all_gather_with_grad is methods_dist.all_gather_with_grad is contrastive.all_gather_with_grad
+    assert engine_dist.all_gather_with_grad is contrastive.all_gather_with_grad
     x = torch.randn(3, 2)
     assert contrastive.gather(x) is x and engine_dist.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]  # one process
     assert engine_dist.all_gather_objects([("f", 0)]) == [("f", 0)]

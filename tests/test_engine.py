@@ -13,7 +13,7 @@ from toys import ToyBackbone, ToyMethod, ToyVideos, toy_recipe
 
 from tubelet.config.loader import load_recipe
 from tubelet.engine import FitResult, fit
-from tubelet.engine.checkpoint import find_latest_checkpoint, load_checkpoint
+from tubelet.core.ckpt_format import find_latest_checkpoint, load_checkpoint
 from tubelet.engine.datamodule import ResumableSampler
 from tubelet.engine.module import count_clips
 from tubelet.eval.multiview import topk_correct

@@ -7,7 +7,8 @@ import torch
 from toys import ToyViews, toy_recipe
 from torch import nn
 
-from tubelet.engine.checkpoint import save_checkpoint, save_safetensors
+from tubelet.core.ckpt_format import save_checkpoint
+from tubelet.core.io import save_safetensors
 from tubelet.errors import CheckpointError, ConfigError
 from tubelet.engine import evaluate
 from tubelet.eval.multiview import confusion_matrix, topk_accuracy, view_scores

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from toys import ToyMethod, ToyVideos, toy_recipe
 
 from tubelet.engine import fit
-from tubelet.engine.checkpoint import checkpoint_step, find_latest_checkpoint, is_complete, load_checkpoint
+from tubelet.core.ckpt_format import checkpoint_step, find_latest_checkpoint, is_complete, load_checkpoint
 from tubelet.errors import TubeletError
 
 torch.set_num_threads(1)

@@ -45,7 +45,7 @@ def evil_files(tmp_path):
 def test_malicious_pickle_refused_on_every_load_path(tmp_path, evil_files):
     from torch import nn
 
-    from tubelet.engine.checkpoint import (
+    from tubelet.core.ckpt_format import (
         checkpoint_weights,
         find_latest_checkpoint,
         is_complete,

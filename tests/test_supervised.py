@@ -130,7 +130,7 @@ def test_build_from_recipe_with_vit():
 
 
 def test_build_from_vit_checkpoint_with_other_head(tmp_path):
-    from tubelet.engine.checkpoint import save_safetensors
+    from tubelet.core.io import save_safetensors
 
     torch.manual_seed(0)
     pre = build_method(_recipe(num_classes=8)).backbone

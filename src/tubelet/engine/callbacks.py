@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from tubelet.engine.checkpoint import capture_rng_state, restore_rng_state
+from tubelet.core.rng import capture_rng_state, restore_rng_state
 from tubelet.engine.datamodule import ResumableSampler
 
 

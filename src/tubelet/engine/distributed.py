@@ -1,9 +1,7 @@
 """Distributed helpers of the engine (the strategies themselves are Lightning's).
 
-* ``all_gather_with_grad`` / ``all_gather_no_grad``: re-exported from ``tubelet.methods._dist`` (one
-  implementation; methods import it from there because they must not import the engine).
-* ``all_reduce_sum``: sum small integer/float counters over processes (failure counts, flags).
-* ``all_gather_objects``: gather picklable lists (bad-file records) from every process.
+The collectives themselves (gathers, sums) are in ``tubelet.core.dist``.
+
 * ``strategy_from_recipe``: the Lightning strategy object for ``trainer.strategy`` with the
   collective timeout ``trainer.collective_timeout_s`` (a rank that dies or hangs ends the others
   with an error instead of a silent hang).
@@ -14,34 +12,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import torch
-import torch.distributed as dist
 
 from tubelet.errors import ConfigError
-from tubelet.methods._dist import all_gather_no_grad, all_gather_with_grad, is_distributed, rank, world_size
-
-__all__ = ["all_gather_with_grad", "all_gather_no_grad", "all_reduce_sum", "all_gather_objects", "is_distributed",
-           "rank", "world_size", "strategy_from_recipe"]
-
-
-def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
-    """Element-wise sum of ``values`` over processes (itself in one process)."""
-    if not is_distributed():
-        return list(values)
-    if dist.get_backend() == "nccl" and torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return [float(v) for v in t.cpu()]
-
-
-def all_gather_objects(items: list[Any]) -> list[Any]:
-    """Concatenate a picklable list over processes in rank order."""
-    if not is_distributed():
-        return list(items)
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, list(items))
-    return [x for part in out for x in part]
+__all__ = ["report_dead_peers", "strategy_from_recipe"]
 
 
 def strategy_from_recipe(name: str, timeout_s: float) -> Any:

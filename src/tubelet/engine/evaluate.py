@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tubelet.config.schema import Recipe
+from tubelet.core.runtime import set_threads
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.eval.multiview import confusion_matrix, predict_views, topk_accuracy
 
@@ -38,7 +39,7 @@ def resolve_device(accelerator: str) -> torch.device:
 def load_method_weights(method: nn.Module, checkpoint: str | Path) -> str:
     """Load a training checkpoint (``*.ckpt``), ``method.safetensors`` or ``backbone.safetensors`` into
     ``method``; returns which kind was loaded. Never unpickles code."""
-    from tubelet.engine.checkpoint import checkpoint_weights
+    from tubelet.core.ckpt_format import checkpoint_weights
     from tubelet.models.weights import read_state_dict
 
     path = Path(checkpoint)
@@ -88,9 +89,7 @@ def evaluate(
     draws the confusion matrix there) and ``bad_samples`` (videos that could not be read and were left
     out: index, path, reason). The method and the clips run on ``trainer.accelerator``'s device.
     """
-    from tubelet.engine.fit import set_threads
-
-    set_threads(recipe)
+    set_threads(recipe.trainer.num_threads, recipe.data.num_workers)
     device = resolve_device(recipe.trainer.accelerator)
     if checkpoint is not None and not Path(checkpoint).exists():  # fail before building anything
         raise CheckpointError(f"{checkpoint}: checkpoint not found")

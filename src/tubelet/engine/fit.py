@@ -22,7 +22,9 @@ from tubelet.config.loader import dump_recipe
 from tubelet.config.schema import Recipe
 from tubelet.data.datasets.base import FailureTracker
 from tubelet.data.transforms import build_device_transform
-from tubelet.engine.checkpoint import find_latest_checkpoint, is_complete, save_safetensors
+from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete
+from tubelet.core.io import save_safetensors
+from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.module import TubeletModule
 from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_metrics
@@ -36,13 +38,6 @@ class FitResult:
     metrics: dict[str, float]
     paths: dict[str, Path] = field(default_factory=dict)
     checkpoints: list[Path] = field(default_factory=list)
-
-
-def set_threads(recipe: Recipe) -> int:
-    """``trainer.num_threads``, else all cores minus the data workers (at least one)."""
-    n = recipe.trainer.num_threads or max(1, (os.cpu_count() or 1) - recipe.data.num_workers)
-    torch.set_num_threads(n)
-    return n
 
 
 def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | None:
@@ -159,7 +154,7 @@ def _fit(
         rank_zero_info(f"resuming from {ckpt_path}" if ckpt_path is not None
                        else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    set_threads(recipe)
+    set_threads(recipe.trainer.num_threads, recipe.data.num_workers)
     built = datasets is None
     if datasets is None:
         from tubelet.data.builder import build_dataset
@@ -203,7 +198,7 @@ def _fit(
     if trainer.is_global_zero:
         dump_recipe(recipe, run_dir / "config.yaml")
         if ckpt_path is not None:
-            from tubelet.engine.checkpoint import safe_torch_load
+            from tubelet.core.ckpt_format import safe_torch_load
 
             step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
             old_rows = read_csv_log(csv_log, step)

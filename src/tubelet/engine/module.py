@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from tubelet.config.schema import OptimConfig
-from tubelet.engine.checkpoint import capture_rng_state, find_latest_checkpoint, restore_rng_state
-from tubelet.engine.distributed import all_gather_objects, all_reduce_sum
+from tubelet.core.ckpt_format import find_latest_checkpoint
+from tubelet.core.dist import all_gather_objects, all_reduce_sum
+from tubelet.core.rng import capture_rng_state, restore_rng_state
 from tubelet.engine.optim import build_optimizer, resolve_lr
 from tubelet.engine.schedules import WarmupCosine
 from tubelet.errors import ConfigError, TubeletError

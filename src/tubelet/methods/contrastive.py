@@ -56,7 +56,7 @@ from tubelet.errors import ConfigError
 from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
 from tubelet.methods.registry import register_method
-from tubelet.methods._dist import all_gather_no_grad, all_gather_with_grad, rank, world_size
+from tubelet.core.dist import all_gather_no_grad, all_gather_with_grad, rank, world_size
 from tubelet.methods.asym import mean_of_others, multicrop_weights, project_views, scalemix, sync_batchnorm
 
 FRAMEWORKS = ("simclr", "moco", "byol", "swav")

@@ -30,7 +30,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: cannot be loaded safely (truncated, corrupt, or contains code objects): {exc}"
         ) from exc
     if isinstance(obj, dict) and isinstance(obj.get("tubelet"), dict) and "weights_file" in obj["tubelet"]:
-        return _training_checkpoint_weights(path, obj["tubelet"])
+        return _training_checkpoint_weights(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -62,15 +62,13 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> tup
     return missing, unexpected
 
 
-def _training_checkpoint_weights(path: Path, info: dict) -> dict[str, torch.Tensor]:
-    """A training checkpoint of ``tubelet fit`` (``step=N.ckpt``) keeps its weights in a safetensors file
-    beside it, under ``state_dict/method.<name>``: return them as ``<name>`` (the method's own keys)."""
-    weights = path.parent / str(info["weights_file"])
-    if not weights.is_file() or weights.stat().st_size != info.get("weights_bytes", weights.stat().st_size):
-        raise CheckpointError(f"{path}: its weights file {weights.name} is missing or truncated")
-    state = read_state_dict(weights)
-    prefix = "state_dict/method."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def _training_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A training checkpoint of ``tubelet fit`` (``step=N.ckpt``), read by the one training-checkpoint reader
+    (``core/ckpt_format.py``): its ``method.<name>`` tensors as ``<name>`` (the method's own keys)."""
+    from tubelet.core.ckpt_format import checkpoint_weights
+
+    prefix = "method."
+    return {k[len(prefix):]: v for k, v in checkpoint_weights(path).items() if k.startswith(prefix)}
 
 
 def filter_checkpoint(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

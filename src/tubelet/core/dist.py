@@ -1,16 +1,15 @@
-"""Cross-process helpers that methods may use without knowing about the engine.
-
-Methods stay free of Lightning and of the engine (the layering is data -> models -> methods ->
-engine); the few collectives an objective needs live here, and ``tubelet.engine.distributed``
-re-exports them, so there is one implementation. In a single process every helper is the identity.
-"""
+"""Cross-process helpers every layer may use (a method's gather of negatives, the engine's failure
+counts). In a single process every helper is the identity."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size", "rank", "all_gather_with_grad", "all_gather_no_grad"]
+__all__ = ["all_gather_no_grad", "all_gather_objects", "all_gather_with_grad", "all_reduce_sum", "is_distributed", "rank",
+           "world_size"]
 
 
 def is_distributed() -> bool:
@@ -46,3 +45,23 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
+
+
+def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise sum of ``values`` over processes (itself in one process)."""
+    if not is_distributed():
+        return list(values)
+    if dist.get_backend() == "nccl" and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.cpu()]
+
+
+def all_gather_objects(items: list[Any]) -> list[Any]:
+    """Concatenate a picklable list over processes in rank order."""
+    if not is_distributed():
+        return list(items)
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]

@@ -1,0 +1,210 @@
+"""Checkpoint files that are written atomically and loaded without unpickling code.
+
+A training checkpoint ``NAME.ckpt`` is two files side by side:
+
+* ``NAME-<token>.safetensors``: the weights (Lightning's ``state_dict`` and, with EMA, the
+  ``current_model_state``), stored as ``<section>/<parameter name>``;
+* ``NAME.ckpt``: everything else Lightning keeps (optimizer and LR-scheduler state, loop progress
+  (step/epoch), callback states, the data-loader position) plus the RNG states of torch, numpy and
+  Python, saved with ``torch.save`` so that it loads with ``torch.load(weights_only=True)``. It
+  names its weights file and that file's byte size.
+
+Each file is written to a temporary file in the same folder, flushed, ``fsync``-ed and moved into
+place with ``os.replace``; the weights go first and ``NAME.ckpt`` last, so a checkpoint exists only
+once both are complete and a crash mid-write leaves the previous checkpoints untouched. Temporary
+files start with a dot and are never taken for checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tubelet.core.io import atomic_write, save_safetensors
+from tubelet.errors import CheckpointError
+
+FORMAT = "tubelet-checkpoint-1"
+WEIGHT_SECTIONS = ("state_dict", "current_model_state")
+_STEP_RE = re.compile(r"step=(\d+)")
+
+
+# ------------------------------------------------------------------------------------- plain-data check
+def _plain(obj: Any, where: str) -> Any:
+    """Convert to what ``torch.load(weights_only=True)`` accepts, or fail naming the offending key."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k if isinstance(k, (str, int)) else str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(items) if isinstance(obj, tuple) else items
+    raise CheckpointError(
+        f"checkpoint entry '{where}' is a {type(obj).__name__}; only tensors, numbers, strings, lists and "
+        "dicts may be stored (so that loading never runs code)"
+    )
+
+
+# ------------------------------------------------------------------------------------ save and load
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write a Lightning checkpoint dict as ``path`` (state) + a safetensors weights file beside it."""
+    path = Path(path)
+    rest = dict(checkpoint)
+    tensors: dict[str, torch.Tensor] = {}
+    sections = []
+    for section in WEIGHT_SECTIONS:
+        weights = rest.pop(section, None)
+        if weights is None:
+            continue
+        sections.append(section)
+        for name, t in weights.items():
+            if not isinstance(t, torch.Tensor):
+                raise CheckpointError(f"checkpoint '{section}.{name}' is not a tensor")
+            tensors[f"{section}/{name}"] = t
+    weights_path = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.safetensors")
+    save_safetensors(tensors, weights_path, metadata={"format": FORMAT})
+    rest = _plain(rest, "checkpoint")
+    rest["tubelet"] = {
+        "format": FORMAT,
+        "weights_file": weights_path.name,
+        "weights_bytes": weights_path.stat().st_size,
+        "weight_sections": sections,
+    }
+    try:
+        atomic_write(path, lambda f: torch.save(rest, f))
+    except BaseException:
+        weights_path.unlink(missing_ok=True)
+        raise
+    # An overwritten checkpoint leaves its old weights file behind: remove it now that the new one is in place.
+    for old in _weights_files(path):
+        if old.name != weights_path.name:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _weights_files(path: Path) -> list[Path]:
+    """The weights files written for checkpoint ``path`` (``<stem>-<8 hex>.safetensors``)."""
+    pattern = re.compile(re.escape(path.stem) + r"-[0-9a-f]{8}\.safetensors")
+    return [p for p in path.parent.glob("*.safetensors") if pattern.fullmatch(p.name)]
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with which file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains objects other than tensors and plain data "
+            f"(loading it would run code): {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, zip errors... for bad files
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+
+
+def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file of the checkpoint is missing")
+    if expected_bytes is not None and path.stat().st_size != expected_bytes:
+        raise CheckpointError(
+            f"{path}: weights file has {path.stat().st_size} bytes, the checkpoint recorded {expected_bytes} "
+            "(truncated or replaced)"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` back into Lightning's dict form."""
+    path = Path(path)
+    state = safe_torch_load(path, map_location=map_location)
+    if not isinstance(state, dict) or "tubelet" not in state:
+        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    info = state["tubelet"]
+    weights = _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    for section in info.get("weight_sections", []):
+        prefix = f"{section}/"
+        state[section] = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if map_location not in (None, "cpu"):
+        for section in info.get("weight_sections", []):
+            state[section] = {k: v.to(map_location) for k, v in state[section].items()}
+    return state
+
+
+def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Only the (model) ``state_dict`` of a training checkpoint."""
+    path = Path(path)
+    state = safe_torch_load(path, mmap=True)
+    if not isinstance(state, dict) or "tubelet" not in state:
+        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    info = state["tubelet"]
+    weights = _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    return {k[len("state_dict/"):]: v for k, v in weights.items() if k.startswith("state_dict/")}
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    for weights in _weights_files(path):
+        weights.unlink(missing_ok=True)
+
+
+def is_complete(path: str | Path) -> bool:
+    """Cheap completeness check: a readable zip with its weights file present at the recorded size."""
+    path = Path(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.testzip() is not None:
+                return False
+        state = safe_torch_load(path, mmap=True)
+        info = state["tubelet"]
+        weights = path.parent / info["weights_file"]
+        if not weights.is_file() or weights.stat().st_size != info["weights_bytes"]:
+            return False
+        with open(weights, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return 8 + n + end == weights.stat().st_size
+    except (CheckpointError, zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+def checkpoint_step(path: str | Path) -> int:
+    m = _STEP_RE.search(Path(path).name)
+    return int(m.group(1)) if m else -1
+
+
+def find_latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete ``*.ckpt`` in ``folder`` (by the step in its name, then modification time)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".")]
+    candidates.sort(key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True)
+    for p in candidates:
+        if is_complete(p):
+            return p
+    return None

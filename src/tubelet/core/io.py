@@ -1,0 +1,64 @@
+"""Atomic file writes (temporary file, fsync, ``os.replace``) and safetensors files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders
+        return
+    try:
+        with contextlib.suppress(OSError):  # not every filesystem can sync a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a flat ``name -> tensor`` mapping as safetensors."""
+    from safetensors.torch import save
+
+    data = save(_plain_tensors(tensors), metadata=metadata)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied weights) and needs contiguous CPU data.
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        full = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        if ptr in seen or not full:
+            t = t.contiguous().clone()
+        if ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
