@@ -24,18 +24,18 @@ def layer_of(module: str) -> str | None:
     return ROOT_MODULES.get(parts[1], parts[1])
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
+def module_name(path: Path, root: Path = SRC.parent) -> str:
+    rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def imports(path: Path, top_level_only: bool = False) -> list[tuple[int, str]]:
+def imports(path: Path, top_level_only: bool = False, root: Path = SRC.parent) -> list[tuple[int, str]]:
     """(line, imported module) of every tubelet import in a file, relative ones resolved."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    me = module_name(path).split(".")
+    me = module_name(path, root).split(".")
     package = me if path.name == "__init__.py" else me[:-1]
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     out = []
@@ -57,16 +57,16 @@ def imports(path: Path, top_level_only: bool = False) -> list[tuple[int, str]]:
     return out
 
 
-def upward_imports(files: list[Path]) -> list[str]:
+def upward_imports(files: list[Path], root: Path = SRC.parent) -> list[str]:
     bad = []
     for path in files:
-        own = layer_of(module_name(path))
+        own = layer_of(module_name(path, root))
         if own is None:
             continue
-        for line, target in imports(path):
+        for line, target in imports(path, root=root):
             other = layer_of(target)
             if other is not None and LAYERS.index(other) > LAYERS.index(own):
-                bad.append(f"{path.relative_to(SRC.parent)}:{line} ({own}) imports {target} ({other})")
+                bad.append(f"{path.relative_to(root)}:{line} ({own}) imports {target} ({other})")
     return bad
 
 
@@ -76,14 +76,12 @@ def test_no_module_imports_a_higher_layer():
     assert upward_imports(files) == []
 
 
-def test_the_check_finds_an_upward_import():
-    fake = SRC / "data" / "_layering_probe.py"
-    try:
-        fake.write_text("from tubelet.engine.fit import fit\n\n\ndef f():\n    from tubelet.cli import main\n",
-                        encoding="utf-8")
-        found = upward_imports([fake])
-    finally:
-        fake.unlink()
+def test_the_check_finds_an_upward_import(tmp_path):
+    fake = tmp_path / "tubelet" / "data" / "_layering_probe.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from tubelet.engine.fit import fit\n\n\ndef f():\n    from tubelet.cli import main\n",
+                    encoding="utf-8")
+    found = upward_imports([fake], root=tmp_path)
     assert found == [
         "tubelet/data/_layering_probe.py:1 (data) imports tubelet.engine.fit (engine)",
         "tubelet/data/_layering_probe.py:5 (data) imports tubelet.cli (cli)",
