@@ -134,14 +134,20 @@ def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Ten
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint`` back into Lightning's dict form."""
-    path = Path(path)
-    state = safe_torch_load(path, map_location=map_location)
+def _state_and_weights(path: Path, map_location: Any = "cpu", mmap: bool = False) -> tuple[dict[str, Any], dict]:
+    """The training state of checkpoint ``path`` and the tensors of its weights file, both checked."""
+    state = safe_torch_load(path, map_location=map_location, mmap=mmap)
     if not isinstance(state, dict) or "tubelet" not in state:
         raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
     info = state["tubelet"]
-    weights = _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    return state, _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` back into Lightning's dict form."""
+    path = Path(path)
+    state, weights = _state_and_weights(path, map_location=map_location)
+    info = state["tubelet"]
     for section in info.get("weight_sections", []):
         prefix = f"{section}/"
         state[section] = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
@@ -153,12 +159,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Only the (model) ``state_dict`` of a training checkpoint."""
-    path = Path(path)
-    state = safe_torch_load(path, mmap=True)
-    if not isinstance(state, dict) or "tubelet" not in state:
-        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
-    info = state["tubelet"]
-    weights = _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    _, weights = _state_and_weights(Path(path), mmap=True)
     return {k[len("state_dict/"):]: v for k, v in weights.items() if k.startswith("state_dict/")}
 
 
