@@ -232,18 +232,6 @@ def test_transformer_backbones_work(backbone, fw):
 
 
 # ------------------------------------------------------------------------------------------ data
-def test_rho_clips_respect_max_span():
-    from tubelet.data.rho import frame_windows
-
-    for seed in range(50):
-        rng = np.random.default_rng(seed)
-        starts = frame_windows(40, 8, 4, rng, max_span_frames=13)
-        assert max(starts) + 8 - min(starts) <= 13
-        assert min(starts) >= 0 and max(starts) + 8 <= 40
-    spans = [max(s) + 8 - min(s) for s in (frame_windows(40, 8, 4, np.random.default_rng(i)) for i in range(50))]
-    assert max(spans) > 13  # without the bound clips spread over the whole video
-
-
 def test_synthetic_rho_dataset_views():
     from tubelet.data.builder import build_dataset
 
@@ -264,9 +252,7 @@ def test_synthetic_rho_dataset_views():
     r1 = from_dict({"data": {"num_frames": 4, "sampling_rate": 4, "target_fps": 32.0, "crop_size": 16,
                              "rho": {"clips": 1}, "synthetic": {"num_videos": 16, "frames": 16, "size": 24}}})
     ds1 = build_dataset(r1.data, "train")
-    assert ds1[0]["video"].shape[0] == 2
-    w = ds1.windows(0, np.random.default_rng(0))
-    assert len(w) == 2 and w[0] == w[1]
+    assert ds1[0]["video"].shape[0] == 2 and ds1.base.repeats == 1  # one window, viewed twice
 
 
 # ------------------------------------------------------------------------------------------ optimiser

@@ -335,7 +335,12 @@ def test_device_transforms_draw_per_clip_and_mix_like_the_collate(tmp_path, vide
 
 
 def test_device_transforms_refused_by_datasets_that_ignore_them():
+    from tubelet.config.schema import RhoConfig, SyntheticConfig
     from tubelet.errors import ConfigError
 
+    syn = SyntheticConfig(num_videos=16, frames=16, size=24)
     with pytest.raises(ConfigError, match="device_transforms"):
-        build_dataset(DataConfig(kind="synthetic", device_transforms=True), "train")
+        build_dataset(DataConfig(crop_size=16, device_transforms=True, rho=RhoConfig(clips=2), synthetic=syn), "train")
+    # the synthetic set is a clip dataset like any other: its workers hand over uint8 crops too
+    s = build_dataset(DataConfig(crop_size=16, num_frames=4, device_transforms=True, synthetic=syn), "train")[0]
+    assert s["video"].dtype == torch.uint8 and s["video"].shape == (3, 4, 16, 16)

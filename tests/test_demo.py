@@ -11,8 +11,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_demo_recipes_differ_only_in_single_frame():
     video, still = load_recipe("demo"), load_recipe("demo_single_frame")
-    assert not video.data.synthetic.single_frame and still.data.synthetic.single_frame
-    still.data.synthetic.single_frame = False
+    assert not video.data.single_frame and still.data.single_frame
+    still.data.single_frame = False
     assert video.model == still.model and video.data == still.data and video.optim == still.optim
     assert video.trainer == still.trainer
     assert video.model.num_classes == video.data.synthetic.num_classes
@@ -47,4 +47,4 @@ def test_demo_quick_writes_table_and_report(tmp_path, capsys):
         run = tmp_path / stage
         assert (run / "backbone.safetensors").is_file() and (run / "config.yaml").is_file()
         assert (run / "logs" / "csv" / "metrics.csv").is_file()
-    assert load_recipe(str(tmp_path / "single_frame" / "config.yaml")).data.synthetic.single_frame
+    assert load_recipe(str(tmp_path / "single_frame" / "config.yaml")).data.single_frame

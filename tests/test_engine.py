@@ -257,7 +257,7 @@ TINY_RECIPE = {
     "model": {"name": "vit_tiny", "num_frames": 4, "img_size": 16, "num_classes": 4,
               "overrides": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}},
     "data": {"kind": "synthetic", "num_frames": 4, "crop_size": 16, "batch_size": 4, "test_clips": 2,
-             "test_crops": 2, "synthetic": {"num_videos": 48, "num_classes": 4, "size": 16, "frames": 8}},
+             "test_crops": 3, "synthetic": {"num_videos": 48, "num_classes": 4, "size": 16, "frames": 8}},
     "method": {"name": "supervised"},
     "optim": {"lr": 1.0e-3, "warmup_steps": 2, "layer_decay": 0.75},
     "trainer": {"max_steps": 4, "checkpoint_every_n_steps": 2, "keep_last_k": 2, "num_threads": 1,
@@ -289,7 +289,7 @@ def test_recipe_path_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "checkpoints" / "step=000006.ckpt")]) == 0
     table = capsys.readouterr().out
-    assert "views per video   4" in table and "top-1 (%)" in table and "top-5 (%)         100.00" in table
+    assert "views per video   6" in table and "top-1 (%)" in table and "top-5 (%)         100.00" in table
     assert (run / "report" / "confusion.png").is_file()
 
 

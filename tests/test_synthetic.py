@@ -9,9 +9,11 @@ import torch
 
 from tubelet.config.schema import DataConfig, SyntheticConfig
 from tubelet.data.builder import build_dataset
+from tubelet.data.datasets import ClipDataset
 from tubelet.data.synthetic import (
     MOTIONS,
-    SyntheticVideoDataset,
+    SyntheticSource,
+    clip_path,
     hflip_label_map,
     render_clip,
     split_indices,
@@ -23,10 +25,27 @@ SMALL = SyntheticConfig(num_videos=64, num_classes=8, frames=8, size=24, seed=3)
 
 
 def data_cfg(**kw) -> DataConfig:
+    """The set at its rendered scale: random crops without resizing in training, the whole frame
+    centre-cropped in evaluation (as the quickstart recipe sets it)."""
     syn = dataclasses.replace(SMALL, **kw.pop("synthetic", {}))
-    base = dict(kind="synthetic", num_frames=8, sampling_rate=4, target_fps=32.0, crop_size=24, synthetic=syn)
+    base = dict(kind="synthetic", num_frames=8, sampling_rate=4, target_fps=32.0, crop_size=24, synthetic=syn,
+                test_short_side=syn.size)
     base.update(kw)
-    return DataConfig(**base)
+    cfg = DataConfig(**base)
+    cfg.augment.random_resized_crop, cfg.augment.short_side = False, [syn.size, syn.size]
+    return cfg
+
+
+def dataset(cfg: DataConfig, split: str, **kw) -> ClipDataset:
+    ds = build_dataset(cfg, split, **kw)
+    assert isinstance(ds, ClipDataset) and isinstance(ds.opener, SyntheticSource)
+    return ds
+
+
+def frames_of(ds: ClipDataset, i: int) -> torch.Tensor:
+    """Clip ``i``'s rendered frames as float ``(C, F, S, S)`` in [0, 1]."""
+    return torch.from_numpy(render_clip(ds.cfg.synthetic, ds.opener.index(ds.samples[i].path)).frames).permute(
+        3, 0, 1, 2).float() / 255
 
 
 def test_clip_is_pure_function_of_seed_and_index():
@@ -41,10 +60,10 @@ def test_clip_is_pure_function_of_seed_and_index():
 
 def test_dataset_deterministic_same_seed_same_tensor():
     cfg = data_cfg()
-    x = SyntheticVideoDataset(cfg, "val")[3]["video"]
-    y = SyntheticVideoDataset(cfg, "val")[3]["video"]
+    x = dataset(cfg, "val")[3]["video"]
+    y = dataset(cfg, "val")[3]["video"]
     assert torch.equal(x, y)
-    assert not torch.equal(x, SyntheticVideoDataset(cfg, "val")[4]["video"])
+    assert not torch.equal(x, dataset(cfg, "val")[4]["video"])
 
 
 def test_labels_balanced_and_splits_disjoint():
@@ -100,18 +119,25 @@ def test_last_frame_position_and_size_independent_of_motion():
 
 def test_sample_contract_and_normalisation():
     cfg = data_cfg(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
-    ds = SyntheticVideoDataset(cfg, "val")
+    ds = dataset(cfg, "val")
     s = ds[0]
-    assert s["video"].shape == (3, 8, 24, 24) and s["video"].dtype == torch.float32
+    assert s["video"].shape == (1, 3, 8, 24, 24) and s["video"].dtype == torch.float32  # one view
     assert s["label"].dtype == torch.int64 and s["label"].dim() == 0
-    raw = torch.from_numpy(ds.clip(0).frames).permute(3, 0, 1, 2).float() / 255
-    assert torch.allclose(s["video"], (raw - 0.5) / 0.25)
-    assert s["index"] == split_indices(SMALL, "val")[0]
-    assert isinstance(s["caption"], str) and s["boxes"].shape == (8, 3, 4) and s["ids"].shape == (8, 3)
+    assert torch.allclose(s["video"][0], (frames_of(ds, 0) - 0.5) / 0.25, atol=1e-6)
+    index = split_indices(SMALL, "val")[0]
+    assert ds.samples[0].path == clip_path(index) and int(s["label"]) == index % 8 == render_clip(SMALL, index).label
+    assert s["index"] == 0 and s["caption"] == render_clip(SMALL, index).caption
+    assert ds.class_names == list(MOTIONS) and ds.num_classes == 8
 
 
-def test_builder_dispatches_to_synthetic():
-    assert isinstance(build_dataset(data_cfg(), "train"), SyntheticVideoDataset)
+def test_reader_timing_is_the_rendered_frame_rate():
+    ds = dataset(data_cfg(), "train")
+    reader = ds.opener(ds.samples[0].path)
+    assert reader.fps == 8 and reader.num_frames == 8 and reader.duration == 1
+    assert reader.indices_in(0.25, 0.75).tolist() == [2, 3, 4, 5]
+    assert np.array_equal(reader.get_frames([5, 1]), render_clip(SMALL, 0).frames[[5, 1]])
+    with pytest.raises(ValueError, match="not a synthetic clip path"):
+        ds.opener("videos/a.mp4")
 
 
 def test_flip_swaps_left_right_and_rotation_labels():
@@ -122,65 +148,77 @@ def test_flip_swaps_left_right_and_rotation_labels():
     ]
 
 
-def test_train_flip_mirrors_video_label_and_boxes():
-    cfg = data_cfg(synthetic={"size": 28}, crop_size=24)
+@pytest.mark.parametrize("decode_crop", [True, False])
+def test_train_flip_mirrors_video_and_label(decode_crop):
+    cfg = data_cfg(synthetic={"size": 28}, crop_size=24, decode_crop=decode_crop)
     cfg.augment.hflip = 1.0
-    ds = SyntheticVideoDataset(cfg, "train")
-    torch.manual_seed(0)
+    if not decode_crop:  # only the decoder's crop says whether a clip was flipped
+        with pytest.raises(ConfigError, match="data.decode_crop"):
+            dataset(cfg, "train")
+        return
+    ds = dataset(cfg, "train")
     for i in range(8):
         s = ds[i]
-        clip = ds.clip(i)
-        assert int(s["label"]) == hflip_label_map(list(MOTIONS))[clip.label]
-        # the flipped crop must be found in the mirrored full frames
-        full = torch.from_numpy(clip.frames).flip(2).permute(3, 0, 1, 2).float() / 255
+        assert int(s["label"]) == hflip_label_map(list(MOTIONS))[ds.samples[i].label]
+        # the flipped crop is found in the mirrored full frames, at the rendered scale
+        full = frames_of(ds, i).flip(-1)
         video = s["video"] * 0.225 + 0.45
         found = any(
             torch.allclose(video, full[:, :, y : y + 24, x : x + 24], atol=1e-5) for y in range(5) for x in range(5)
         )
         assert found
-        valid = s["ids"] >= 0
-        assert (s["boxes"][valid][:, 2] > s["boxes"][valid][:, 0]).all()
-        assert (s["boxes"] >= 0).all() and (s["boxes"] <= 24).all()
+    cfg.augment.hflip = 0.0
+    plain = dataset(cfg, "train")
+    assert [int(plain[i]["label"]) for i in range(8)] == [s.label for s in plain.samples[:8]]
 
 
-def test_flip_disabled_when_mirror_class_missing():
+def test_flip_refused_when_mirror_class_missing():
     cfg = data_cfg(synthetic={"num_classes": 6, "classes": ["move_left", "move_up", "move_down", "rotate_cw",
                                                              "grow", "shrink"]})
-    cfg.augment.hflip = 1.0
-    ds = SyntheticVideoDataset(cfg, "train")
-    clip = ds.clip(0)
-    s = ds[0]
-    assert int(s["label"]) == clip.label
-    raw = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float() / 255
-    assert torch.allclose(s["video"] * 0.225 + 0.45, raw, atol=1e-5)
+    cfg.augment.hflip = 0.5
+    with pytest.raises(ConfigError, match=r"data.augment.hflip=0.5 .*move_right, rotate_ccw"):
+        dataset(cfg, "train")
+    cfg.augment.hflip = 0.0
+    assert len(dataset(cfg, "train")) > 0
 
 
 def test_repeated_sampling_and_multiview_test():
-    ds = SyntheticVideoDataset(data_cfg(repeated_sampling=2), "train")
+    ds = dataset(data_cfg(repeated_sampling=2), "train")
     s = ds[0]
     assert s["video"].shape == (2, 3, 8, 24, 24) and s["label"].shape == (2,)
-    cfg = data_cfg(synthetic={"size": 32, "frames": 12}, crop_size=24, num_frames=8, test_clips=2, test_crops=3)
-    t = SyntheticVideoDataset(cfg, "test")[0]
-    assert t["video"].shape == (6, 3, 8, 24, 24) and t["label"].dim() == 0
-    assert not torch.equal(t["video"][0], t["video"][1])  # different crops
-    raw = torch.from_numpy(SyntheticVideoDataset(cfg, "test").clip(0).frames).permute(3, 0, 1, 2).float() / 255
-    assert torch.allclose(t["video"][5] * 0.225 + 0.45, raw[:, 4:12, 4:28, 8:32], atol=1e-5)  # last clip, right crop
+    cfg = data_cfg(synthetic={"size": 32, "frames": 12}, crop_size=24, num_frames=8, test_clips=2)
+    test = dataset(cfg, "test")
+    t = test[0]
+    assert t["video"].shape == (2, 3, 8, 24, 24) and t["label"].dim() == 0
+    raw = frames_of(test, 0)
+    # windows [0, 1) s and [0.5, 1.5) s at 8 fps: frames 0-7 and 4-11, centre crops of the 32 px frame
+    assert torch.allclose(t["video"][0] * 0.225 + 0.45, raw[:, 0:8, 4:28, 4:28], atol=1e-5)
+    assert torch.allclose(t["video"][1] * 0.225 + 0.45, raw[:, 4:12, 4:28, 4:28], atol=1e-5)
+    three = dataset(dataclasses.replace(cfg, test_crops=3), "test")[0]["video"]
+    assert three.shape == (6, 3, 8, 24, 24)  # the shared protocol: short side to crop_size, three crops
 
 
 def test_single_frame_repeats_one_frame():
-    s = SyntheticVideoDataset(data_cfg(synthetic={"single_frame": True}), "val")[0]
-    assert torch.equal(s["video"], s["video"][:, 4:5].expand_as(s["video"]))
-    s = SyntheticVideoDataset(data_cfg(synthetic={"single_frame": True}), "train")[0]
-    assert torch.equal(s["video"], s["video"][:, :1].expand_as(s["video"]))
+    v = dataset(data_cfg(single_frame=True), "val")[0]["video"][0]
+    assert torch.equal(v, v[:, 4:5].expand_as(v))  # the middle frame
+    ds = dataset(data_cfg(single_frame=True), "train")
+    picks = set()
+    for i in range(6):
+        v = ds[i]["video"]
+        assert torch.equal(v, v[:, :1].expand_as(v))
+        raw = frames_of(ds, i)
+        picks |= {t for t in range(8) if any(torch.allclose(v[:, 0] * 0.225 + 0.45, raw[:, t, y:y + 24, x:x + 24],
+                                                            atol=1e-5) for y in range(1) for x in range(1))}
+    assert len(picks) > 1  # a random frame of the clip in training, not always the same one
 
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="crop_size"):
-        SyntheticVideoDataset(data_cfg(crop_size=32), "train")
+        dataset(data_cfg(crop_size=32), "train")
     with pytest.raises(ConfigError, match="num_frames"):
-        SyntheticVideoDataset(data_cfg(num_frames=9), "train")
+        dataset(data_cfg(num_frames=9), "train")
     with pytest.raises(ConfigError, match="unknown motion"):
-        SyntheticVideoDataset(data_cfg(synthetic={"num_classes": 2, "classes": ["move_left", "jump"]}), "train")
+        dataset(data_cfg(synthetic={"num_classes": 2, "classes": ["move_left", "jump"]}), "train")
 
 
 def test_lossless_written_video_reads_back_bit_exact(tmp_path):
@@ -226,11 +264,11 @@ def test_cli_data_synth(tmp_path, capsys):
 
 def test_shared_cache_and_render_all():
     cache = {}
-    video = SyntheticVideoDataset(data_cfg(), "val", cache=cache)
-    assert video.render_all() == len(video) == len(cache)
-    still = SyntheticVideoDataset(data_cfg(synthetic={"single_frame": True}), "val", cache=cache)
-    assert still.render_all() == 0  # every clip came from the shared cache
-    assert torch.equal(still[0]["video"][:, 0], video[0]["video"][:, 4])
+    video = dataset(data_cfg(), "val", cache=cache)
+    assert video.opener.render_all(s.path for s in video.samples) == len(video) == len(cache)
+    still = dataset(data_cfg(single_frame=True), "val", cache=cache)
+    assert still.opener.render_all(s.path for s in still.samples) == 0  # every clip came from the shared cache
+    assert torch.equal(still[0]["video"][0, :, 0], video[0]["video"][0, :, 4])
 
 
 @pytest.mark.parametrize("key, value", [("randaugment", "rand-m9-n2-mstd0.5-inc1"), ("color_jitter", 0.4),
@@ -238,15 +276,15 @@ def test_shared_cache_and_render_all():
 def test_train_samples_go_through_the_shared_augmentations(key, value):
     # these options used to be ignored on the synthetic set: the sample was bit-identical with them
     base = data_cfg(crop_size=16)
-    plain = SyntheticVideoDataset(base, "train", seed=5)
+    plain = dataset(base, "train", seed=5)
     aug = dataclasses.replace(base.augment, **{key: value})
-    augmented = SyntheticVideoDataset(dataclasses.replace(base, augment=aug), "train", seed=5)
+    augmented = dataset(dataclasses.replace(base, augment=aug), "train", seed=5)
     differ = [not torch.equal(plain[i]["video"], augmented[i]["video"]) for i in range(4)]
     assert any(differ)
 
 
 def test_train_draws_come_from_seed_epoch_and_index_only():
-    ds = SyntheticVideoDataset(data_cfg(crop_size=16), "train", seed=5)
+    ds = dataset(data_cfg(crop_size=16), "train", seed=5)
     state = torch.get_rng_state()
     a = ds[3]["video"]
     torch.manual_seed(123)  # the global RNG plays no part
@@ -261,4 +299,24 @@ def test_train_draws_come_from_seed_epoch_and_index_only():
         ds.set_epoch(epoch)
         others.append(ds[3]["video"])
     assert not torch.equal(others[0], others[1]) or not torch.equal(a, others[0])
-    assert not torch.equal(SyntheticVideoDataset(data_cfg(crop_size=16), "train", seed=6)[3]["video"], a)
+    assert not torch.equal(dataset(data_cfg(crop_size=16), "train", seed=6)[3]["video"], a)
+
+
+def test_unscaled_crops_are_sliced_exactly_as_the_scaler_would_copy_them():
+    from av.video.frame import VideoFrame
+
+    from tubelet.data.decoding import ResizedCrop
+    from tubelet.data.decoding.crop import CropWriter
+
+    reader = dataset(data_cfg(), "train").opener(clip_path(3))
+    clips = [np.arange(0, 8), np.arange(0, 8, 2)]
+    crops = [ResizedCrop(3, 5, 20, 17, (20, 17), flip=True), ResizedCrop(0, 4, 20, 17, (20, 17))]
+    sliced = reader.get_resized_clips(clips, crops)
+    frames = reader.get_frames(np.concatenate(clips))
+    writer = CropWriter(len(frames), np.repeat([0, 1], [8, 4]), crops, lambda: 0)
+    for pos, frame in enumerate(frames):
+        writer.write(VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"), [pos])
+    scaled = writer.result()
+    assert [c.shape for c in sliced] == [(3, 8, 20, 17), (3, 4, 20, 17)]
+    assert all(np.array_equal(a, b) for a, b in zip(sliced, scaled))
+    assert np.array_equal(sliced[1], frames[8:, 0:20, 4:21].transpose(3, 0, 1, 2))

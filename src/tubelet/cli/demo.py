@@ -83,13 +83,11 @@ def _pick_samples(dataset: Any, predictions: list[dict], names: list[str], per_c
 
     by_index = {p["index"]: p for p in predictions}
     chosen, seen = [], {}
-    for pos in range(len(dataset)):
-        index = dataset.indices[pos]
-        label = index % len(names)
-        if seen.get(label, 0) >= per_class or index not in by_index:
+    for index, row in enumerate(dataset.samples):
+        if seen.get(row.label, 0) >= per_class or index not in by_index:
             continue
-        seen[label] = seen.get(label, 0) + 1
-        sample = dataset[pos]
+        seen[row.label] = seen.get(row.label, 0) + 1
+        sample = dataset[index]
         frames = _clip_frames(sample["video"], dataset.cfg.mean, dataset.cfg.std)
         pred = by_index[index]
         chosen.append(SampleClip(frames, names[pred["label"]], names[pred["pred"]], sample.get("caption", "")))
@@ -164,14 +162,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _prerender(dataset: Any) -> int:
     """Render a synthetic split up front, so that training time measures the model, not the renderer."""
-    render_all = getattr(dataset, "render_all", None)
-    return render_all() if render_all is not None else 0
+    from tubelet.data.synthetic import SyntheticSource
+
+    base = getattr(dataset, "base", dataset)  # a rho wrapper holds its clip dataset
+    opener = getattr(base, "opener", None)
+    return opener.render_all(s.path for s in base.samples) if isinstance(opener, SyntheticSource) else 0
 
 
 def _dataset(build_dataset: Callable, recipe: Any, split: str, caches: dict[str, dict]) -> Any:
     """The recipe's split; stages over the same synthetic set share its rendered clips."""
-    import dataclasses
-
     d = recipe.data
-    key = repr(dataclasses.replace(d.synthetic, single_frame=False))
-    return build_dataset(d, split, seed=recipe.seed, cache=caches.setdefault(key, {}))
+    return build_dataset(d, split, seed=recipe.seed, cache=caches.setdefault(repr(d.synthetic), {}))

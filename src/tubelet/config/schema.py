@@ -55,7 +55,6 @@ class SyntheticConfig:
     growth: list[float] = field(default_factory=lambda: [0.06, 0.09])  # log-radius change per frame
     pan_speed: float = 0.03  # background (camera) pan, fraction of size per frame, random direction
     noise: float = 0.02  # per-pixel sensor noise (std, on [0, 1] values)
-    single_frame: bool = False  # serve one frame repeated over time: the still-image baseline
 
 
 @dataclass
@@ -123,6 +122,7 @@ class DataConfig:
     decode_crop: bool = True  # train: crop, resize and flip each frame while decoding (else on the RGB clip)
     device_transforms: bool = False  # train: uint8 crops out of the loader; the rest of the pipeline on the batch
     frames_fps: float = 30.0  # frame rate of frame-folder videos (kind "frames")
+    single_frame: bool = False  # each clip shows one of its frames repeated: the still-image baseline
     clip_max_span: float | None = None  # train clips of one video lie within this many seconds (rho-SSL)
     max_failure_fraction: float = 0.01
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch.utils.data import Dataset
 
 from tubelet.config.schema import DataConfig
@@ -14,45 +16,31 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
     """A map-style dataset of samples ``{"video": (C,T,H,W) float, "label": int, "index": int, ...}``.
 
     With ``repeated_sampling = r > 1`` on the train split, ``video`` is ``(r, C, T, H, W)`` and
-    ``label`` has shape ``(r,)``. Val/test samples of real media hold ``V = test_clips x test_crops``
-    views ``(V, C, T, H, W)``. ``seed`` seeds the per-sample draws (with ``set_epoch``). ``cache``: rendered
-    synthetic clips to share between datasets over the same set (``SyntheticVideoDataset``).
+    ``label`` has shape ``(r,)``. Val/test samples hold ``V = test_clips x test_crops`` views
+    ``(V, C, T, H, W)``. ``seed`` seeds the per-sample draws (with ``set_epoch``). ``cache``: rendered
+    synthetic clips to share between datasets over the same set (``SyntheticSource``).
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
-    if cfg.device_transforms and (cfg.kind not in CLIP_KINDS or cfg.rho.clips > 0):
+    if cfg.kind not in CLIP_KINDS:
+        raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use {', '.join(CLIP_KINDS)}")
+    if cfg.device_transforms and cfg.rho.clips > 0:
         raise ConfigError(
-            "data.device_transforms applies to single-stream clip datasets (manifest, folders, frames, images) "
-            f"without rho clips; got data.kind '{cfg.kind}', data.rho.clips {cfg.rho.clips}"
+            f"data.device_transforms applies to single-stream clip datasets; got data.rho.clips {cfg.rho.clips}"
         )
     if split == "train" and cfg.rho.clips > 0:  # rho clips per video for SSL pre-training (data/rho.py)
-        return build_rho_dataset(cfg, split, seed=seed)
-    if cfg.kind == "synthetic":
-        from tubelet.data.synthetic import SyntheticVideoDataset
-
-        return SyntheticVideoDataset(cfg, split, cache=cache, seed=seed)
-    if cfg.kind not in CLIP_KINDS:
-        raise ConfigError(
-            f"data.kind '{cfg.kind}' is not supported; use synthetic, manifest, folders, frames or images"
-        )
-    return build_clip_dataset(cfg, split, seed=seed)
+        return build_rho_dataset(cfg, split, seed=seed, cache=cache)
+    return build_clip_dataset(cfg, split, seed=seed, cache=cache)
 
 
-CLIP_KINDS = ("manifest", "folders", "frames", "images")
+CLIP_KINDS = ("synthetic", "manifest", "folders", "frames", "images")
 
 
 def build_eval_views(cfg: DataConfig, videos: str = "train", seed: int = 0) -> Dataset:
     """Deterministic single-clip views (the val split's pipeline: centre window and crop) of the videos of
     split ``videos``, e.g. the memory bank of a kNN monitor over the training videos."""
-    import dataclasses
-
     cfg = dataclasses.replace(cfg, rho=dataclasses.replace(cfg.rho, clips=0), test_clips=1, test_crops=1)
-    if cfg.kind == "synthetic":
-        from tubelet.data.synthetic import SyntheticVideoDataset
-
-        return SyntheticVideoDataset(cfg, "val", seed=seed, videos=videos)
-    source = cfg.train if videos == "train" else cfg.val
-    return build_dataset(dataclasses.replace(cfg, val=source), "val", seed=seed)
+    return build_clip_dataset(cfg, "val", seed=seed, videos=videos)
 
 
 def _source(cfg: DataConfig, split: str) -> str:
@@ -63,10 +51,13 @@ def _source(cfg: DataConfig, split: str) -> str:
     return src
 
 
-def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
-    """Datasets of real media: ``manifest`` (CSV/JSONL of videos), ``folders`` (root/class/video),
-    ``frames`` (frame folders, from a manifest of folders or root/class/video_folder/) and
-    ``images`` (root/class/image or a manifest of images). Paths are resolved under ``data.root``."""
+def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None,
+                       videos: str | None = None):
+    """The clip dataset of every kind: ``synthetic`` (rendered clips, ``data/synthetic.py``),
+    ``manifest`` (CSV/JSONL of videos), ``folders`` (root/class/video), ``frames`` (frame folders,
+    from a manifest of folders or root/class/video_folder/) and ``images`` (root/class/image or a
+    manifest of images). Paths are resolved under ``data.root``. ``videos``: the split whose videos
+    are served through ``split``'s pipeline (default: ``split``'s own)."""
     from pathlib import Path
 
     from tubelet.data.datasets import (
@@ -89,6 +80,17 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
         )
     if int(cfg.test_crops) not in (1, 3):
         raise ConfigError(f"data.test_crops must be 1 or 3, got {cfg.test_crops}")
+    transform = build_transforms(cfg, "train" if split == "train" else "test")
+    kw = dict(transform=transform, seed=seed)
+    if cfg.kind == "synthetic":
+        from tubelet.data.synthetic import synthetic_split
+
+        syn = synthetic_split(cfg, videos or split, cache)
+        return ClipDataset(syn.samples, cfg, split, opener=syn.opener, num_classes=len(syn.class_names),
+                           class_names=syn.class_names, flip_labels=syn.flip_labels, **kw)
+    if videos is not None:  # split's pipeline over the files of split videos
+        own = "train" if split == "train" else "val"
+        cfg = dataclasses.replace(cfg, **{own: cfg.train if videos == "train" else cfg.val})
     src = _source(cfg, split)
     path = Path(src)
     if cfg.root and not path.is_absolute() and not path.exists():
@@ -108,10 +110,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
 
         for s in samples:  # class folders: an entry symlinked out of data.root is refused like a manifest row
             resolve_under_root(s.path, Path(cfg.root), path, s.source)
-    transform = build_transforms(cfg, "train" if split == "train" else "test")
     names = lmap.names if lmap is not None else None
     num_classes = len(names) if names is not None else max(s.label for s in samples) + 1
-    kw = dict(transform=transform, seed=seed, num_classes=num_classes, class_names=names)
+    kw.update(num_classes=num_classes, class_names=names)
     if cfg.kind == "images":
         return ImageDataset(samples, cfg, split, **kw)
     if cfg.kind == "frames":
@@ -122,17 +123,13 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0):
     return ClipDataset(samples, cfg, split, **kw)
 
 
-def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0) -> Dataset:
+def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0, cache: dict | None = None) -> Dataset:
     """The multi-clip training set for ``cfg`` (``cfg.rho.clips >= 1``)."""
-    import dataclasses
-
-    from tubelet.data.rho import RhoClipDataset, SyntheticRhoDataset
-
-    if cfg.kind == "synthetic":
-        return SyntheticRhoDataset(cfg, split, seed=seed)
+    from tubelet.data.rho import RhoClipDataset
 
     # ClipDataset draws the rho windows (inside clip_max_span when set) and decodes their union once.
-    base = build_clip_dataset(dataclasses.replace(cfg, repeated_sampling=max(1, int(cfg.rho.clips))), split, seed=seed)
+    rho_cfg = dataclasses.replace(cfg, repeated_sampling=max(1, int(cfg.rho.clips)))
+    base = build_clip_dataset(rho_cfg, split, seed=seed, cache=cache)
     base.transform = None
     return RhoClipDataset(base, cfg)
 
@@ -140,8 +137,8 @@ def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0) -> D
 def build_collate(cfg: DataConfig, split: str, num_classes: int | None = None, seed: int = 0):
     """The batch collate: drops samples that failed to load (reported under ``"bad_samples"``) and,
     on the train split with ``augment.mixup_alpha`` or ``cutmix_alpha`` > 0, applies Mixup/CutMix
-    with label smoothing (soft ``(B, K)`` labels). ``num_classes`` defaults to the label map size,
-    else ``data.synthetic.num_classes`` for synthetic data."""
+    with label smoothing (soft ``(B, K)`` labels). ``num_classes`` (the model's) defaults to the
+    label map's size."""
     from tubelet.data.mixing import ClipCollate, Mixup
 
     aug = cfg.augment
@@ -153,9 +150,7 @@ def build_collate(cfg: DataConfig, split: str, num_classes: int | None = None, s
             from tubelet.data.datasets import load_label_map
 
             k = len(load_label_map(cfg.label_map))
-        if k is None and cfg.kind == "synthetic":
-            k = cfg.synthetic.num_classes
         if k is None:
-            raise ConfigError("mixup/cutmix need the number of classes: set data.label_map")
+            raise ConfigError("mixup/cutmix need the number of classes: pass num_classes or set data.label_map")
         mix = Mixup(k, aug.mixup_alpha, aug.cutmix_alpha, aug.label_smoothing)
     return ClipCollate(mix, seed=seed)

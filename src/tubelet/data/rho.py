@@ -15,29 +15,25 @@ Sample (``V = max(rho, 2)`` views)::
     small   (V, n, C, T, s, s)    MultiCrop: ``n`` small source crops of each window
     mix     (V, C, T, S, S)       ScaleMix: a second source draw of each window (mixed in the method)
 
-Sources: the synthetic set (:class:`SyntheticRhoDataset`, rendered by ``data/synthetic.py``; give it
-``synthetic.frames`` longer than one clip so that windows differ in time) or any clip dataset of real
-media (:class:`RhoClipDataset`, which reuses :class:`~tubelet.data.datasets.ClipDataset`'s decoding and
-rho windows and applies the per-branch pipelines here).
+Source: any clip dataset (:class:`RhoClipDataset` reuses :class:`~tubelet.data.datasets.ClipDataset`'s
+decoding and rho windows and applies the per-branch pipelines here); on the synthetic set, give it
+``synthetic.frames`` longer than one clip so that windows differ in time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from fractions import Fraction
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from tubelet.config.schema import DataConfig
-from tubelet.data.sampling import rho_clips, sample_rng, torch_generator
+from tubelet.data.sampling import sample_rng, torch_generator
 from tubelet.data.transforms import build_transforms
 from tubelet.errors import ConfigError
 
-__all__ = ["RhoViews", "SyntheticRhoDataset", "RhoClipDataset", "frame_windows", "num_views"]
+__all__ = ["RhoViews", "RhoClipDataset", "num_views"]
 
 
 class RhoViews:
@@ -77,64 +73,6 @@ def num_views(rho: int) -> int:
     if rho < 1:
         raise ConfigError(f"data.rho.clips must be >= 1 for multi-clip views, got {rho}")
     return max(rho, 2)
-
-
-def frame_windows(
-    num_frames: int, span: int, rho: int, rng: np.random.Generator, max_span_frames: int | None = None
-) -> list[int]:
-    """Start frames of ``rho`` clips of ``span`` frames in a ``num_frames`` video (rho_clips on a frame grid).
-
-    With ``max_span_frames`` every clip lies in ``[min start, min start + max_span_frames)``: starts are
-    floored to frames on an integer span window, so the bound holds exactly.
-    """
-    starts = rho_clips(Fraction(num_frames), Fraction(span), rho, rng,
-                       None if max_span_frames is None else Fraction(int(max_span_frames)))
-    return [int(math.floor(s)) for s, _ in starts]
-
-
-class SyntheticRhoDataset(Dataset):
-    """rho clips per synthetic video (train split of ``data.synthetic``), drawn from ``(seed, epoch, index)``."""
-
-    def __init__(self, cfg: DataConfig, split: str = "train", seed: int = 0) -> None:
-        from tubelet.data.synthetic import SyntheticVideoDataset
-
-        self.cfg = cfg
-        self.base = SyntheticVideoDataset(cfg, split)  # rendering, split ranges and the span checks
-        self.rho = int(cfg.rho.clips)
-        self.views = num_views(self.rho)
-        self.stride, self.span = self.base.stride, self.base.span
-        self.fps = cfg.synthetic.fps
-        self.max_span_frames = None
-        if cfg.clip_max_span is not None:
-            self.max_span_frames = int(math.floor(cfg.clip_max_span * self.fps + 1e-9))
-            if self.max_span_frames < self.span:
-                raise ConfigError(
-                    f"data.clip_max_span={cfg.clip_max_span} s is {self.max_span_frames} frames, shorter than one clip "
-                    f"({self.span} frames)"
-                )
-        self.pipelines = RhoViews(cfg)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def windows(self, index: int, rng: np.random.Generator) -> list[int]:
-        starts = frame_windows(self.cfg.synthetic.frames, self.span, self.rho, rng, self.max_span_frames)
-        return starts * 2 if self.rho == 1 else starts
-
-    def __getitem__(self, i: int) -> dict:
-        clip = self.base.clip(i)
-        rng = sample_rng(self.seed, self.epoch, i)
-        frames = torch.from_numpy(clip.frames)  # (F, H, W, 3) uint8
-        clips = [frames[t0 : t0 + self.span : self.stride].permute(3, 0, 1, 2) for t0 in self.windows(i, rng)]
-        out = self.pipelines(clips, torch_generator(rng))
-        out["label"] = torch.full((self.views,), clip.label, dtype=torch.int64)
-        out["index"] = int(self.base.indices[i])
-        return out
 
 
 class RhoClipDataset(Dataset):

@@ -17,6 +17,10 @@ Clip ``i`` is a pure function of ``(seed, i)``; labels are ``i % num_classes`` (
 the train/val/test splits are disjoint contiguous index ranges. Every clip carries a caption, per-frame
 boxes ``(x1, y1, x2, y2)`` in pixels (of the copy of the object that holds its centre, clipped to the
 frame) and identities, so detection, tracking and video-text methods have a task on it too.
+
+The set is served as a source of readers (:class:`SyntheticSource`), so a recipe's samplers, seeding
+and transforms treat it exactly as a folder of real files. The one thing it adds is that a horizontal
+flip mirrors the label with the clip (left <-> right, clockwise <-> counter-clockwise).
 """
 
 from __future__ import annotations
@@ -25,15 +29,13 @@ import csv
 import json
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from tubelet.config.schema import DataConfig, SyntheticConfig
-from tubelet.data.sampling import sample_rng, torch_generator
-from tubelet.data.transforms import build_transforms
+from tubelet.data.decoding import ConstantRateReader
 from tubelet.errors import ConfigError
 
 # Canonical class order; ``num_classes = K`` uses the first K (or ``SyntheticConfig.classes``).
@@ -262,166 +264,95 @@ def split_indices(cfg: SyntheticConfig, split: str) -> range:
     return ranges[split]
 
 
-def temporal_stride(data_cfg: DataConfig) -> int:
-    """"T x tau": one frame every tau frames at a ``target_fps`` reference, converted to the set's fps."""
-    return max(1, int(round(data_cfg.sampling_rate * data_cfg.synthetic.fps / data_cfg.target_fps)))
+class SyntheticReader(ConstantRateReader):
+    """A rendered clip behind the :class:`~tubelet.data.decoding.VideoReader` interface: frame ``i`` at
+    ``i / synthetic.fps``, so the synthetic set goes through the same samplers, seeding, decode-time
+    crops and transforms as a real file. ``caption`` and ``clip`` (boxes, identities) come along."""
+
+    def __init__(self, clip: SyntheticClip, path: str, fps: int) -> None:
+        T, H, W, _ = clip.frames.shape
+        super().__init__(path, T, Fraction(int(fps)), W, H, "synthetic")
+        self.clip = clip
+        self.caption = clip.caption
+
+    def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
+        return self.clip.frames[unique_sorted]
 
 
-class SyntheticVideoDataset(Dataset):
-    """Map-style synthetic clips, rendered on first access and kept in memory (uint8).
+PATH_PREFIX = "synthetic:"
 
-    Sample: ``{"video": float (C,T,H,W) normalised, "label": int64, "index": int, "caption": str,
-    "boxes": float32 (T,K,4), "ids": int64 (T,K)}``.
 
-    - train: random temporal window, random crop (when ``synthetic.size > crop_size``) and horizontal flip
-      with probability ``augment.hflip``, all drawn once per clip from a generator seeded by (seed, epoch,
-      index); a flip mirrors the label too (left <-> right, clockwise <-> counter-clockwise) and the boxes.
-      The rest of the shared training pipeline follows (``build_transforms``: colour jitter, grayscale,
-      blur, RandAugment, normalise, random erasing), drawing from the same generator. With ``repeated_sampling = r > 1``:
-      video ``(r,C,T,H,W)``, label ``(r,)`` (each view augmented independently).
-    - val: centre window and centre crop.
-    - test: ``test_clips x test_crops`` views ``(V,C,T,H,W)`` when V > 1 (label scalar): evenly spaced windows
-      (first at frame 0, last ending at the end) x left/centre/right crops.
-    - ``synthetic.single_frame``: every view shows one frame repeated over time (random frame of the window
-      in training, middle frame otherwise), the still-image baseline with the same input shape.
-    """
+def clip_path(index: int) -> str:
+    """The sample path of clip ``index`` (what bad-file reports and predictions name)."""
+    return f"{PATH_PREFIX}{int(index):06d}"
 
-    def __init__(self, data_cfg: DataConfig, split: str, cache: dict[int, SyntheticClip] | None = None,
-                 seed: int = 0, videos: str | None = None):
-        """``cache``: a dict of rendered clips by global index to share between datasets over the same set
-        (e.g. a video run and its single-frame baseline); clips only depend on ``synthetic`` minus
-        ``single_frame``. ``seed`` (with ``set_epoch``) seeds every training draw, per sample. ``videos``: the
-        split whose videos are served through ``split``'s pipeline (default: ``split``'s own)."""
-        self.cfg = data_cfg
-        self.seed, self.epoch = int(seed), 0
-        self.syn = data_cfg.synthetic
-        self.split = split
-        self.names = class_names(self.syn)
-        self.indices = split_indices(self.syn, videos or split)
-        self.stride = temporal_stride(data_cfg)
-        self.span = (data_cfg.num_frames - 1) * self.stride + 1
-        if self.span > self.syn.frames:
-            raise ConfigError(
-                f"data.num_frames={data_cfg.num_frames} at stride {self.stride} needs {self.span} frames but "
-                f"data.synthetic.frames is {self.syn.frames}"
-            )
-        if data_cfg.crop_size > self.syn.size:
-            raise ConfigError(f"data.crop_size={data_cfg.crop_size} exceeds data.synthetic.size={self.syn.size}")
-        self.flip_map = torch.tensor(hflip_label_map(self.names))
-        self.flip_ok = flip_is_safe(self.names)
-        self.mean = torch.tensor(data_cfg.mean, dtype=torch.float32).view(3, 1, 1, 1)
-        self.std = torch.tensor(data_cfg.std, dtype=torch.float32).view(3, 1, 1, 1)
-        self._cache: dict[int, SyntheticClip] = {} if cache is None else cache
-        # The shared training pipeline after its crop and flip (colour ops, RandAugment, normalise,
-        # erasing): this set crops and flips itself, since a flip also mirrors its label and boxes.
-        self.train_pipeline = build_transforms(data_cfg, "train") if split == "train" else None
-        self.pipeline_start = self.train_pipeline.decode_crop_steps if self.train_pipeline is not None else 0
 
-    def __len__(self) -> int:
-        return len(self.indices)
+class SyntheticSource:
+    """``path -> SyntheticReader`` for the paths of :func:`clip_path`: each clip is rendered on first
+    use and kept (uint8) in ``cache``, a dict by global index that datasets over the same set may share
+    (clips depend on ``data.synthetic`` only). Pickles with its cache for spawn-started workers."""
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the random draws of ``epoch`` (windows, crops, flips, colour ops ...)."""
-        self.epoch = int(epoch)
+    def __init__(self, cfg: SyntheticConfig, cache: dict[int, SyntheticClip] | None = None) -> None:
+        self.cfg = cfg
+        self.cache: dict[int, SyntheticClip] = {} if cache is None else cache
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.names)
+    def index(self, path: str) -> int:
+        if not str(path).startswith(PATH_PREFIX):
+            raise ValueError(f"'{path}' is not a synthetic clip path ({PATH_PREFIX}<index>)")
+        return int(str(path)[len(PATH_PREFIX):])
 
-    def render_all(self) -> int:
-        """Render every clip of the split now (e.g. before timing training); returns how many were new."""
-        before = len(self._cache)
-        for i in range(len(self)):
-            self.clip(i)
-        return len(self._cache) - before
+    def clip(self, index: int) -> SyntheticClip:
+        if index not in self.cache:
+            self.cache[index] = render_clip(self.cfg, index)
+        return self.cache[index]
 
-    def clip(self, i: int) -> SyntheticClip:
-        """Rendered clip for dataset position ``i`` (global index ``self.indices[i]``)."""
-        index = self.indices[i]
-        if index not in self._cache:
-            self._cache[index] = render_clip(self.syn, index)
-        return self._cache[index]
+    def __call__(self, path: str) -> SyntheticReader:
+        return SyntheticReader(self.clip(self.index(path)), str(path), self.cfg.fps)
 
-    def _view(self, clip: SyntheticClip, t0: int, y0: int, x0: int, flip: bool, still: int | None,
-              g: torch.Generator | None = None):
-        c = self.cfg.crop_size
-        frames = torch.from_numpy(clip.frames)
-        tidx = torch.arange(t0, t0 + self.span, self.stride)
-        if still is not None:
-            tidx = torch.full_like(tidx, still)
-        v = frames[tidx, y0 : y0 + c, x0 : x0 + c]  # (T,c,c,3) uint8
-        boxes = torch.from_numpy(clip.boxes)[tidx].clone()
-        ids = torch.from_numpy(clip.ids)[tidx].clone()
-        boxes[..., 0::2] = (boxes[..., 0::2] - x0).clamp(0, c)
-        boxes[..., 1::2] = (boxes[..., 1::2] - y0).clamp(0, c)
-        if flip:
-            v = v.flip(2)
-            boxes = torch.stack([c - boxes[..., 2], boxes[..., 1], c - boxes[..., 0], boxes[..., 3]], dim=-1)
-        gone = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1]) | (ids < 0)
-        boxes[gone] = 0.0
-        ids[gone] = -1
-        if g is not None:  # training: the shared pipeline from its colour ops on, (C,T,c,c) uint8 in
-            video = self.train_pipeline.apply_from(self.pipeline_start, v.permute(3, 0, 1, 2).contiguous(), g)
-        else:
-            video = (v.permute(3, 0, 1, 2).float().div_(255.0) - self.mean) / self.std  # (C,T,c,c)
-        label = int(self.flip_map[clip.label]) if flip else clip.label
-        return video, label, boxes, ids
+    def render_all(self, paths) -> int:
+        """Render the clips of ``paths`` now (e.g. before timing training); returns how many were new."""
+        before = len(self.cache)
+        for path in paths:
+            self.clip(self.index(path))
+        return len(self.cache) - before
 
-    def _train_view(self, clip: SyntheticClip, g: torch.Generator):
-        """One training view, every draw from ``g`` (never from the global RNG)."""
-        c, S = self.cfg.crop_size, self.syn.size
-        t0 = int(torch.randint(0, self.syn.frames - self.span + 1, (), generator=g))
-        y0, x0 = (int(v) for v in torch.randint(0, S - c + 1, (2,), generator=g))
-        flip = self.flip_ok and bool(torch.rand((), generator=g) < self.cfg.augment.hflip)
-        still = None
-        if self.syn.single_frame:
-            still = t0 + self.stride * int(torch.randint(0, self.cfg.num_frames, (), generator=g))
-        return self._view(clip, t0, y0, x0, flip, still, g)
 
-    def _eval_views(self, clip: SyntheticClip, n_clips: int, n_crops: int):
-        c, S = self.cfg.crop_size, self.syn.size
-        last = self.syn.frames - self.span
-        starts = [last // 2] if n_clips == 1 else [i * (last // (n_clips - 1)) for i in range(n_clips)]
-        mid = (S - c) // 2
-        offsets = [mid] if n_crops == 1 else [int(round(j * (S - c) / (n_crops - 1))) for j in range(n_crops)]
-        views = []
-        for t0 in starts:
-            still = t0 + self.stride * (self.cfg.num_frames // 2) if self.syn.single_frame else None
-            for x0 in offsets:
-                views.append(self._view(clip, t0, mid, x0, False, still))
-        return views
+@dataclass(frozen=True)
+class SyntheticSplit:
+    """What a clip dataset needs to serve one split of the set: its rows, the opener that renders them,
+    the class names and, for a flip, the mirrored label of each class."""
 
-    def __getitem__(self, i: int) -> dict:
-        clip = self.clip(i)
-        sample = {"index": int(self.indices[i]), "caption": clip.caption}
-        if self.split == "train":
-            rng = sample_rng(self.seed, self.epoch, i)
-            views = [self._train_view(clip, torch_generator(rng)) for _ in range(max(1, self.cfg.repeated_sampling))]
-            if len(views) == 1:
-                video, label, boxes, ids = views[0]
-                sample.update(video=video, label=torch.tensor(label, dtype=torch.int64), boxes=boxes, ids=ids)
-            else:
-                sample.update(
-                    video=torch.stack([v[0] for v in views]),
-                    label=torch.tensor([v[1] for v in views], dtype=torch.int64),
-                    boxes=torch.stack([v[2] for v in views]),
-                    ids=torch.stack([v[3] for v in views]),
-                )
-            return sample
-        n_clips, n_crops = (self.cfg.test_clips, self.cfg.test_crops) if self.split == "test" else (1, 1)
-        views = self._eval_views(clip, n_clips, n_crops)
-        label = torch.tensor(clip.label, dtype=torch.int64)
-        if len(views) == 1:
-            video, _, boxes, ids = views[0]
-            sample.update(video=video, label=label, boxes=boxes, ids=ids)
-        else:
-            sample.update(
-                video=torch.stack([v[0] for v in views]),
-                label=label,
-                boxes=torch.stack([v[2] for v in views]),
-                ids=torch.stack([v[3] for v in views]),
-            )
-        return sample
+    samples: list
+    opener: SyntheticSource
+    class_names: list[str]
+    flip_labels: list[int]
+
+
+def synthetic_split(data_cfg: DataConfig, videos: str, cache: dict[int, SyntheticClip] | None = None) -> SyntheticSplit:
+    """The rows of split ``videos`` (labels ``index % num_classes``, computed without rendering) and
+    their source, after the checks that only this set can make: the clip fits the rendered frames at
+    the recipe's stride, the crop fits the frame, and a flip maps every class onto a class."""
+    from tubelet.data.datasets.base import Sample
+
+    syn = data_cfg.synthetic
+    names = class_names(syn)
+    stride = max(1, int(round(data_cfg.sampling_rate * syn.fps / data_cfg.target_fps)))
+    span = (data_cfg.num_frames - 1) * stride + 1
+    if span > syn.frames:
+        raise ConfigError(
+            f"data.num_frames={data_cfg.num_frames} at stride {stride} needs {span} frames but "
+            f"data.synthetic.frames is {syn.frames}"
+        )
+    if data_cfg.crop_size > syn.size:
+        raise ConfigError(f"data.crop_size={data_cfg.crop_size} exceeds data.synthetic.size={syn.size}")
+    if data_cfg.augment.hflip > 0 and not flip_is_safe(names):
+        missing = sorted({HFLIP_MOTION[n] for n in names if HFLIP_MOTION.get(n, n) not in names})
+        raise ConfigError(
+            f"data.augment.hflip={data_cfg.augment.hflip} would mirror clips into motions that are not classes "
+            f"({', '.join(missing)}); set data.augment.hflip=0 or add them to data.synthetic.classes"
+        )
+    samples = [Sample(clip_path(i), i % len(names), source=f"synthetic:{videos}:{i}") for i in split_indices(syn, videos)]
+    return SyntheticSplit(samples, SyntheticSource(syn, cache), names, hflip_label_map(names))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,7 +397,7 @@ def write_dataset(out_dir: str | Path, num_videos: int, cfg: SyntheticConfig, lo
 
         out_dir/videos/000000.mp4 ...   (.mkv when lossless)
         out_dir/manifest.csv            path,label,start,end,caption for every clip (header row; path relative)
-        out_dir/{train,val,test}.csv    the same rows split like SyntheticVideoDataset
+        out_dir/{train,val,test}.csv    the same rows split as the set splits them (split_indices)
         out_dir/labels.txt              one class name per line, line i = label i
         out_dir/annotations.json        per clip: caption, objects, boxes (T,K,4) and ids (T,K)
 

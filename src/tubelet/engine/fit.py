@@ -83,17 +83,11 @@ def run_context(recipe: Recipe, train: Dataset | None) -> Any:
 
 
 def build_collate(recipe: Recipe) -> Any:
-    """The data package's batch collate: drops unreadable samples, and mixes with mixup/cutmix when
-    ``data.augment.mixup_alpha`` or ``cutmix_alpha`` is set (labels become soft ``(B, K)`` targets)."""
-    from tubelet.data.mixing import ClipCollate, Mixup
+    """The training collate (``tubelet.data.builder.build_collate``) with Mixup's soft labels sized by
+    the model's ``num_classes``."""
+    from tubelet.data.builder import build_collate as data_collate
 
-    aug = recipe.data.augment
-    mixup = None
-    # with data.device_transforms Mixup runs on the device, after the clip transforms
-    if (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0) and not recipe.data.device_transforms:
-        mixup = Mixup(recipe.model.num_classes, mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
-                      label_smoothing=aug.label_smoothing)
-    return ClipCollate(mixup=mixup, seed=recipe.seed)
+    return data_collate(recipe.data, "train", num_classes=recipe.model.num_classes, seed=recipe.seed)
 
 
 def method_callbacks(recipe: Recipe, method: nn.Module) -> list[Callback]:

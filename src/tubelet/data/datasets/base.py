@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from tubelet.data.sampling import (
     sample_rng,
     torch_generator,
 )
-from tubelet.errors import DataError, VideoError
+from tubelet.errors import ConfigError, DataError, VideoError
 
 __all__ = ["Sample", "ClipDataset", "FailureTracker", "failure_report"]
 
@@ -113,6 +113,13 @@ class ClipDataset(Dataset):
         seed: base seed of the per-sample generators.
         opener: ``path -> VideoReader`` (default: :func:`open_video` with ``cfg.decoder``).
         num_classes: size of the label space (for soft labels); ``None`` when unknown.
+        flip_labels: ``flip_labels[label]`` is the label of a horizontally flipped training clip, for
+            label spaces that know left from right (the synthetic motions: left <-> right, clockwise
+            <-> counter-clockwise); ``None``: a flip keeps the label.
+
+    With ``cfg.single_frame`` each clip shows one of its frames repeated over time (a random one in
+    training, the middle one otherwise): the still-image baseline with the video's input shape.
+    A reader with a ``caption`` attribute (a rendered clip) captions samples whose row has none.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class ClipDataset(Dataset):
         opener: Callable[[str], VideoReader] | None = None,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
+        flip_labels: list[int] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.cfg = cfg
@@ -147,6 +155,18 @@ class ClipDataset(Dataset):
         # functools.partial, not a lambda: the dataset must pickle for spawn-started workers.
         self.opener = opener or functools.partial(open_video, backend=backend, threads=threads)
         self.failures: list[tuple[int, str, str]] = []
+        self.single_frame = bool(getattr(cfg, "single_frame", False))
+        self.flip_labels = None if flip_labels is None else torch.as_tensor(flip_labels, dtype=torch.int64)
+        flips = self.train and any(getattr(t, "is_flip", False) for t in getattr(transform, "transforms", []))
+        if self.flip_labels is not None and flips and not (self.decode_crop and self._crop_steps()):
+            # only the crop drawn for the decoder says whether a clip was flipped
+            raise ConfigError(
+                "data.augment.hflip > 0 on a label space that mirrors with the clip needs data.decode_crop: true"
+            )
+
+    def _crop_steps(self) -> int:
+        """How many leading transforms the decoder takes (0: the whole transform runs on the clip)."""
+        return getattr(self.transform, "decode_crop_steps", 0) if self.train and self.decode_crop else 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -182,7 +202,11 @@ class ClipDataset(Dataset):
                 idx = reader.indices_in(lo, hi)[-1:]
                 if idx.size == 0:
                     raise VideoError(sample.path, f"no frame in [{float(lo):.3f}, {float(hi):.3f}) s")
-            out.append(clip_frame_indices(idx, expected_frames(w, reader.fps), self.num_frames))
+            clip = clip_frame_indices(idx, expected_frames(w, reader.fps), self.num_frames)
+            if self.single_frame:  # one frame of the clip, repeated
+                pick = int(rng.integers(self.num_frames)) if self.train else self.num_frames // 2
+                clip = np.full_like(clip, clip[pick])
+            out.append(clip)
         return out
 
     def load_clips(self, sample: Sample, rng: np.random.Generator, planar: bool = True) -> list[torch.Tensor]:
@@ -192,19 +216,42 @@ class ClipDataset(Dataset):
         innermost) instead of contiguous copies: the transforms' crop-and-resize reads that layout
         directly, which saves two full-frame transposes per clip (``__getitem__`` with a transform).
         """
+        return self._read(sample, rng, planar=planar).clips
+
+    def load_cropped_clips(self, sample: Sample, rng: np.random.Generator) -> tuple[list[torch.Tensor], list]:
+        """Decode once, cropping, resizing and flipping each clip's frames while they are decoded
+        (the transform's first :attr:`~tubelet.data.transforms.Compose.decode_crop_steps`, drawn from
+        each clip's own generator); the uint8 ``(C, T, S, S)`` clips and their generators, which the
+        rest of the transform continues from."""
+        read = self._read(sample, rng, cropped=True)
+        return read.clips, read.generators
+
+    def _read(self, sample: Sample, rng: np.random.Generator, cropped: bool = False, planar: bool = True) -> "_Read":
         reader = self.opener(sample.path)
         try:
             per_clip = self.clip_indices(reader, sample, rng)
+            caption = sample.caption if sample.caption is not None else getattr(reader, "caption", None)
+            if cropped:
+                gens = [torch_generator(rng) for _ in per_clip]
+                transform, crops = self.transform, []
+
+                def plan(h: int, w: int) -> list:
+                    crops[:] = [transform.decode_crop(h, w, g) for g in gens]
+                    return crops
+
+                clips = [torch.from_numpy(c) for c in reader.get_resized_clips(per_clip, plan)]
+                return _Read(clips, gens, [c.flip for c in crops], caption)
             frames = reader.get_frames(np.concatenate(per_clip))  # one decode of the union
         finally:
             reader.close()
         if planar:
-            clips = to_cthw(frames)
+            whole = to_cthw(frames)
         else:
             if frames.ndim != 4:
                 raise ValueError(f"expected frames (T, H, W, C), got shape {tuple(frames.shape)}")
-            clips = torch.from_numpy(frames).permute(3, 0, 1, 2)
-        return list(clips.split(self.num_frames, dim=1))
+            whole = torch.from_numpy(frames).permute(3, 0, 1, 2)
+        clips = list(whole.split(self.num_frames, dim=1))
+        return _Read(clips, [torch_generator(rng) for _ in clips], None, caption)  # each clip its own draws
 
     # -- items -----------------------------------------------------------------------------------
     def _fail(self, index: int, sample: Sample, exc: VideoError) -> BadSample:
@@ -213,50 +260,41 @@ class ClipDataset(Dataset):
             raise DataError(failure_report(self.failures, len(self), self.max_failure_fraction)) from exc
         return BadSample(index, sample.path, exc.reason)
 
-    def load_cropped_clips(self, sample: Sample, rng: np.random.Generator) -> tuple[list[torch.Tensor], list]:
-        """Decode once, cropping, resizing and flipping each clip's frames while they are decoded
-        (the transform's first :attr:`~tubelet.data.transforms.Compose.decode_crop_steps`, drawn from
-        each clip's own generator); the uint8 ``(C, T, S, S)`` clips and their generators, which the
-        rest of the transform continues from."""
-        reader = self.opener(sample.path)
-        try:
-            per_clip = self.clip_indices(reader, sample, rng)
-            gens = [torch_generator(rng) for _ in per_clip]
-            transform = self.transform
-            clips = reader.get_resized_clips(per_clip, lambda h, w: [transform.decode_crop(h, w, g) for g in gens])
-        finally:
-            reader.close()
-        return [torch.from_numpy(c) for c in clips], gens
-
     def __getitem__(self, index: int):
         sample = self.samples[index]
         rng = sample_rng(self.seed, self.epoch, index)
-        steps = getattr(self.transform, "decode_crop_steps", 0) if self.train and self.decode_crop else 0
+        steps = self._crop_steps()
         try:
-            if steps:
-                clips, gens = self.load_cropped_clips(sample, rng)
-            else:
-                clips = self.load_clips(sample, rng, planar=self.transform is None)
-                gens = [torch_generator(rng) for _ in clips]  # each clip its own draws
+            read = self._read(sample, rng, cropped=bool(steps), planar=self.transform is None)
         except VideoError as exc:
             return self._fail(index, sample, exc)
+        clips, gens = read.clips, read.generators
         if steps:
             views = [self.transform.apply_from(steps, c, g) for c, g in zip(clips, gens)]
         elif self.transform is not None:
             views = [self.transform(c, g) for c, g in zip(clips, gens)]
         else:
             views = clips if self.train else [c.unsqueeze(0) for c in clips]
+        label = torch.full((len(clips),), sample.label, dtype=torch.int64)
+        if self.flip_labels is not None and read.flips is not None:
+            label = torch.where(torch.tensor(read.flips), self.flip_labels[label], label)
         out: dict = {"index": index}
         if self.train:
-            if self.repeats > 1:
-                out["video"] = torch.stack(views)
-                out["label"] = torch.full((self.repeats,), sample.label, dtype=torch.int64)
-            else:
-                out["video"] = views[0]
-                out["label"] = torch.tensor(sample.label, dtype=torch.int64)
+            out["video"] = torch.stack(views) if self.repeats > 1 else views[0]
+            out["label"] = label if self.repeats > 1 else label[0]
         else:
             out["video"] = torch.cat(views, dim=0)  # (test_clips * crops, C, T, H, W), clip-major
-            out["label"] = torch.tensor(sample.label, dtype=torch.int64)
-        if sample.caption is not None:
-            out["caption"] = sample.caption
+            out["label"] = label[0]
+        if read.caption is not None:
+            out["caption"] = read.caption
         return out
+
+
+class _Read(NamedTuple):
+    """One sample's decoded clips, a generator per clip, whether the decoder flipped each clip (None:
+    the decoder cropped nothing) and its caption."""
+
+    clips: list[torch.Tensor]
+    generators: list[torch.Generator]
+    flips: list[bool] | None
+    caption: str | None

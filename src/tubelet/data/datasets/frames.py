@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tubelet.data.decoding import VideoMetadata, VideoReader
+from tubelet.data.decoding import ConstantRateReader, VideoMetadata, VideoReader
 from tubelet.data.datasets.folders import IMAGE_EXTENSIONS
 from tubelet.errors import VideoError
 
@@ -61,34 +61,15 @@ def list_frames(folder: str | os.PathLike, root: str | os.PathLike | None = None
     return sorted(files, key=_sort_key)
 
 
-class FrameFolderReader(VideoReader):
+class FrameFolderReader(ConstantRateReader):
     """:class:`VideoReader` over a folder of frames at a fixed ``fps``."""
 
     def __init__(self, folder: str | os.PathLike, fps: float | Fraction = 30, root: str | os.PathLike | None = None) -> None:
-        self.path = str(folder)
         self.files = list_frames(folder, root)
-        self._fps = Fraction(fps).limit_denominator(1001000)
         first = read_image(self.files[0])
-        n = len(self.files)
         self._first = first
-        self._meta = VideoMetadata(
-            self.path, n, self._fps, Fraction(n) / self._fps, first.shape[1], first.shape[0], 0, "image-sequence"
-        )
-
-    @property
-    def metadata(self) -> VideoMetadata:
-        return self._meta
-
-    @property
-    def timestamps(self) -> list[Fraction]:
-        return [Fraction(i) / self._fps for i in range(len(self.files))]
-
-    def indices_in(self, start, end) -> np.ndarray:
-        import math
-
-        lo = max(0, math.ceil(Fraction(start) * self._fps))
-        hi = min(len(self.files), math.ceil(Fraction(end) * self._fps))
-        return np.arange(lo, max(lo, hi), dtype=np.int64)
+        super().__init__(str(folder), len(self.files), Fraction(fps).limit_denominator(1001000), first.shape[1],
+                         first.shape[0], "image-sequence")
 
     def _decode(self, unique_sorted: np.ndarray) -> np.ndarray:
         frames = [self._first if i == 0 else read_image(self.files[int(i)]) for i in unique_sorted]

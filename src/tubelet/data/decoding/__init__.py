@@ -39,12 +39,13 @@ import os
 from tubelet.errors import VideoError
 from tubelet.data.decoding.crop import ResizedCrop
 from tubelet.data.decoding.pyav import PyAVReader
-from tubelet.data.decoding.reader import VideoMetadata, VideoReader, to_cthw
+from tubelet.data.decoding.reader import ConstantRateReader, VideoMetadata, VideoReader, to_cthw
 from tubelet.data.decoding.torchcodec import TorchCodecReader, torchcodec_available
 
 __all__ = [
     "VideoMetadata",
     "VideoReader",
+    "ConstantRateReader",
     "ResizedCrop",
     "PyAVReader",
     "TorchCodecReader",

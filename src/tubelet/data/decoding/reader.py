@@ -130,6 +130,18 @@ class VideoReader(ABC):
             raise ValueError(f"{self.path}: every clip needs at least one frame index")
         allidx = np.concatenate(idx)
         frames = self.get_frames(allidx)  # (N, H, W, 3), displayed orientation
+        if callable(crops):
+            crops = crops(frames.shape[1], frames.shape[2])
+        crops = list(crops)
+        if len(crops) == len(idx) and all(c.size == (c.height, c.width) for c in crops):
+            # nothing to resize: the scaler would copy the box (bit-exact), so slice it instead
+            out, pos = [], 0
+            for c, n in zip(crops, (len(i) for i in idx)):
+                c.check(frames.shape[1], frames.shape[2])
+                box = frames[pos : pos + n, c.top : c.top + c.height, c.left : c.left + c.width]
+                out.append(np.ascontiguousarray((box[:, :, ::-1] if c.flip else box).transpose(3, 0, 1, 2)))
+                pos += n
+            return out
         clip_of = np.repeat(np.arange(len(idx)), [len(c) for c in idx])
         writer = CropWriter(len(allidx), clip_of, crops, lambda: 0)
         for pos in range(len(allidx)):  # one scaler call per frame
@@ -153,3 +165,30 @@ class VideoReader(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ConstantRateReader(VideoReader):
+    """A stream of ``count`` frames at a constant ``fps`` whose frame ``i`` shows at ``i / fps``
+    (frame folders, rendered clips): the timing and window lookup, exact in :class:`Fraction`."""
+
+    def __init__(self, path: str, count: int, fps: Fraction, width: int, height: int, codec: str) -> None:
+        self.path = str(path)
+        self._count = int(count)
+        self._fps = Fraction(fps)
+        self._meta = VideoMetadata(self.path, self._count, self._fps, Fraction(self._count) / self._fps,
+                                   int(width), int(height), 0, codec)
+
+    @property
+    def metadata(self) -> VideoMetadata:
+        return self._meta
+
+    @property
+    def timestamps(self) -> list[Fraction]:
+        return [Fraction(i) / self._fps for i in range(self._count)]
+
+    def indices_in(self, start: Fraction | float, end: Fraction | float) -> np.ndarray:
+        import math
+
+        lo = max(0, math.ceil(Fraction(start) * self._fps))
+        hi = min(self._count, math.ceil(Fraction(end) * self._fps))
+        return np.arange(lo, max(lo, hi), dtype=np.int64)
