@@ -289,7 +289,9 @@ def test_recipe_path_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "checkpoints" / "step=000006.ckpt")]) == 0
     table = capsys.readouterr().out
-    assert "views per video   6" in table and "top-1 (%)" in table and "top-5 (%)         100.00" in table
+    rows = {line[:22].strip(): line[22:].strip() for line in table.splitlines() if not line.startswith("-")}
+    assert rows["views per video"] == "6" and "top-1 (%)" in rows and rows["top-5 (%)"] == "100.00"
+    assert rows["skipped (unreadable)"] == "0"
     assert (run / "report" / "confusion.png").is_file()
 
 
@@ -410,3 +412,67 @@ def test_device_transforms_mix_on_the_device(tmp_path):
     for video, label, lam in seen.batches:
         assert video.dtype == torch.float32 and label.shape == (4, 4) and lam is not None
         assert torch.allclose(label.sum(1), torch.ones(4))
+
+
+class _CountingOpener:
+    """Opens videos with PyAV and appends each opened path to a log file (works across worker processes)."""
+
+    def __init__(self, log) -> None:
+        self.log = str(log)
+
+    def __call__(self, path):
+        from tubelet.data.decoding import open_video
+
+        with open(self.log, "a") as f:
+            f.write(f"{path}\n")
+        return open_video(path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_files_count_once_and_are_not_decoded_again(tmp_path, videos_dir, caplog, workers):
+    """2 of 12 files corrupt over 4 epochs: the budget counts 2 files (it used to count every read, "7 of
+    12 samples failed" by epoch 3), each bad file is opened once, reported once and listed once."""
+    from tubelet.config import from_dict
+    from tubelet.data.builder import build_dataset
+    from tubelet.engine import fit
+
+    good = ["v_SoccerJuggling_g23_c01.avi", "WUzgd7C1pWA.mp4", "bbb_480p_vp9_opus_1second.webm", "unordered.mov",
+            "RATRACE_wave_f_nm_np1_fr_goo_37.avi"]
+    rows = [good[i % 5] for i in range(10)] + ["corrupt_truncated.mp4", "corrupted.mp4"]
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{i % 4}\n" for i, p in enumerate(rows)))
+    recipe = from_dict({
+        **TINY_RECIPE, "run_dir": str(tmp_path / "run"),
+        "data": {"kind": "manifest", "train": str(manifest), "root": str(videos_dir), "num_frames": 4,
+                 "crop_size": 16, "batch_size": 4, "num_workers": workers, "max_failure_fraction": 0.2,
+                 "augment": {"short_side": [16, 20]}},
+        "trainer": {**TINY_RECIPE["trainer"], "max_steps": 12, "val_check_interval": None},
+    })
+    ds = build_dataset(recipe.data, "train", seed=recipe.seed)
+    log = tmp_path / "opened.txt"
+    ds.opener = _CountingOpener(log)
+    fit(recipe, datasets={"train": ds})  # 3 steps an epoch: 4 epochs, every file read 4 times
+    opened = log.read_text().splitlines()
+    bad = [str(videos_dir / "corrupt_truncated.mp4"), str(videos_dir / "corrupted.mp4")]
+    assert [opened.count(p) for p in bad] == [1, 1]
+    assert opened.count(str(videos_dir / good[0])) == 4 * 2  # good files are read every epoch
+    listed = (tmp_path / "run" / "bad_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == bad
+    console = caplog.text  # Lightning's rank-zero logger, which prints to the console
+    for p in bad:
+        assert console.count(f"skipping unreadable file {p}") == 1
+    if workers == 0:  # `tubelet test` says how many videos it skipped, and which
+        import contextlib
+        import io
+
+        from tubelet.cli.main import main
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(["test", "--config", str(tmp_path / "run" / "config.yaml"), f"data.val={manifest}",
+                       "data.num_workers=0", "--checkpoint", str(tmp_path / "run" / "method.safetensors")])
+        table = out.getvalue()
+        # corrupted.mp4 breaks after frame 28: the test's centre window decodes, the truncated file does not
+        rows = {line[:22].strip(): line[22:].strip() for line in table.splitlines() if not line.startswith("-")}
+        assert rc == 0 and rows["videos"] == "11" and rows["skipped (unreadable)"] == "1"
+        assert f"skipped {bad[0]}: cannot open" in table and bad[1] not in table

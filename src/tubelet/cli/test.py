@@ -19,6 +19,7 @@ def format_table(results: dict) -> str:
     rows = [
         ("checkpoint", str(results["checkpoint"])),
         ("videos", str(results["num_videos"])),
+        ("skipped (unreadable)", str(len(results.get("bad_samples", [])))),
         ("views per video", str(results["num_views"])),
         ("classes", str(results["num_classes"])),
         ("top-1 (%)", f"{100 * results['top1']:.2f}"),
@@ -38,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(recipe, args.checkpoint)
     save_test_figures(results)
     print(format_table(results))
+    for _, path, reason in results.get("bad_samples", []):
+        print(f"skipped {path}: {reason}")
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import lightning.pytorch as pl
 import numpy as np
@@ -51,7 +51,14 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 
 class ResumableSampler(Sampler):
-    """Yields ``(dataset_index, sample_seed, epoch)`` for this rank's shard of a seeded per-epoch order."""
+    """Yields ``(dataset_index, sample_seed, epoch)`` for this rank's shard of a seeded per-epoch order.
+
+    ``known_bad``: dataset index -> ``(path, reason)`` of files that failed to load (the main process's
+    :class:`~tubelet.data.datasets.FailureTracker` fills it as batches report them). Their keys get the
+    record as a fourth element, and :class:`SeededDataset` returns the failure without reading the
+    file, so that no worker decodes a bad file again; the order, the seeds and the batches stay those
+    of a run without the mark, so resuming is unaffected.
+    """
 
     def __init__(
         self,
@@ -60,12 +67,14 @@ class ResumableSampler(Sampler):
         shuffle: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
+        known_bad: Mapping[int, tuple[str, str]] | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("the training dataset is empty")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
         self.num_samples = num_samples
+        self.known_bad = known_bad if known_bad is not None else {}
         self.seed = seed
         self.shuffle = shuffle
         self.num_replicas = num_replicas
@@ -103,7 +112,9 @@ class ResumableSampler(Sampler):
         self.consumed = start
         for pos, index in enumerate(self.order(self.epoch)[start:], start=start):
             global_pos = pos * self.num_replicas + self.rank
-            yield index, sample_seed(self.seed, self.epoch, global_pos), self.epoch
+            key = (index, sample_seed(self.seed, self.epoch, global_pos), self.epoch)
+            bad = self.known_bad.get(index)
+            yield key if bad is None else (*key, bad)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
@@ -136,6 +147,10 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, tuple):
+            if len(key) == 4:  # a file that failed before: its failure, without reading it again
+                from tubelet.data.mixing import BadSample
+
+                return BadSample(key[0], *key[3])
             index, seed, epoch = key
             if epoch != self._epoch and hasattr(self.base, "set_epoch"):
                 self.base.set_epoch(epoch)
@@ -205,6 +220,7 @@ class TubeletDataModule(pl.LightningDataModule):
         collate: Callable[[list[Any]], Any] | None = None,
         val_batch_size: int | None = None,
         device_transform: Callable[..., dict] | None = None,
+        known_bad: Mapping[int, tuple[str, str]] | None = None,
     ) -> None:
         super().__init__()
         for name, ds in (("train", train), ("val", val)):
@@ -221,6 +237,7 @@ class TubeletDataModule(pl.LightningDataModule):
         # data.device_transforms: training batches arrive as uint8 crops; the rest of the clip pipeline
         # and Mixup run after the transfer, on the device (tubelet.data.transforms.DeviceTransforms).
         self.device_transform = device_transform
+        self.known_bad = known_bad  # failed files the sampler marks (FailureTracker.by_index)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer
@@ -237,7 +254,8 @@ class TubeletDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank)
+        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank,
+                                        known_bad=self.known_bad)
         per_rank = len(self.sampler)
         # A private generator: creating a loader iterator must not draw from the global RNG (it would on
         # resume, where the iterator is created at a different point than in an uninterrupted run).

@@ -167,6 +167,7 @@ def _fit(
     val = datasets.get("val")
     if val is not None and len(val) == 0:  # type: ignore[arg-type]
         val = None
+    tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
     dm = TubeletDataModule(
         datasets["train"], val,
         batch_size=recipe.data.batch_size,
@@ -174,8 +175,8 @@ def _fit(
         seed=recipe.seed,
         collate=build_collate(recipe),  # mixup/cutmix follow the recipe whoever built the datasets
         device_transform=build_device_transform(recipe.data, recipe.seed, recipe.model.num_classes),
+        known_bad=tracker.by_index,  # a file that failed is not handed to a worker again
     )
-    tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
     module = TubeletModule(
         method, recipe.optim,
         failure_tracker=tracker,

@@ -19,6 +19,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from tubelet.config.schema import OptimConfig
 from tubelet.core.ckpt_format import find_latest_checkpoint
 from tubelet.core.dist import all_gather_objects, all_reduce_sum
@@ -91,7 +93,8 @@ class TubeletModule(pl.LightningModule):
         # stopped or skipped alone would leave the others waiting in the gradient all-reduce.
         n_bad, n_empty, n_nonfinite = all_reduce_sum([len(new_bad), float(empty), float(nonfinite)])
         if n_bad and self.failure_tracker is not None:
-            self.failure_tracker.merge(all_gather_objects(new_bad))
+            found = new_bad + self.failure_tracker.merge(all_gather_objects(new_bad))
+            self._report_bad_files(found)
             self._write_bad_files()
             self.failure_tracker.check()  # DataError on every rank at once, listing every rank's files
         if n_empty:
@@ -181,6 +184,13 @@ class TubeletModule(pl.LightningModule):
     def _last_good(self) -> str:
         last = find_latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         return f"last good checkpoint: {last if last is not None else 'none saved yet'}"
+
+    def _report_bad_files(self, records: list) -> None:
+        """One console line per newly found bad file, on rank 0."""
+        tracker = self.failure_tracker
+        for _, path, reason in records:
+            rank_zero_info(f"skipping unreadable file {path}: {reason} ({len(tracker.failures)} of "
+                           f"{tracker.total} files bad so far, budget {tracker.max_failure_fraction:g})")
 
     def _write_bad_files(self) -> None:
         if self.bad_files_path is not None and self.failure_tracker is not None and (

@@ -9,10 +9,12 @@ scalar label.
 
 Bad files: a sample that raises :class:`~tubelet.errors.VideoError` becomes a
 :class:`~tubelet.data.mixing.BadSample`; :class:`~tubelet.data.mixing.ClipCollate` drops it and
-reports it in the batch. The dataset counts failures in its process and raises
-:class:`~tubelet.errors.DataError` with the list of bad files once they exceed
-``max_failure_fraction`` of the dataset; :class:`FailureTracker` does the same in the main process
-from the batches' ``"bad_samples"``.
+reports it in the batch. Failures are counted per distinct file, not per read: a file that failed
+once is not decoded again in this process (later reads return its recorded failure), and the budget
+``max_failure_fraction`` is a fraction of the dataset's files. The dataset raises
+:class:`~tubelet.errors.DataError` with the list of bad files once they exceed it;
+:class:`FailureTracker` does the same in the main process from the batches' ``"bad_samples"``
+(and tells the training sampler which files not to hand to any worker again).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class FailureTracker:
         self.total = int(total)
         self.max_failure_fraction = float(max_failure_fraction)
         self.failures: dict[str, tuple[int, str, str]] = {}
+        # dataset index -> (path, reason) of every failed file: the training sampler marks these
+        # indices so that no worker decodes them again (tubelet.engine.datamodule.ResumableSampler)
+        self.by_index: dict[int, tuple[str, str]] = {}
 
     def observe(self, batch: dict) -> None:
         self.add(batch)
@@ -80,14 +85,18 @@ class FailureTracker:
 
     def add(self, batch: dict) -> list[tuple[int, str, str]]:
         """Record a batch's ``"bad_samples"``; return the records of files not seen before."""
-        new = [(i, p, r) for i, p, r in batch.get("bad_samples", []) if (p or str(i)) not in self.failures]
-        self.merge(new)
-        return new
+        return self.merge(list(batch.get("bad_samples", [])))
 
-    def merge(self, records: list[tuple[int, str, str]]) -> None:
-        """Add records seen elsewhere (other processes), one per file."""
+    def merge(self, records: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+        """Add records seen elsewhere (other processes), one per file; return those of new files."""
+        new = []
         for i, p, r in records:
-            self.failures.setdefault(p or str(i), (int(i), str(p), str(r)))
+            key = p or str(i)
+            if key not in self.failures:
+                self.failures[key] = (int(i), str(p), str(r))
+                self.by_index[int(i)] = (str(p), str(r))
+                new.append(self.failures[key])
+        return new
 
     def check(self) -> None:
         """:class:`DataError` listing the failures once they exceed the budget."""
@@ -154,7 +163,7 @@ class ClipDataset(Dataset):
         backend = str(cfg.decoder)
         # functools.partial, not a lambda: the dataset must pickle for spawn-started workers.
         self.opener = opener or functools.partial(open_video, backend=backend, threads=threads)
-        self.failures: list[tuple[int, str, str]] = []
+        self.failures: dict[str, tuple[int, str, str]] = {}  # by path: one record per bad file
         self.single_frame = bool(getattr(cfg, "single_frame", False))
         self.flip_labels = None if flip_labels is None else torch.as_tensor(flip_labels, dtype=torch.int64)
         flips = self.train and any(getattr(t, "is_flip", False) for t in getattr(transform, "transforms", []))
@@ -255,12 +264,24 @@ class ClipDataset(Dataset):
 
     # -- items -----------------------------------------------------------------------------------
     def _fail(self, index: int, sample: Sample, exc: VideoError) -> BadSample:
-        self.failures.append((index, sample.path, exc.reason))
+        self.failures.setdefault(sample.path, (index, sample.path, exc.reason))
         if len(self.failures) > self.max_failure_fraction * len(self):
-            raise DataError(failure_report(self.failures, len(self), self.max_failure_fraction)) from exc
+            raise DataError(
+                failure_report(list(self.failures.values()), len(self), self.max_failure_fraction)
+            ) from exc
         return BadSample(index, sample.path, exc.reason)
 
+    def known_failure(self, index: int) -> BadSample | None:
+        """The recorded failure of sample ``index``'s file, if it failed before in this process."""
+        path = self.samples[index].path
+        if path not in self.failures:
+            return None
+        return BadSample(index, path, self.failures[path][2])
+
     def __getitem__(self, index: int):
+        known = self.known_failure(index)
+        if known is not None:  # a bad file is decoded once
+            return known
         sample = self.samples[index]
         rng = sample_rng(self.seed, self.epoch, index)
         steps = self._crop_steps()
