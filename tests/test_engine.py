@@ -275,6 +275,9 @@ def test_recipe_path_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     run = tmp_path / "run"
     assert "val/top1" in out and f"run folder: {run}" in out
+    page = (run / "report" / "index.html").read_text()  # fit writes the run report
+    assert "loss.png" in page and (run / "report" / "loss.png").is_file()
+    assert "Effective config (config.yaml)" in page and "vit_tiny" in page and "stage" in page
     for name in ("config.yaml", "method.safetensors", "backbone.safetensors", "metrics.json",
                  "checkpoints/step=000004.ckpt", "logs/csv/metrics.csv"):
         assert (run / name).is_file(), name
@@ -292,6 +295,8 @@ def test_recipe_path_end_to_end(tmp_path, capsys):
     rows = {line[:22].strip(): line[22:].strip() for line in table.splitlines() if not line.startswith("-")}
     assert rows["views per video"] == "6" and "top-1 (%)" in rows and rows["top-5 (%)"] == "100.00"
     assert rows["skipped (unreadable)"] == "0"
+    page = (run / "report" / "index.html").read_text()  # and test adds its results and figure to it
+    assert "<td>test</td>" in page and "confusion.png" in page
     assert (run / "report" / "confusion.png").is_file()
 
 
@@ -429,7 +434,7 @@ class _CountingOpener:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_bad_files_count_once_and_are_not_decoded_again(tmp_path, videos_dir, caplog, workers):
+def test_bad_files_count_once_and_are_not_decoded_again(tmp_path, videos_dir, caplog, recwarn, workers):
     """2 of 12 files corrupt over 4 epochs: the budget counts 2 files (it used to count every read, "7 of
     12 samples failed" by epoch 3), each bad file is opened once, reported once and listed once."""
     from tubelet.config import from_dict
@@ -461,6 +466,9 @@ def test_bad_files_count_once_and_are_not_decoded_again(tmp_path, videos_dir, ca
     console = caplog.text  # Lightning's rank-zero logger, which prints to the console
     for p in bad:
         assert console.count(f"skipping unreadable file {p}") == 1
+    # the console without noise: no tips, no hardware banners, no warnings about what tubelet does on purpose
+    assert "Tip" not in console and "GPU available" not in console
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message) or "logging interval" in str(w.message)]
     if workers == 0:  # `tubelet test` says how many videos it skipped, and which
         import contextlib
         import io
@@ -476,3 +484,19 @@ def test_bad_files_count_once_and_are_not_decoded_again(tmp_path, videos_dir, ca
         rows = {line[:22].strip(): line[22:].strip() for line in table.splitlines() if not line.startswith("-")}
         assert rc == 0 and rows["videos"] == "11" and rows["skipped (unreadable)"] == "1"
         assert f"skipped {bad[0]}: cannot open" in table and bad[1] not in table
+
+
+def test_progress_bar_shows_no_logger_version(tmp_path):
+    """Lightning's bar showed ``v_num=oard``: the TensorBoard logger's version "tensorboard", cut to 4 chars."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from tubelet.config import from_dict
+    from tubelet.engine.console import ProgressBar
+    from tubelet.engine.trainer import build_trainer
+
+    trainer = build_trainer(from_dict({**TINY_RECIPE, "run_dir": str(tmp_path / "run"),
+                                       "trainer": {**TINY_RECIPE["trainer"], "enable_progress_bar": True}}))
+    bar = next(c for c in trainer.callbacks if isinstance(c, TQDMProgressBar))
+    assert isinstance(bar, ProgressBar)
+    assert TQDMProgressBar.get_metrics(bar, trainer, None) == {"v_num": "oard"}  # what Lightning's bar shows
+    assert "v_num" not in bar.get_metrics(trainer, None)

@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from tubelet.engine import fit
+    from tubelet.report import write_run_report
     from tubelet.report.figures import figure_callbacks
 
     recipe = load_from_args(args)
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     result = fit(recipe, resume=args.resume, callbacks=figure_callbacks(recipe))
     if getattr(rank_zero_only, "rank", 0) != 0:
         return 0  # with several processes, rank 0 reports
+    result.paths["report"] = write_run_report(result.run_dir)
     print(f"run folder: {result.run_dir}")
     for key in sorted(result.metrics):
         print(f"  {key:<20} {result.metrics[key]:.6g}")

@@ -33,7 +33,7 @@ def format_table(results: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tubelet.engine import evaluate
-    from tubelet.report import save_test_figures
+    from tubelet.report import save_test_figures, write_run_report
 
     recipe = load_from_args(args)
     results = evaluate(recipe, args.checkpoint)
@@ -41,4 +41,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     for _, path, reason in results.get("bad_samples", []):
         print(f"skipped {path}: {reason}")
+    print(f"report: {write_run_report(recipe.run_dir)}")
     return 0

@@ -8,12 +8,13 @@ from typing import Any, Iterable
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from tubelet.config.schema import Recipe
 from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO
+from tubelet.engine.console import ProgressBar, quiet_lightning
 from tubelet.errors import ConfigError
 
 
@@ -34,6 +35,7 @@ def _strategy(recipe: Recipe) -> Any:
 
 
 def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: bool = True) -> pl.Trainer:
+    quiet_lightning()
     t = recipe.trainer
     run_dir = Path(recipe.run_dir)
     if t.checkpoint_every_n_steps <= 0 or t.keep_last_k <= 0:
@@ -54,7 +56,7 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
     )
     cbs: list[Callback] = [checkpoint, DataPosition(), IsolateValidationRNG()]
     if t.enable_progress_bar:
-        cbs.append(TQDMProgressBar())
+        cbs.append(ProgressBar())
     if recipe.optim.ema_decay is not None:
         cbs.append(ema_callback(recipe.optim.ema_decay))
     cbs.extend(callbacks)

@@ -36,12 +36,14 @@ def write_report(
     samples: dict[str, Sequence[SampleClip]] | None = None,
     title: str = "tubelet run report",
     notes: str = "",
+    appendix: dict[str, str] | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` (+ PNGs, ``results.md``, ``results.json``) for one or several runs.
 
     ``runs`` maps a display name to a run folder (curves come from its ``logs/``); ``confusions`` and
     ``samples`` map the same names to a ``(K, K)`` matrix and clips with predictions. A run folder's own
-    ``report/confusion.png``, when present and no matrix is given, is linked too.
+    ``report/confusion.png``, when present and no matrix is given, is linked too. ``appendix``: title ->
+    preformatted text (e.g. the effective config), shown last.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,15 +78,63 @@ def write_report(
         if section:
             parts.append(f"<h2>{html.escape(name)}</h2><p>run folder: <code>{html.escape(str(run))}</code></p>")
             parts.extend(section)
+    for head, text in (appendix or {}).items():
+        parts.append(f"<h2>{html.escape(head)}</h2><pre>{html.escape(text)}</pre>")
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}img{max-width:100%;margin:4px}"
+        "pre{background:#f6f6f6;padding:8px;overflow-x:auto}"
     )
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """``run_dir/report/index.html`` for one run folder of ``tubelet fit`` / ``tubelet test``: the final
+    training metrics (``metrics.json``) and the test results (``report/test_results.json``) when there
+    are any, the curves from its logs, the figures its methods drew into ``report/`` (confusion matrix,
+    reconstructions), the unreadable files and the effective config. Rewritten after each command, so
+    it shows what the folder holds now."""
+    run = Path(run_dir)
+    out = run / "report"
+    results: list[dict[str, Any]] = []
+    metrics = _read_json(run / "metrics.json")
+    if metrics:
+        row: dict[str, Any] = {"stage": "fit"}
+        row.update({k: _round(v) for k, v in sorted(metrics.items())})
+        results.append(row)
+    test = _read_json(out / "test_results.json")
+    if test:
+        results.append({
+            "stage": "test", "top1": _round(test.get("top1")), "top5": _round(test.get("top5")),
+            "videos": test.get("num_videos"), "views per video": test.get("num_views"),
+            "skipped (unreadable)": len(test.get("bad_samples", [])), "checkpoint": test.get("checkpoint"),
+        })
+    appendix = {}
+    bad = run / "bad_files.txt"
+    if bad.is_file():
+        appendix["Unreadable training files (path, reason)"] = bad.read_text(encoding="utf-8")
+    config = run / "config.yaml"
+    if config.is_file():
+        appendix["Effective config (config.yaml)"] = config.read_text(encoding="utf-8")
+    return write_report(out, {run.name: run}, results, title=f"tubelet run report: {run}", appendix=appendix)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _slug(name: str) -> str:
