@@ -1,11 +1,15 @@
 """tubelet: video understanding on PyTorch."""
 
-from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError
+from tubelet.core.waiting import apply_wait_policy
+
+apply_wait_policy()  # before anything imports torch: idle threads sleep instead of spinning (core/waiting.py)
+
+from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError  # noqa: E402
 
 # The shipped methods register their config sections with the recipe loader on import.
 import tubelet.methods  # noqa: E402,F401,I001
-from tubelet.models.registry import create_model, list_models
-from tubelet.models.weights import load_weights as load_checkpoint
+from tubelet.models.registry import create_model, list_models  # noqa: E402
+from tubelet.models.weights import load_weights as load_checkpoint  # noqa: E402
 
 __version__ = "0.1.0"
 
