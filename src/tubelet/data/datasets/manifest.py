@@ -4,8 +4,9 @@ CSV needs a header with at least ``path`` and ``label``; optional ``start``, ``e
 decimal or ``num/den``) and ``caption``. JSONL has one object per line with the same keys.
 Labels are integer ids, or class names mapped through ``data.label_map`` (or, without one, sorted
 unique names). Relative paths are resolved under ``data.root`` when set, else next to the manifest.
-With ``data.root`` set, no path may resolve outside it (``..``, absolute paths, symlinks): the row
-is refused with a :class:`~tubelet.errors.DataError` naming it.
+With ``data.root`` set, no path may lie outside it: symlinks inside the root are followed, and a
+row whose path leads out (``..``, an absolute path elsewhere, a symlink to outside the root) is
+refused with a :class:`~tubelet.errors.DataError` naming it (``datasets/paths.py``).
 """
 
 from __future__ import annotations
@@ -19,21 +20,10 @@ from typing import Any
 
 from tubelet.data.datasets.base import Sample
 from tubelet.data.datasets.labels import LabelMap, load_label_map
+from tubelet.data.datasets.paths import resolve_under_root
 from tubelet.errors import DataError
 
 __all__ = ["read_manifest", "resolve_under_root"]
-
-
-def resolve_under_root(path: str, root: Path | None, base: Path, where: str) -> str:
-    """Resolve ``path`` against ``root`` (or ``base``); refuse paths that escape ``root``."""
-    p = Path(os.path.expanduser(path))
-    full = p if p.is_absolute() else (root if root is not None else base) / p
-    if root is not None:
-        real_root = root.resolve()
-        real = full.resolve()
-        if real != real_root and real_root not in real.parents:
-            raise DataError(f"{where}: path '{path}' escapes data.root '{root}'")
-    return str(full)
 
 
 def _seconds(value: Any, where: str, key: str) -> Fraction | None:
