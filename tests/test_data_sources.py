@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tubelet.cli.main import main
 from tubelet.config.schema import DataConfig
 from tubelet.data.builder import build_dataset
 from tubelet.data.datasets import FrameFolderReader, read_manifest
@@ -90,3 +91,98 @@ def test_frame_linked_out_of_root_is_named(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "secret.png")
     with pytest.raises(VideoError, match=r"'root/fr/c/v/00009.png' is a symlink to '.*secret.png', outside data.root"):
         FrameFolderReader("root/fr/c/v", root="root")
+
+
+# -- path-label lists ---------------------------------------------------------------------------
+
+
+def test_path_label_lists(tmp_path, videos_dir):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.mov").write_bytes((videos_dir / TINY).read_bytes())
+    (root / "b y.mov").write_bytes((videos_dir / "video_0.mov").read_bytes())  # a path with a space
+    lst = tmp_path / "train.txt"
+    lst.write_text("a/x.mov 3\n\nb y.mov  1\n")
+    samples, lmap = read_manifest(lst, root=root)
+    assert lmap is None
+    assert [(s.path, s.label, s.start, s.end, s.source) for s in samples] == [
+        (str(root / "a" / "x.mov"), 3, None, None, f"{lst}:1"),
+        (str(root / "b y.mov"), 1, None, None, f"{lst}:3"),
+    ]
+    # without data.root, paths are next to the list; any suffix works when the first line is 'path label'
+    (root / "val.list").write_text("a/x.mov 0\n")
+    assert [s.path for s in read_manifest(root / "val.list")[0]] == [str(root / "a" / "x.mov")]
+    ds = build_dataset(small_cfg(kind="manifest", root=str(root), train=str(lst)), "train")
+    assert len(ds) == 2 and ds.num_classes == 4 and ds[1]["video"].shape == (3, 2, 16, 16) and int(ds[1]["label"]) == 1
+    # a line without an integer label names its line; data check reports it and carries on
+    lst.write_text("a/x.mov 0\na/x.mov walk\n")
+    with pytest.raises(DataError, match=r"train.txt:2: expected 'path label' with an integer label, got 'a/x.mov walk'"):
+        read_manifest(lst, root=root)
+    errors: list = []
+    assert len(read_manifest(lst, root=root, row_errors=errors)[0]) == 1 and errors[0][0] == f"{lst}:2"
+    # a CSV whose header is neither kind is still refused with what would be right
+    (tmp_path / "bad.csv").write_text("file,class\na/x.mov,0\n")
+    with pytest.raises(DataError, match=r"bad.csv: not a manifest this reads: expected a CSV header with 'path'"):
+        read_manifest(tmp_path / "bad.csv", root=root)
+
+
+# -- the Kinetics CSV ---------------------------------------------------------------------------
+
+
+def _tiny_video(path: Path, value: int) -> None:
+    from tubelet.data.synthetic import write_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.full((4, 16, 16, 3), value, dtype=np.uint8)
+    write_video(path, frames, fps=8, lossless=path.suffix == ".mkv")
+
+
+KINETICS_CSV = """label,youtube_id,time_start,time_end,split
+air drumming,abc,14,24,train
+abseiling,-xy,0,10,train
+
+"playing cards",q,1,11,train
+abseiling,gone,1,11,train
+"""
+
+
+def _kinetics_root(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "k400"
+    _tiny_video(root / "abc_000014_000024.mp4", 40)  # flat, the downloader's name
+    _tiny_video(root / "abseiling" / "-xy_000000_000010.mkv", 80)  # a class folder, another extension
+    _tiny_video(root / "playing_cards" / "q_000001_000011.mp4", 120)  # a class folder with _ for spaces
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text(KINETICS_CSV)
+    return root, csv_path
+
+
+def test_kinetics_csv(tmp_path):
+    root, csv_path = _kinetics_root(tmp_path)
+    samples, lmap = read_manifest(csv_path, root=root)
+    assert lmap.names == ["abseiling", "air drumming", "playing cards"]  # sorted unique names
+    assert [(Path(s.path).relative_to(root).as_posix(), s.label, s.source) for s in samples] == [
+        ("abc_000014_000024.mp4", 1, f"{csv_path}:2"),
+        ("abseiling/-xy_000000_000010.mkv", 0, f"{csv_path}:3"),
+        ("playing_cards/q_000001_000011.mp4", 2, f"{csv_path}:5"),
+        ("gone_000001_000011.mp4", 0, f"{csv_path}:6"),  # missing: kept at the downloader's name
+    ]
+    assert all(s.start is None and s.end is None for s in samples)  # the downloaded file is the clip
+    (tmp_path / "labels.txt").write_text("playing cards\nair drumming\nabseiling\n")
+    assert [s.label for s in read_manifest(csv_path, root=root, label_map=tmp_path / "labels.txt")[0]] == [1, 2, 0, 2]
+    cfg = small_cfg(kind="manifest", root=str(root), train=str(csv_path), max_failure_fraction=0.5)
+    ds = build_dataset(cfg, "train")
+    assert ds.class_names == lmap.names and ds[1]["video"].shape == (3, 2, 16, 16) and int(ds[1]["label"]) == 0
+    bad = ds[3]  # the missing clip fails to load like any missing file, against the failure budget
+    assert bad.path == str(root / "gone_000001_000011.mp4") and bad.reason == "file not found"
+
+
+def test_kinetics_bad_rows_in_data_check(tmp_path, capsys):
+    root, csv_path = _kinetics_root(tmp_path)
+    csv_path.write_text(KINETICS_CSV + "abseiling,t,x,10,train\n")
+    rc = main(["data", "check", str(csv_path), "--root", str(root)])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert out[0] == (f"BAD {csv_path}:6: no video for this row under '{root}' (tried gone_000001_000011, "
+                      f"abseiling/gone_000001_000011 with .mp4/.mkv/.webm/.avi)")
+    assert out[1] == f"BAD {csv_path}:7: 'time_start' must be whole seconds (e.g. 14), got 'x'"
+    assert out[-1] == "checked 5 rows: 3 ok, 2 bad (2 invalid rows, 0 unreadable files)"
