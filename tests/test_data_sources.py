@@ -185,4 +185,53 @@ def test_kinetics_bad_rows_in_data_check(tmp_path, capsys):
     assert out[0] == (f"BAD {csv_path}:6: no video for this row under '{root}' (tried gone_000001_000011, "
                       f"abseiling/gone_000001_000011 with .mp4/.mkv/.webm/.avi)")
     assert out[1] == f"BAD {csv_path}:7: 'time_start' must be whole seconds (e.g. 14), got 'x'"
-    assert out[-1] == "checked 5 rows: 3 ok, 2 bad (2 invalid rows, 0 unreadable files)"
+    assert out[-1] == "checked 5 rows: 3 ok, 2 bad (2 invalid rows, 0 unreadable files, 0 time ranges past the video's end)"
+
+
+# -- tubelet data check: class folders, frame folders, images, time ranges -----------------------
+
+
+def _check(capsys, *argv) -> tuple[int, list[str]]:
+    rc = main(["data", "check", *map(str, argv)])
+    return rc, capsys.readouterr().out.splitlines()
+
+
+def test_data_check_class_folders(tmp_path, videos_dir, capsys):
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "walk").mkdir()
+    (root / "run" / "a.mov").write_bytes((videos_dir / TINY).read_bytes())
+    (root / "walk" / "b.mp4").write_bytes((videos_dir / "corrupt_truncated.mp4").read_bytes())
+    (root / "walk" / "notes.txt").write_text("not a video")  # not an entry of a video class folder
+    (tmp_path / "out.mov").write_bytes((videos_dir / TINY).read_bytes())
+    (root / "walk" / "c.mov").symlink_to(tmp_path / "out.mov")
+    rc, out = _check(capsys, root, "--root", root)
+    assert rc == 1
+    assert out[0] == (f"BAD {root / 'walk'}: '{root / 'walk' / 'c.mov'}' is a symlink to '{tmp_path / 'out.mov'}', "
+                      f"outside data.root '{root}'")
+    assert out[1].startswith(f"BAD {root / 'walk'}: {root / 'walk' / 'b.mp4'}: cannot open")
+    assert out[-1] == "checked 3 rows: 1 ok, 2 bad (1 invalid rows, 1 unreadable files, 0 time ranges past the video's end)"
+    # frame folders and images: the kinds build_dataset reads, through its scanning
+    _frames(tmp_path / "fr" / "push" / "v1", 3)
+    (tmp_path / "fr" / "push" / "empty").mkdir()
+    rc, out = _check(capsys, tmp_path / "fr", "--kind", "frames")
+    assert rc == 1 and out == [f"BAD {tmp_path / 'fr' / 'push'}: {tmp_path / 'fr' / 'push' / 'empty'}: frame folder has no images",
+                               "checked 2 rows: 1 ok, 1 bad (0 invalid rows, 1 unreadable files, 0 time ranges past the video's end)"]
+    _frames(tmp_path / "img" / "cat", 2)
+    (tmp_path / "img" / "cat" / "broken.jpg").write_bytes(b"not an image")
+    rc, out = _check(capsys, tmp_path / "img", "--kind", "images")
+    assert rc == 1 and out[0].startswith(f"BAD {tmp_path / 'img' / 'cat'}: {tmp_path / 'img' / 'cat' / 'broken.jpg'}: "
+                                         "cannot read image")
+    assert out[1] == "checked 3 rows: 2 ok, 1 bad (0 invalid rows, 1 unreadable files, 0 time ranges past the video's end)"
+
+
+def test_data_check_reports_ranges_past_the_end(tmp_path, videos_dir, capsys):
+    m = tmp_path / "m.csv"
+    m.write_text(f"path,label,start,end\n{SOCCER},0,1,8\n{SOCCER},0,1.5,9\n{SOCCER},1,8.5,\n{TINY},1,0,1/8\n")
+    rc, out = _check(capsys, m, "--root", videos_dir, "--fast")
+    assert rc == 1
+    assert out == [
+        f"BAD {m}:3: {videos_dir / SOCCER}: end 9.000 s past the video's duration 8.008 s (range [1.500, 9.000) s)",
+        f"BAD {m}:4: {videos_dir / SOCCER}: start 8.500 s past the video's duration 8.008 s (range [8.500, end) s)",
+        "checked 4 rows: 2 ok, 2 bad (0 invalid rows, 0 unreadable files, 2 time ranges past the video's end)",
+    ]  # unordered.mov lasts exactly 4 frames at 32 fps = 1/8 s: an end at 1/8 is inside
