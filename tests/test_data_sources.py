@@ -205,12 +205,14 @@ def test_data_check_class_folders(tmp_path, videos_dir, capsys):
     (root / "walk" / "notes.txt").write_text("not a video")  # not an entry of a video class folder
     (tmp_path / "out.mov").write_bytes((videos_dir / TINY).read_bytes())
     (root / "walk" / "c.mov").symlink_to(tmp_path / "out.mov")
+    (root / "walk" / "d.mov").symlink_to(root / "walk" / "deleted.mov")
     rc, out = _check(capsys, root, "--root", root)
     assert rc == 1
     assert out[0] == (f"BAD {root / 'walk'}: '{root / 'walk' / 'c.mov'}' is a symlink to '{tmp_path / 'out.mov'}', "
                       f"outside data.root '{root}'")
     assert out[1].startswith(f"BAD {root / 'walk'}: {root / 'walk' / 'b.mp4'}: cannot open")
-    assert out[-1] == "checked 3 rows: 1 ok, 2 bad (1 invalid rows, 1 unreadable files, 0 time ranges past the video's end)"
+    assert out[2] == f"BAD {root / 'walk'}: {root / 'walk' / 'd.mov'}: file not found"  # a dangling link is not skipped
+    assert out[-1] == "checked 4 rows: 1 ok, 3 bad (1 invalid rows, 2 unreadable files, 0 time ranges past the video's end)"
     # frame folders and images: the kinds build_dataset reads, through its scanning
     _frames(tmp_path / "fr" / "push" / "v1", 3)
     (tmp_path / "fr" / "push" / "empty").mkdir()

@@ -109,7 +109,7 @@ def source_samples(cfg: DataConfig, src: str, row_errors: list[tuple[str, str]] 
     from pathlib import Path
 
     from tubelet.data.datasets import check_under_root, read_manifest, scan_class_folders
-    from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, is_video_file
+    from tubelet.data.datasets.folders import is_image_file, is_video_file
     from tubelet.errors import DataError
 
     path = Path(src)
@@ -120,7 +120,7 @@ def source_samples(cfg: DataConfig, src: str, row_errors: list[tuple[str, str]] 
     accept = {
         "folders": is_video_file,
         "frames": lambda p: p.is_dir(),
-        "images": lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS,
+        "images": is_image_file,
     }
     if cfg.kind not in accept:
         raise ConfigError(f"data.kind '{cfg.kind}' has no class folders; use one of {', '.join(accept)}")
