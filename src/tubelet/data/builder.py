@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
 from tubelet.config.schema import DataConfig
 from tubelet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tubelet.data.datasets import LabelMap, Sample
 
 SPLITS = ("train", "val", "test")
 
@@ -96,7 +100,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
     return ClipDataset(samples, cfg, split, **kw)
 
 
-def source_samples(cfg: DataConfig, src: str, row_errors: list[tuple[str, str]] | None = None):
+def source_samples(
+    cfg: DataConfig, src: str, row_errors: list[tuple[str, str]] | None = None
+) -> tuple[list[Sample], LabelMap | None]:
     """The samples and label map (``None`` for integer labels) of ``src``, a manifest file or a
     class-folder root of ``cfg.kind`` (relative to the working directory, else to ``data.root``).
 

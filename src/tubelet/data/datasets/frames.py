@@ -55,8 +55,9 @@ def list_frames(folder: str | os.PathLike, root: str | os.PathLike | None = None
     if not files:
         raise VideoError(d, "frame folder has no images")
     if root is not None:
+        real_root = Path(root).resolve()
         for f in files:
-            reason = outside_root(f, root)
+            reason = outside_root(f, root, real_root=real_root)
             if reason is not None:
                 raise VideoError(d, reason)
     return sorted(files, key=_sort_key)

@@ -32,7 +32,7 @@ from tubelet.data.datasets.labels import LabelMap, load_label_map
 from tubelet.data.datasets.paths import resolve_under_root
 from tubelet.errors import DataError
 
-__all__ = ["read_manifest", "resolve_under_root"]
+__all__ = ["read_manifest"]
 
 
 def _seconds(value: Any, where: str, key: str) -> Fraction | None:

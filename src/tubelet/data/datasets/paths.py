@@ -20,12 +20,14 @@ def _inside(real: Path, real_root: Path) -> bool:
     return real == real_root or real_root in real.parents
 
 
-def outside_root(path: str | os.PathLike, root: str | os.PathLike, written: str | None = None) -> str | None:
+def outside_root(path: str | os.PathLike, root: str | os.PathLike, written: str | None = None,
+                 real_root: Path | None = None) -> str | None:
     """Why ``path`` (relative to the working directory, as it will be opened) lies outside ``root``;
     ``None`` when what it names, after following every symlink, is inside ``root``. ``written``: the
-    path as the user wrote it (a manifest row's), named when the path itself leads out."""
+    path as the user wrote it (a manifest row's), named when the path itself leads out. ``real_root``:
+    ``root`` already resolved, for callers that check many paths (the frames of a folder)."""
     p, r = Path(path), Path(root)
-    real_root = r.resolve()
+    real_root = real_root if real_root is not None else r.resolve()
     if _inside(p.resolve(), real_root):
         return None
     abs_p = p if p.is_absolute() else Path.cwd() / p
