@@ -95,6 +95,7 @@ def run_check(args: argparse.Namespace) -> int:
     from tubelet.cli.probe import probe_reader
     from tubelet.config.schema import DataConfig
     from tubelet.data.builder import source_samples
+    from tubelet.errors import DataError
 
     kind = args.kind
     if kind is None:
@@ -104,7 +105,13 @@ def run_check(args: argparse.Namespace) -> int:
         kind = "folders" if src.is_dir() else "manifest"
     cfg = DataConfig(kind=kind, root=args.root, label_map=args.label_map, frames_fps=args.frames_fps)
     row_errors: list[tuple[str, str]] = []
-    samples, _ = source_samples(cfg, args.source, row_errors=row_errors)
+    try:
+        samples, _ = source_samples(cfg, args.source, row_errors=row_errors)
+    except DataError as exc:
+        if args.kind is None and kind == "folders":  # the kind was guessed: say which was read and the others
+            raise DataError(f"{exc} (read as class folders of videos; pass --kind frames or --kind images for "
+                            "frame folders or images)") from None
+        raise
     for _where, msg in row_errors:
         print(f"BAD {msg}", flush=True)
     opener = _opener(args, kind)
