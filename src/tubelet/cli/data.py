@@ -45,33 +45,89 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def add_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="check every row of a manifest (parse, path, decode); report all bad rows")
-    p.add_argument("manifest", help="CSV or JSONL manifest (path,label[,start,end][,caption])")
-    p.add_argument("--root", default=None, help="data root: paths resolve under it and may not escape it")
+    p = sub.add_parser("check", help="check every row or entry of a dataset (parse, path, decode, time range); report all bad ones")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a manifest (CSV, JSONL, 'path label' list, Kinetics CSV) or a class-folder root root/<class>/<entry>")
+    p.add_argument("--kind", default=None, choices=["manifest", "folders", "frames", "images"],
+                   help="what the rows or entries are, as data.kind: videos (manifest, folders), frame folders "
+                        "(frames) or images; default: manifest for a file, folders for a folder")
+    p.add_argument("--root", default=None, help="data root: paths resolve under it and may not lead out of it")
     p.add_argument("--label-map", default=None, help="labels.txt or JSON label map for class-name labels")
+    p.add_argument("--frames-fps", type=float, default=30.0, help="frame rate of frame folders (data.frames_fps)")
     p.add_argument("--fast", action="store_true", help="open each file only; skip the full decode")
     p.add_argument("--backend", default="pyav", choices=["pyav", "torchcodec", "auto"])
     p.set_defaults(run=run_check)
 
 
-def run_check(args: argparse.Namespace) -> int:
-    """One line per bad row (``where: reason``), then a summary; exit 1 when any row is bad."""
-    from tubelet.cli.probe import probe_file
-    from tubelet.data.datasets.manifest import read_manifest
+def _opener(args: argparse.Namespace, kind: str):
+    """How the dataset of ``kind`` opens an entry, so the check reads it as training would."""
+    from functools import partial
 
+    from tubelet.data.datasets import FrameFolderReader, ImageReader
+    from tubelet.data.decoding import open_video
+
+    if kind == "frames":
+        return partial(FrameFolderReader, fps=args.frames_fps, root=args.root)
+    if kind == "images":
+        return ImageReader
+    return partial(open_video, backend=args.backend)
+
+
+def _past_end(sample, duration) -> str | None:
+    """Why a row's ``start``/``end`` lies past its video's end (``None`` when it does not). A start at
+    or after the end leaves no frame; an end after it is cut to the end when the clip is sampled."""
+    late = []
+    if sample.start is not None and sample.start >= duration:
+        late.append(f"start {float(sample.start):.3f} s")
+    if sample.end is not None and sample.end > duration:
+        late.append(f"end {float(sample.end):.3f} s")
+    if not late:
+        return None
+    lo = float(sample.start or 0)
+    hi = f"{float(sample.end):.3f}" if sample.end is not None else "end"
+    return f"{' and '.join(late)} past the video's duration {float(duration):.3f} s (range [{lo:.3f}, {hi}) s)"
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """One line per bad row or entry (``where: reason``), then a summary; exit 1 when any is bad."""
+    from pathlib import Path
+
+    from tubelet.cli.probe import probe_reader
+    from tubelet.config.schema import DataConfig
+    from tubelet.data.builder import source_samples
+    from tubelet.errors import DataError
+
+    kind = args.kind
+    if kind is None:
+        src = Path(args.source)
+        if args.root and not src.is_absolute() and not src.exists():
+            src = Path(args.root) / src
+        kind = "folders" if src.is_dir() else "manifest"
+    cfg = DataConfig(kind=kind, root=args.root, label_map=args.label_map, frames_fps=args.frames_fps)
     row_errors: list[tuple[str, str]] = []
-    samples, _ = read_manifest(args.manifest, root=args.root, label_map=args.label_map, row_errors=row_errors)
+    try:
+        samples, _ = source_samples(cfg, args.source, row_errors=row_errors)
+    except DataError as exc:
+        if args.kind is None and kind == "folders":  # the kind was guessed: say which was read and the others
+            raise DataError(f"{exc} (read as class folders of videos; pass --kind frames or --kind images for "
+                            "frame folders or images)") from None
+        raise
     for _where, msg in row_errors:
         print(f"BAD {msg}", flush=True)
-    bad_files = 0
+    opener = _opener(args, kind)
+    bad_files = bad_ranges = 0
     for s in samples:
-        rec = probe_file(s.path, backend=args.backend, full=not args.fast)
+        rec, duration = probe_reader(s.path, opener, full=not args.fast)
         if not rec["ok"]:
             bad_files += 1
             print(f"BAD {s.source}: {s.path}: {rec['error']}", flush=True)
+        elif (late := _past_end(s, duration)) is not None:
+            bad_ranges += 1
+            print(f"BAD {s.source}: {s.path}: {late}", flush=True)
     total = len(samples) + len(row_errors)
-    n_bad = len(row_errors) + bad_files
-    print(f"checked {total} rows: {total - n_bad} ok, {n_bad} bad ({len(row_errors)} invalid rows, {bad_files} unreadable files)")
+    n_bad = len(row_errors) + bad_files + bad_ranges
+    print(f"checked {total} rows: {total - n_bad} ok, {n_bad} bad ({len(row_errors)} invalid rows, {bad_files} "
+          f"unreadable files, {bad_ranges} time ranges past the video's end)")
     return 1 if n_bad else 0
 
 
@@ -83,7 +139,7 @@ ACTIONS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset utilities (synth, ...)")
+    p = sub.add_parser("data", help="dataset utilities (synth, check)")
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     for add in ACTIONS.values():
         add(actions)

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import argparse
 import json
+from fractions import Fraction
+from typing import Any, Callable
 
 
 def probe_file(path: str, backend: str = "pyav", full: bool = True) -> dict:
     """The probe record of one file (never raises for a bad video)."""
-    from tubelet.data.decoding import PyAVReader, open_video
+    from functools import partial
+
+    from tubelet.data.decoding import open_video
+
+    return probe_reader(path, partial(open_video, backend=backend), full)[0]
+
+
+def probe_reader(path: str, opener: Callable[[str], Any], full: bool = True) -> tuple[dict, Fraction | None]:
+    """The probe record of ``path`` opened by ``opener`` (a video, a frame folder, an image), and its
+    exact duration in seconds (``None`` when unreadable); never raises for a bad file."""
+    from tubelet.data.decoding import PyAVReader
     from tubelet.errors import VideoError
 
     rec: dict = {"path": str(path), "ok": False, "frames": None, "fps": None, "duration": None, "width": None,
                  "height": None, "rotation": None, "codec": None, "error": None}  # fmt: skip
     try:
-        reader = open_video(path, backend=backend)
+        reader = opener(path)
         m = reader.metadata
         rec.update(frames=m.num_frames, fps=round(float(m.fps), 6), duration=round(float(m.duration), 6), width=m.width,
                    height=m.height, rotation=m.rotation, codec=m.codec)  # fmt: skip
@@ -34,7 +46,8 @@ def probe_file(path: str, backend: str = "pyav", full: bool = True) -> dict:
         rec["ok"] = True
     except VideoError as exc:
         rec["error"] = exc.reason
-    return rec
+        return rec, None
+    return rec, Fraction(m.duration)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
 from tubelet.config.schema import DataConfig
 from tubelet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tubelet.data.datasets import LabelMap, Sample
 
 SPLITS = ("train", "val", "test")
 
@@ -58,16 +62,7 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
     from a manifest of folders or root/class/video_folder/) and ``images`` (root/class/image or a
     manifest of images). Paths are resolved under ``data.root``. ``videos``: the split whose videos
     are served through ``split``'s pipeline (default: ``split``'s own)."""
-    from pathlib import Path
-
-    from tubelet.data.datasets import (
-        ClipDataset,
-        FrameFolderReader,
-        ImageDataset,
-        read_manifest,
-        scan_class_folders,
-    )
-    from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, is_video_file
+    from tubelet.data.datasets import ClipDataset, FrameFolderReader, ImageDataset
     from tubelet.data.transforms import build_transforms
 
     from tubelet.data.decoding import BACKENDS, torchcodec_available
@@ -91,25 +86,7 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
     if videos is not None:  # split's pipeline over the files of split videos
         own = "train" if split == "train" else "val"
         cfg = dataclasses.replace(cfg, **{own: cfg.train if videos == "train" else cfg.val})
-    src = _source(cfg, split)
-    path = Path(src)
-    if cfg.root and not path.is_absolute() and not path.exists():
-        path = Path(cfg.root) / path
-    if cfg.kind == "manifest" or path.is_file():
-        samples, lmap = read_manifest(path, root=cfg.root, label_map=cfg.label_map)
-    elif cfg.kind == "folders":
-        samples, lmap = scan_class_folders(path, is_video_file, cfg.label_map)
-    elif cfg.kind == "frames":
-        samples, lmap = scan_class_folders(path, lambda p: p.is_dir(), cfg.label_map)
-    else:
-        samples, lmap = scan_class_folders(
-            path, lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS, cfg.label_map
-        )
-    if cfg.root and not (cfg.kind == "manifest" or path.is_file()):
-        from tubelet.data.datasets.manifest import resolve_under_root
-
-        for s in samples:  # class folders: an entry symlinked out of data.root is refused like a manifest row
-            resolve_under_root(s.path, Path(cfg.root), path, s.source)
+    samples, lmap = source_samples(cfg, _source(cfg, split))
     names = lmap.names if lmap is not None else None
     num_classes = len(names) if names is not None else max(s.label for s in samples) + 1
     kw.update(num_classes=num_classes, class_names=names)
@@ -121,6 +98,51 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
         return ClipDataset(samples, cfg, split, opener=partial(FrameFolderReader, fps=cfg.frames_fps, root=cfg.root),
                            **kw)
     return ClipDataset(samples, cfg, split, **kw)
+
+
+def source_samples(
+    cfg: DataConfig, src: str, row_errors: list[tuple[str, str]] | None = None
+) -> tuple[list[Sample], LabelMap | None]:
+    """The samples and label map (``None`` for integer labels) of ``src``, a manifest file or a
+    class-folder root of ``cfg.kind`` (relative to the working directory, else to ``data.root``).
+
+    Files are manifests of any format ``read_manifest`` reads; folders are ``root/<class>/<entry>``
+    with entries that are videos (``folders``), frame folders (``frames``) or images (``images``).
+    With ``data.root`` set, no entry may lie outside it. A bad row or entry raises
+    :class:`~tubelet.errors.DataError`; with ``row_errors`` given it is appended as
+    ``(where, message)`` and left out instead (``tubelet data check``).
+    """
+    from pathlib import Path
+
+    from tubelet.data.datasets import check_under_root, read_manifest, scan_class_folders
+    from tubelet.data.datasets.folders import is_image_file, is_video_file
+    from tubelet.errors import DataError
+
+    path = Path(src)
+    if cfg.root and not path.is_absolute() and not path.exists():
+        path = Path(cfg.root) / path
+    if cfg.kind == "manifest" or path.is_file():
+        return read_manifest(path, root=cfg.root, label_map=cfg.label_map, row_errors=row_errors)
+    accept = {
+        "folders": is_video_file,
+        "frames": lambda p: p.is_dir(),
+        "images": is_image_file,
+    }
+    if cfg.kind not in accept:
+        raise ConfigError(f"data.kind '{cfg.kind}' has no class folders; use one of {', '.join(accept)}")
+    samples, lmap = scan_class_folders(path, accept[cfg.kind], cfg.label_map)
+    if not cfg.root:
+        return samples, lmap
+    kept = []
+    for s in samples:  # an entry linked out of data.root is refused like a manifest row
+        try:
+            check_under_root(s.path, cfg.root, s.source)
+            kept.append(s)
+        except DataError as exc:
+            if row_errors is None:
+                raise
+            row_errors.append((s.source, str(exc)))
+    return kept, lmap
 
 
 def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0, cache: dict | None = None) -> Dataset:

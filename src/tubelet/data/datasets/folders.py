@@ -43,5 +43,16 @@ def scan_class_folders(
     return samples, lmap
 
 
+def _file_or_link(p: Path) -> bool:
+    # A dangling symlink stays an entry, so it fails as a missing file instead of vanishing from the set.
+    return p.is_file() or (p.is_symlink() and not p.exists())
+
+
 def is_video_file(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+    """A class-folder entry of kind ``folders``: a video file, or a link named like one."""
+    return p.suffix.lower() in VIDEO_EXTENSIONS and _file_or_link(p)
+
+
+def is_image_file(p: Path) -> bool:
+    """A class-folder entry of kind ``images``: an image file, or a link named like one."""
+    return p.suffix.lower() in IMAGE_EXTENSIONS and _file_or_link(p)

@@ -17,6 +17,7 @@ import numpy as np
 
 from tubelet.data.decoding import ConstantRateReader, VideoMetadata, VideoReader
 from tubelet.data.datasets.folders import IMAGE_EXTENSIONS
+from tubelet.data.datasets.paths import outside_root
 from tubelet.errors import VideoError
 
 __all__ = ["FrameFolderReader", "ImageReader", "read_image", "list_frames"]
@@ -45,7 +46,8 @@ def _sort_key(p: Path):
 
 def list_frames(folder: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
     """The frame images of ``folder`` in frame order; with ``root`` (``data.root``), a frame that
-    resolves outside it (a symlink out of the data root) makes the folder unreadable."""
+    lies outside it (through a symlink, :func:`~tubelet.data.datasets.paths.outside_root`) makes the
+    folder unreadable."""
     d = Path(folder)
     if not d.is_dir():
         raise VideoError(d, "frame folder not found" if not d.exists() else "not a folder of frames")
@@ -55,9 +57,9 @@ def list_frames(folder: str | os.PathLike, root: str | os.PathLike | None = None
     if root is not None:
         real_root = Path(root).resolve()
         for f in files:
-            real = f.resolve()
-            if real_root not in real.parents:
-                raise VideoError(d, f"frame '{f.name}' resolves outside data.root '{root}'")
+            reason = outside_root(f, root, real_root=real_root)
+            if reason is not None:
+                raise VideoError(d, reason)
     return sorted(files, key=_sort_key)
 
 

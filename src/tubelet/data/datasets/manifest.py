@@ -1,11 +1,14 @@
-"""CSV / JSONL manifests: one row per video.
+"""Manifests: one row per video, in the formats datasets come with.
 
 CSV needs a header with at least ``path`` and ``label``; optional ``start``, ``end`` (seconds, a
-decimal or ``num/den``) and ``caption``. JSONL has one object per line with the same keys.
+decimal or ``num/den``) and ``caption``. JSONL has one object per line with the same keys. Path
+lists (PyTorchVideo / mmaction2 style) have one ``relative/path.mp4 3`` per line: the path, a space
+and an integer label. The Kinetics CSV names clips by YouTube id and time (``kinetics.py``).
 Labels are integer ids, or class names mapped through ``data.label_map`` (or, without one, sorted
 unique names). Relative paths are resolved under ``data.root`` when set, else next to the manifest.
-With ``data.root`` set, no path may resolve outside it (``..``, absolute paths, symlinks): the row
-is refused with a :class:`~tubelet.errors.DataError` naming it.
+With ``data.root`` set, no path may lie outside it: symlinks inside the root are followed, and a
+row whose path leads out (``..``, an absolute path elsewhere, a symlink to outside the root) is
+refused with a :class:`~tubelet.errors.DataError` naming it (``datasets/paths.py``).
 """
 
 from __future__ import annotations
@@ -18,22 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from tubelet.data.datasets.base import Sample
+from tubelet.data.datasets.kinetics import (
+    KINETICS_COLUMNS,
+    KINETICS_EXTENSIONS,
+    find_kinetics_video,
+    is_kinetics_header,
+    kinetics_candidates,
+)
 from tubelet.data.datasets.labels import LabelMap, load_label_map
+from tubelet.data.datasets.paths import resolve_under_root
 from tubelet.errors import DataError
 
-__all__ = ["read_manifest", "resolve_under_root"]
-
-
-def resolve_under_root(path: str, root: Path | None, base: Path, where: str) -> str:
-    """Resolve ``path`` against ``root`` (or ``base``); refuse paths that escape ``root``."""
-    p = Path(os.path.expanduser(path))
-    full = p if p.is_absolute() else (root if root is not None else base) / p
-    if root is not None:
-        real_root = root.resolve()
-        real = full.resolve()
-        if real != real_root and real_root not in real.parents:
-            raise DataError(f"{where}: path '{path}' escapes data.root '{root}'")
-    return str(full)
+__all__ = ["read_manifest"]
 
 
 def _seconds(value: Any, where: str, key: str) -> Fraction | None:
@@ -45,30 +44,70 @@ def _seconds(value: Any, where: str, key: str) -> Fraction | None:
         raise DataError(f"{where}: '{key}' must be seconds (e.g. 1.5 or 3/2), got '{value}'") from None
 
 
-def _rows(path: Path) -> list[tuple[str, dict]]:
-    text = path.read_text(encoding="utf-8")
-    rows: list[tuple[str, dict]] = []
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object per line")
-            rows.append((where, obj))
-        return rows
-    reader = csv.DictReader(text.splitlines())
-    if reader.fieldnames is None or "path" not in reader.fieldnames:
-        raise DataError(f"{path}: CSV manifest needs a header with 'path' and 'label' columns, got {reader.fieldnames}")
-    for n, row in enumerate(reader, start=2):
-        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+
+
+def _jsonl_rows(path: Path, lines: list[str]) -> list[tuple[str, dict]]:
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-        rows.append((f"{path}:{n}", row))
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object per line")
+        rows.append((where, obj))
     return rows
+
+
+def _path_label_rows(path: Path, lines: list[str], bad: list[tuple[str, str]]) -> list[tuple[str, dict]]:
+    """``relative/path.mp4 3`` lines; the label is the last field, so paths may hold spaces."""
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        fields = line.strip().rsplit(None, 1)
+        if len(fields) != 2 or not _is_int(fields[1]):
+            bad.append((where, f"{where}: expected 'path label' with an integer label, got '{line.strip()}'"))
+            continue
+        rows.append((where, {"path": fields[0], "label": fields[1]}))
+    return rows
+
+
+def _looks_like_path_label(line: str) -> bool:
+    fields = line.strip().rsplit(None, 1)
+    return len(fields) == 2 and _is_int(fields[1])
+
+
+def _rows(path: Path, bad: list[tuple[str, str]]) -> tuple[str, list[tuple[str, dict]]]:
+    """The manifest's format (``csv``, ``kinetics``, ``jsonl`` or ``paths``) and its ``(where, row)`` pairs;
+    rows that cannot be split into fields go to ``bad`` as ``(where, message)``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return "jsonl", _jsonl_rows(path, lines)
+    first = next((line for line in lines if line.strip()), "")
+    reader = csv.DictReader(lines)
+    header = [h.strip() for h in reader.fieldnames] if reader.fieldnames else None
+    if header is not None and ("path" in header or is_kinetics_header(header)):
+        reader.fieldnames = header
+        rows = []
+        for row in reader:
+            if any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                rows.append((f"{path}:{reader.line_num}", row))  # line_num: the file's line, blank lines counted
+        return ("csv" if "path" in header else "kinetics"), rows
+    if first.lstrip().startswith("{"):
+        return "jsonl", _jsonl_rows(path, lines)
+    if path.suffix.lower() == ".txt" or _looks_like_path_label(first):
+        return "paths", _path_label_rows(path, lines, bad)
+    raise DataError(
+        f"{path}: not a manifest this reads: expected a CSV header with 'path' and 'label' (or Kinetics' "
+        f"{','.join(KINETICS_COLUMNS)},split), JSON lines, or 'path label' lines; the first line is '{first[:80]}'"
+    )
 
 
 def read_manifest(
@@ -79,36 +118,59 @@ def read_manifest(
 ) -> tuple[list[Sample], LabelMap | None]:
     """Parse a manifest into :class:`Sample` rows and the label map used (``None`` for integer labels).
 
-    A bad row raises :class:`DataError` naming it; with ``row_errors`` given, bad rows are appended
-    to it as ``(where, message)`` and skipped instead (``tubelet data check``).
+    The format is read from the file: JSONL (``.jsonl``/``.json``/``.ndjson``, or lines starting with
+    ``{``), CSV with a ``path`` column, the Kinetics CSV (:mod:`~tubelet.data.datasets.kinetics`), or
+    ``path label`` lines (``.txt``, or any file whose first line is one). A bad row raises
+    :class:`DataError` naming it; with ``row_errors`` given, bad rows are appended to it as
+    ``(where, message)`` and skipped instead (``tubelet data check``). A Kinetics row whose clip is
+    not found is such a bad row for ``data check``; a dataset keeps it at the downloader's name, so
+    it fails to load as a missing file, counted against ``data.max_failure_fraction``.
     """
     mpath = Path(path)
     if not mpath.is_file():
         raise DataError(f"manifest '{mpath}' not found")
     root_p = Path(root) if root is not None else None
-    raw = _rows(mpath)
+    bad: list[tuple[str, str]] = []
+    fmt, raw = _rows(mpath, bad)
+    if bad and row_errors is None:
+        raise DataError(bad[0][1])
     lmap = load_label_map(label_map) if isinstance(label_map, (str, os.PathLike)) else label_map
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
-
-    names = [str(r.get("label")).strip() for _, r in raw if r.get("label") is not None and not is_int(r.get("label"))]
+    # class names map to ids from every row, so the ids do not depend on which files are present
+    names = [str(r.get("label")).strip() for _, r in raw if r.get("label") is not None and not _is_int(r.get("label"))]
     if names and lmap is None:
         lmap = LabelMap.from_names(names)
     samples = []
+    errors = list(bad)
     for where, r in raw:
         try:
-            samples.append(_row_sample(where, r, lmap, root_p, mpath, is_int))
+            if fmt == "kinetics":
+                r = dict(r, path=_kinetics_path(where, r, root_p or mpath.parent, row_errors is not None))
+            samples.append(_row_sample(where, r, lmap, root_p, mpath))
         except DataError as exc:
             if row_errors is None:
                 raise
-            row_errors.append((where, str(exc)))
+            errors.append((where, str(exc)))
+    if row_errors is not None:
+        row_errors.extend(sorted(errors, key=lambda e: _line_of(e[0])))
     if not samples and row_errors is None:
         raise DataError(f"manifest '{mpath}' has no rows")
     return samples, lmap
 
 
-def _row_sample(where: str, r: dict, lmap: LabelMap | None, root_p: Path | None, mpath: Path, is_int) -> Sample:
+def _line_of(where: str) -> int:
+    return int(where.rsplit(":", 1)[-1])
+
+
+def _kinetics_path(where: str, r: dict, folder: Path, must_exist: bool) -> str:
+    rel, found = find_kinetics_video(r, where, folder)
+    if not found and must_exist:
+        tried = ", ".join(c.rsplit(".", 1)[0] for c in kinetics_candidates(r, where)[:: len(KINETICS_EXTENSIONS)])
+        raise DataError(f"{where}: no video for this row under '{folder}' (tried {tried} with "
+                        f"{'/'.join(KINETICS_EXTENSIONS)})")
+    return rel
+
+
+def _row_sample(where: str, r: dict, lmap: LabelMap | None, root_p: Path | None, mpath: Path) -> Sample:
     """One manifest row as a :class:`Sample`; :class:`DataError` naming the row when it is invalid."""
     p = r.get("path")
     if p is None or str(p).strip() == "":
@@ -116,7 +178,7 @@ def _row_sample(where: str, r: dict, lmap: LabelMap | None, root_p: Path | None,
     lab = r.get("label")
     if lab is None or str(lab).strip() == "":
         raise DataError(f"{where}: missing 'label'")
-    if is_int(lab):
+    if _is_int(lab):
         label = int(lab)
     else:
         if lmap is None or str(lab).strip() not in lmap:
