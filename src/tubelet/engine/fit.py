@@ -27,7 +27,7 @@ from tubelet.core.io import save_safetensors
 from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.module import TubeletModule
-from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_metrics
+from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_labels, write_metrics
 from tubelet.engine.trainer import build_trainer
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.models.weights import describe_model
@@ -222,8 +222,13 @@ def _fit(
     trainer = build_trainer(recipe, callbacks, has_val=val is not None and hasattr(method, "classify"))
     csv_log = run_dir / "logs" / "csv" / "metrics.csv"
     old_rows: list[dict[str, str]] = []
+    class_names = list(getattr(datasets["train"], "class_names", None) or [])
     if trainer.is_global_zero:
         dump_recipe(recipe, run_dir / "config.yaml")
+        if class_names:  # what `tubelet predict --run` names its classes by
+            write_labels(run_dir / "labels.txt", class_names)
+        else:  # a folder reused by a run without class names must not keep the previous run's
+            (run_dir / "labels.txt").unlink(missing_ok=True)
         if ckpt_path is not None:
             from tubelet.core.ckpt_format import safe_torch_load
 
@@ -256,6 +261,7 @@ def _fit(
             merge_csv_log(csv_log, old_rows)
 
     paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
+             **({"labels": run_dir / "labels.txt"} if class_names else {}),
              "method": run_dir / "method.safetensors", "metrics": run_dir / "metrics.json"}
     metrics = scalar_metrics(trainer.callback_metrics)
     metrics["global_step"] = float(trainer.global_step)
