@@ -134,3 +134,20 @@ def test_predict_argument_errors_are_one_line(run, videos_dir, tmp_path, capsys)
         assert main(["predict", path, *argv]) == 1
         err = capsys.readouterr().err
         assert len(_lines(err)) == 1 and expected in err, err
+
+
+def test_fit_writes_the_train_sets_names_and_never_keeps_stale_ones(tmp_path):
+    from toys import ToyMethod, ToyVideos, toy_recipe
+
+    from tubelet.engine import fit
+
+    class Named(ToyVideos):
+        class_names = ["a", "b", "c", "d"]
+
+    run = tmp_path / "run"
+    result = fit(toy_recipe(run, max_steps=2), method=ToyMethod(), datasets={"train": Named(8), "val": None})
+    assert (run / "labels.txt").read_text(encoding="utf-8") == "a\nb\nc\nd\n"
+    assert result.paths["labels"] == run / "labels.txt"
+    # the same folder reused by a run whose training set has no class names: no labels.txt is left behind
+    result = fit(toy_recipe(run, max_steps=2), method=ToyMethod(), datasets={"train": ToyVideos(8), "val": None})
+    assert not (run / "labels.txt").exists() and "labels" not in result.paths
