@@ -4,6 +4,10 @@ from tubelet.core.waiting import apply_wait_policy
 
 apply_wait_policy()  # before anything imports torch: idle threads sleep instead of spinning (core/waiting.py)
 
+import os  # noqa: E402
+
+from torch import nn  # noqa: E402
+
 from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError  # noqa: E402
 
 # The shipped methods register their config sections with the recipe loader on import.
@@ -11,9 +15,18 @@ import tubelet.methods  # noqa: E402,F401,I001
 from tubelet.models.registry import create_model, list_models  # noqa: E402
 from tubelet.models.weights import load_weights as load_checkpoint  # noqa: E402
 
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """The trained model of a run folder or self-describing weights file (``tubelet.engine.load_model``;
+    imported on first use, so that ``import tubelet`` does not load the training engine)."""
+    from tubelet.engine.load import load_model as _load_model
+
+    return _load_model(path)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "TubeletError", "VideoError",
-    "create_model", "list_models", "load_checkpoint", "__version__",
+    "create_model", "list_models", "load_checkpoint", "load_model", "__version__",
 ]

@@ -13,6 +13,7 @@ from tubelet.errors import TubeletError
 SUBCOMMANDS = {
     "fit": "tubelet.cli.fit",
     "test": "tubelet.cli.test",
+    "predict": "tubelet.cli.predict",
     "demo": "tubelet.cli.demo",
     "flops": "tubelet.cli.flops",
     "probe": "tubelet.cli.probe",

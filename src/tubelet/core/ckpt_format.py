@@ -163,6 +163,27 @@ def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return {k[len("state_dict/"):]: v for k, v in weights.items() if k.startswith("state_dict/")}
 
 
+def checkpoint_shapes(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The training state of checkpoint ``path`` and the shapes of its (model) ``state_dict`` tensors, read
+    from the weights file's header only, so that a checkpoint can be checked against a model before
+    anything is loaded."""
+    from safetensors import SafetensorError
+
+    from tubelet.core.io import safetensors_shapes
+
+    path = Path(path)
+    state = safe_torch_load(path, mmap=True)
+    if not isinstance(state, dict) or "tubelet" not in state:
+        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    weights = path.parent / state["tubelet"]["weights_file"]
+    try:
+        shapes = safetensors_shapes(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    prefix = "state_dict/"
+    return state, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+
+
 def remove_checkpoint(path: str | Path) -> None:
     path = Path(path)
     path.unlink(missing_ok=True)

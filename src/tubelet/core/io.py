@@ -49,6 +49,22 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     return atomic_write(path, lambda f: f.write(data))
 
 
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (empty when it has none); reads no tensor data."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """``name -> shape`` of a safetensors file, from its header only (no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
 def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share memory (tied weights) and needs contiguous CPU data.
     out, seen = {}, set()

@@ -70,6 +70,20 @@ def load_method_weights(method: nn.Module, checkpoint: str | Path) -> str:
     return kind
 
 
+def dataset_view_scores(recipe: Recipe, method: nn.Module, dataset: Dataset, device: torch.device,
+                        batch_size: int | None = None) -> dict[str, Any]:
+    """``predict_views`` of ``method.classify`` over every video of ``dataset`` (its samples hold the
+    test views), batched and on ``device`` as the recipe says: what ``evaluate`` and ``predict`` score with."""
+    from tubelet.engine.datamodule import default_batch_collate
+
+    # The data package's collate drops unreadable videos (reported in batch["bad_samples"]).
+    loader = DataLoader(dataset, batch_size=batch_size or recipe.data.batch_size, shuffle=False,
+                        num_workers=recipe.data.num_workers, collate_fn=default_batch_collate(recipe.seed),
+                        pin_memory=device.type == "cuda")
+    bf16 = recipe.trainer.precision.startswith("bf16")
+    return predict_views(method.classify, loader, device, torch.bfloat16 if bf16 else None)
+
+
 @torch.inference_mode()
 def evaluate(
     recipe: Recipe,
@@ -107,14 +121,7 @@ def evaluate(
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise TubeletError("the test dataset is empty")
     method.eval().to(device)
-    from tubelet.engine.datamodule import default_batch_collate
-
-    # The data package's collate drops unreadable videos (reported in batch["bad_samples"]).
-    loader = DataLoader(dataset, batch_size=batch_size or recipe.data.batch_size, shuffle=False,
-                        num_workers=recipe.data.num_workers, collate_fn=default_batch_collate(recipe.seed),
-                        pin_memory=device.type == "cuda")
-    bf16 = recipe.trainer.precision.startswith("bf16")
-    out = predict_views(method.classify, loader, device, torch.bfloat16 if bf16 else None)
+    out = dataset_view_scores(recipe, method, dataset, device, batch_size)
     bad = out["bad"]
     if out["scores"] is None:
         raise TubeletError(f"no test video could be read ({len(bad)} failed)")

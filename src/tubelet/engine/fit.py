@@ -27,9 +27,10 @@ from tubelet.core.io import save_safetensors
 from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.module import TubeletModule
-from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_metrics
+from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_labels, write_metrics
 from tubelet.engine.trainer import build_trainer
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
+from tubelet.models.weights import describe_model
 
 
 @dataclass
@@ -53,6 +54,36 @@ def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | N
     if not is_complete(path):
         raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (truncated write?)")
     return path
+
+
+def check_resume_fits(path: Path, method: nn.Module) -> None:
+    """Fail with one line, before Lightning loads anything, when checkpoint ``path`` holds another model
+    than ``method``: the model names both sides record, else the first tensor that does not fit."""
+    from tubelet.core.ckpt_format import checkpoint_shapes
+    from tubelet.models.weights import describe_model, saved_variant
+
+    state, shapes = checkpoint_shapes(path)
+    backbone = getattr(method, "backbone", None)
+    ours = describe_model(backbone) if isinstance(backbone, nn.Module) else {}
+    saved = saved_variant(path, dict(state.get("tubelet_model") or {}))
+    own = getattr(backbone, "variant", None)
+    theirs = f"model '{saved.name}'" if saved is not None else "another model"
+    mine = f"model '{own.name}'" if ours else f"method {type(method).__name__}"
+    if saved is not None and own is not None and saved.name != own.name:
+        raise CheckpointError(f"{path}: checkpoint of model '{saved.name}' cannot resume a run of model '{own.name}'")
+    prefix = "method."
+    expected = {prefix + k: tuple(v.shape) for k, v in method.state_dict().items()}
+    for key, shape in expected.items():
+        if key not in shapes:
+            raise CheckpointError(f"{path}: checkpoint of {theirs} cannot resume this run of {mine}: it has no "
+                                  f"tensor '{key}'")
+        if tuple(shapes[key]) != shape:
+            raise CheckpointError(f"{path}: checkpoint of {theirs} cannot resume this run of {mine}: first "
+                                  f"mismatched tensor '{key}': checkpoint {tuple(shapes[key])} vs run {shape}")
+    extra = sorted(k for k in shapes if k not in expected)
+    if extra:
+        raise CheckpointError(f"{path}: checkpoint of {theirs} cannot resume this run of {mine}: it has tensors "
+                              f"the run does not, e.g. '{extra[0]}'")
 
 
 def build_datasets(recipe: Recipe, method: nn.Module | None = None) -> dict[str, Dataset | None]:
@@ -186,12 +217,19 @@ def _fit(
         checkpoint_dir=run_dir / "checkpoints",
         bad_files_path=run_dir / "bad_files.txt",
     )
+    if ckpt_path is not None:
+        check_resume_fits(ckpt_path, method)
     callbacks = [*callbacks, *method_callbacks(recipe, method)]
     trainer = build_trainer(recipe, callbacks, has_val=val is not None and hasattr(method, "classify"))
     csv_log = run_dir / "logs" / "csv" / "metrics.csv"
     old_rows: list[dict[str, str]] = []
+    class_names = list(getattr(datasets["train"], "class_names", None) or [])
     if trainer.is_global_zero:
         dump_recipe(recipe, run_dir / "config.yaml")
+        if class_names:  # what `tubelet predict --run` names its classes by
+            write_labels(run_dir / "labels.txt", class_names)
+        else:  # a folder reused by a run without class names must not keep the previous run's
+            (run_dir / "labels.txt").unlink(missing_ok=True)
         if ckpt_path is not None:
             from tubelet.core.ckpt_format import safe_torch_load
 
@@ -224,6 +262,7 @@ def _fit(
             merge_csv_log(csv_log, old_rows)
 
     paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
+             **({"labels": run_dir / "labels.txt"} if class_names else {}),
              "method": run_dir / "method.safetensors", "metrics": run_dir / "metrics.json"}
     metrics = scalar_metrics(trainer.callback_metrics)
     metrics["global_step"] = float(trainer.global_step)
@@ -232,11 +271,15 @@ def _fit(
     if module.peak_lr is not None:
         metrics["peak_lr"] = module.peak_lr
     if trainer.is_global_zero:
-        save_safetensors(method.state_dict(), paths["method"], metadata={"format": "tubelet-method"})
+        # both files say which model they hold (``tubelet.models.weights``): load_model needs nothing else
         backbone = getattr(method, "backbone", None)
+        described = describe_model(backbone, "backbone.") if isinstance(backbone, nn.Module) else {}
+        save_safetensors(method.state_dict(), paths["method"],
+                         metadata={"format": "tubelet-method", "tubelet_method": recipe.method.name, **described})
         if isinstance(backbone, nn.Module):
             paths["backbone"] = run_dir / "backbone.safetensors"
-            save_safetensors(backbone.state_dict(), paths["backbone"], metadata={"format": "tubelet-backbone"})
+            save_safetensors(backbone.state_dict(), paths["backbone"],
+                             metadata={"format": "tubelet-backbone", **describe_model(backbone)})
         if tracker is not None and tracker.failures:
             paths["bad_files"] = run_dir / "bad_files.txt"
             tracker.write(paths["bad_files"])

@@ -237,6 +237,12 @@ class TubeletModule(pl.LightningModule):
         if len(states) > 1:
             checkpoint["rng_per_rank"] = states
         checkpoint["tubelet_module"] = {"skipped_steps": self.skipped_steps}
+        # which model the weights are of, so that resuming another model's checkpoint names both models
+        backbone = getattr(self.method, "backbone", None)
+        if isinstance(backbone, nn.Module):
+            from tubelet.models.weights import describe_model
+
+            checkpoint["tubelet_model"] = describe_model(backbone)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied when training starts, after everything that setup may draw from the RNG. A checkpoint

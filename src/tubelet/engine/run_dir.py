@@ -3,10 +3,11 @@
 Layout (``recipe.run_dir``)::
 
     config.yaml            effective config (after _base_ and overrides), written at the start
+    labels.txt             the training set's class names, one per line (index = line), when it has them
     checkpoints/           the last ``trainer.keep_last_k`` training states (step=NNNNNN.ckpt + weights)
     logs/csv/metrics.csv   CSV log;  logs/tensorboard/  TensorBoard events
-    method.safetensors     the whole method's weights at the end
-    backbone.safetensors   ``method.backbone`` (loads with ``create_model(name, checkpoint=...)``)
+    method.safetensors     the whole method's weights at the end (with the backbone's name and config)
+    backbone.safetensors   ``method.backbone``, self-describing (loads with ``tubelet.load_model(file)``)
     metrics.json           final metrics
     bad_files.txt          the unreadable samples, when there were any
 """
@@ -58,6 +59,16 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
             out[k] = float(v)
     return out
+
+
+def write_labels(path: Path, names: list[str]) -> Path:
+    """``labels.txt``: class ``i`` is line ``i``, read back by ``tubelet.data.datasets.load_label_map``, so that
+    a run's predictions can be named from the folder alone."""
+    bad = [n for n in names if not str(n).strip() or "\n" in str(n)]
+    if bad:
+        raise ValueError(f"class names must be non-empty single lines for {path}, got {bad}")
+    path.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    return path
 
 
 def write_metrics(path: Path, metrics: Mapping[str, float]) -> Path:

@@ -72,11 +72,46 @@ def get_model_config(name: str, **overrides: Any) -> Any:
 
 
 def create_model(name: str, checkpoint: str | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``checkpoint`` loads weights (safetensors or a tubelet checkpoint)."""
+    """Build a registered model; ``checkpoint`` loads weights (safetensors or a tubelet checkpoint).
+
+    The model keeps its name and resolved variant config as ``model.variant`` (a ``ModelVariant``), so
+    that the weights files it is saved to can say what to build (``tubelet.models.weights``). A
+    checkpoint whose metadata names another model, or whose tensors do not fit because it was saved
+    with other options, is a one-line ``CheckpointError`` naming the model the file was saved from.
+    """
     cfg = get_model_config(name, **overrides)
     model = _REGISTRY[name].builder(cfg)
+    model.variant = ModelVariant(name, cfg)
     if checkpoint is not None:
-        from tubelet.models.weights import load_weights
+        from tubelet.models.weights import load_described_weights
 
-        load_weights(model, checkpoint)
+        load_described_weights(model, checkpoint)
     return model
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """What ``create_model`` built: the registered name and the variant config with every override applied."""
+
+    name: str
+    config: Any
+
+    def describe(self, fields: list[str] | None = None) -> str:
+        """``name(field=value, ...)`` over ``fields`` (default: the fields that differ from the registered variant)."""
+        base = _REGISTRY[self.name].config if self.name in _REGISTRY else None
+        if fields is None:
+            fields = [f.name for f in dataclasses.fields(self.config)
+                      if base is None or getattr(base, f.name) != getattr(self.config, f.name)]
+        return f"{self.name}({', '.join(f'{k}={getattr(self.config, k)!r}' for k in fields)})"
+
+
+def variant_from_fields(name: str, values: dict[str, Any], source: str) -> ModelVariant:
+    """The variant of ``name`` with saved field ``values`` (JSON: lists where the config holds tuples).
+    ``source`` (a file) is named in the error when a value names an option the model does not have."""
+    cfg = get_model_config(name)
+    valid = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ConfigError(f"{source}: saved config of model '{name}' has options it does not have: {unknown}")
+    fixed = {k: tuple(v) if isinstance(valid[k], tuple) and isinstance(v, list) else v for k, v in values.items()}
+    return ModelVariant(name, dataclasses.replace(cfg, **fixed))

@@ -1,0 +1,67 @@
+"""``tubelet predict VIDEO... --run RUN_DIR`` (or ``--checkpoint W --config RECIPE``): top-k classes per file.
+
+Each file is seen as ``tubelet test`` sees a test video (``data.test_clips`` x ``data.test_crops``
+views through the recipe's test transforms, softmax scores averaged); the work is
+``tubelet.engine.predict``. Output: a table, or with ``--json`` one JSON object per file on stdout
+(``path``, ``topk`` [{label, name, score}], ``num_views``; ``error`` for a file that cannot be read).
+A file that cannot be read is also one line on stderr and does not stop the others. Exit status: 1
+when any file failed, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tubelet.engine.predict import Prediction
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes of video files from a run folder or checkpoint + recipe")
+    p.add_argument("paths", nargs="+", metavar="VIDEO")
+    p.add_argument("--run", dest="run_dir", default=None, metavar="RUN_DIR",
+                   help="run folder of `tubelet fit` (config.yaml, method.safetensors, labels.txt)")
+    p.add_argument("--checkpoint", default=None, help="training checkpoint, method.safetensors or backbone.safetensors")
+    p.add_argument("--config", "-c", default=None, help="the recipe the checkpoint was trained with")
+    p.add_argument("--topk", type=int, default=5, help="classes per file (capped at the number of classes)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    p.set_defaults(run=run)
+
+
+def format_prediction(pred: Prediction, width: int = 0) -> str:
+    """A file's block of the table: its path and views, then one row per class (rank, index, name, score)."""
+    rows = [f"{pred.path}  ({pred.num_views} views)"]
+    rows += [f"  {r:>2}  {i:>4}  {(n if n is not None else str(i)):<{width}}  {s:.4f}"
+             for r, (i, n, s) in enumerate(pred.topk, 1)]
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tubelet.config import load_recipe
+    from tubelet.engine import load_predictor
+    from tubelet.errors import ConfigError
+
+    if args.run_dir is not None and (args.checkpoint is not None or args.config is not None):
+        raise ConfigError("--run takes the model from the run folder; do not give --checkpoint or --config with it")
+    if args.run_dir is None and (args.checkpoint is None or args.config is None):
+        raise ConfigError("give --run RUN_DIR, or --checkpoint FILE with --config RECIPE")
+    recipe = load_recipe(args.config) if args.config is not None else None
+    predictor = load_predictor(args.run_dir, args.checkpoint, recipe)
+    if predictor.class_names is None:
+        print(f"tubelet predict: note: {args.run_dir or args.checkpoint} has no class names (no labels.txt or "
+              "data.label_map); classes are printed as indices", file=sys.stderr)
+    width = max((len(n) for n in predictor.class_names or []), default=4)
+    failed = 0
+    for pred in predictor.predict(args.paths, topk=args.topk):
+        if pred.error is not None:
+            failed += 1
+            reason = " ".join(pred.error.split())  # one line per file, whatever the decoder said
+            print(f"tubelet predict: error: {pred.path}: {reason}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps(pred.as_dict()), flush=True)
+        elif pred.error is None:
+            print(format_prediction(pred, width), flush=True)
+    return 1 if failed else 0

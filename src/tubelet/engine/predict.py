@@ -1,0 +1,172 @@
+"""``predict(paths, run_dir=...)``: the top-k classes of video files, seen as ``tubelet test`` sees a test video.
+
+Each file is decoded and transformed by the recipe's test pipeline (``ClipDataset`` with
+``build_transforms(cfg, "test")``: ``data.test_clips`` x ``data.test_crops`` views) and scored by
+``evaluate``'s own view averaging (``dataset_view_scores``, i.e. ``tubelet.eval.multiview``), so that a
+file's prediction is the one ``tubelet test`` would make for it. A file that cannot be read gets its
+``VideoError`` reason instead of a prediction, and the other files go on.
+
+A predictor comes from a run folder (``config.yaml``, ``method.safetensors`` and, when the training
+set named its classes, ``labels.txt``; see ``engine/run_dir.py``) or from a weights file and a recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from tubelet.config.schema import Recipe
+from tubelet.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's result: ``topk`` as ``(class index, class name or None, score)`` from the highest mean
+    softmax score down, over ``num_views`` views; or ``error`` (why the file could not be read)."""
+
+    path: str
+    topk: list[tuple[int, str | None, float]] = field(default_factory=list)
+    num_views: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict:
+        """The JSON form: ``path``, ``topk`` [{label, name, score}], ``num_views`` (and ``error``)."""
+        out: dict = {"path": self.path, "topk": [{"label": i, "name": n, "score": s} for i, n, s in self.topk],
+                     "num_views": self.num_views}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class Predictor:
+    """A classifying method with the recipe whose test pipeline feeds it, on ``device``.
+    ``class_names`` is None when the run's label map is unknown (predictions then name class indices)."""
+
+    recipe: Recipe
+    method: nn.Module
+    device: torch.device
+    class_names: list[str] | None = None
+    weights: str = ""
+    labels_source: str = ""  # where the class names came from
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.recipe.model.num_classes)
+
+    @torch.inference_mode()
+    def predict(self, paths: Sequence[str | Path], topk: int = 5, batch_size: int | None = None) -> list[Prediction]:
+        """One ``Prediction`` per path, in order; ``topk`` is capped at the number of classes."""
+        from functools import partial
+
+        from tubelet.data.datasets import ClipDataset, FrameFolderReader, ImageDataset, Sample
+        from tubelet.data.transforms import build_transforms
+        from tubelet.engine.evaluate import dataset_view_scores
+
+        if int(topk) < 1:
+            raise ConfigError(f"--topk must be at least 1, got {topk}")
+        k = min(int(topk), self.num_classes)
+        if not paths:
+            return []
+        # every file is tried: no failure budget (a file that fails is reported, not fatal)
+        cfg = dataclasses.replace(self.recipe.data, max_failure_fraction=1.0)
+        samples = [Sample(path=str(p), label=-1, source=str(p)) for p in paths]
+        kw = dict(transform=build_transforms(cfg, "test"), seed=0, num_classes=self.num_classes,
+                  class_names=self.class_names)
+        # the files are read as the recipe's test split reads its own (build_clip_dataset)
+        if cfg.kind == "images":
+            dataset: ClipDataset = ImageDataset(samples, cfg, "test", **kw)
+        elif cfg.kind == "frames":
+            dataset = ClipDataset(samples, cfg, "test", opener=partial(FrameFolderReader, fps=cfg.frames_fps), **kw)
+        else:
+            dataset = ClipDataset(samples, cfg, "test", **kw)
+        out = dataset_view_scores(self.recipe, self.method, dataset, self.device, batch_size)
+        errors = {int(i): reason for i, _, reason in out["bad"]}
+        results: dict[int, Prediction] = {}
+        if out["scores"] is not None:
+            values, indices = out["scores"].topk(k, dim=1)
+            for row, i in enumerate(out["indices"].tolist()):
+                top = [(int(c), self.class_names[int(c)] if self.class_names else None, float(s))
+                       for s, c in zip(values[row].tolist(), indices[row].tolist())]
+                results[int(i)] = Prediction(str(paths[int(i)]), top, int(out["num_views"]))
+        return [results.get(i) or Prediction(str(p), error=errors.get(i, "no result"))
+                for i, p in enumerate(paths)]
+
+
+def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+                   recipe: Recipe | None = None) -> Predictor:
+    """A predictor from a run folder (``run_dir``: its ``config.yaml``, ``method.safetensors`` and
+    ``labels.txt``), or from ``checkpoint`` (a training checkpoint, ``method.safetensors`` or
+    ``backbone.safetensors``) with the ``recipe`` it was trained with (class names then come from the
+    recipe's ``data.label_map`` or synthetic set). The method runs on ``trainer.accelerator``'s device."""
+    from tubelet.config import load_recipe
+    from tubelet.engine.evaluate import load_method_weights, resolve_device
+    from tubelet.methods import build_method
+
+    if (run_dir is None) == (checkpoint is None):
+        raise ConfigError("give either a run folder (--run) or a checkpoint with its recipe (--checkpoint, --config)")
+    names: list[str] | None = None
+    source = ""
+    if run_dir is not None:
+        run = Path(run_dir)
+        if not (run / "config.yaml").is_file():
+            raise CheckpointError(f"{run}: not a run folder (no config.yaml)")
+        weights = run / "method.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(
+                f"{run}: no method.safetensors (the run has not finished); use --checkpoint "
+                f"{run / 'checkpoints' / 'step=N.ckpt'} --config {run / 'config.yaml'}"
+            )
+        recipe = load_recipe(run / "config.yaml")
+        if (run / "labels.txt").is_file():
+            names, source = _read_labels(run / "labels.txt"), str(run / "labels.txt")
+    else:
+        if recipe is None:
+            raise ConfigError("a checkpoint needs the recipe it was trained with (--config RECIPE)")
+        weights = Path(checkpoint)  # type: ignore[arg-type]
+        if not weights.exists():
+            raise CheckpointError(f"{weights}: checkpoint not found")
+        names, source = _recipe_class_names(recipe)
+    if names is not None and len(names) != recipe.model.num_classes:
+        raise ConfigError(f"{source} names {len(names)} classes but model.num_classes is {recipe.model.num_classes}")
+    device = resolve_device(recipe.trainer.accelerator)
+    # the run's weights replace whatever model.checkpoint the recipe started from (it need not exist here)
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, checkpoint=None))
+    method = build_method(recipe)
+    if not hasattr(method, "classify"):
+        raise ConfigError(f"method '{recipe.method.name}' has no classify(); prediction needs a classifier")
+    load_method_weights(method, weights)
+    return Predictor(recipe, method.eval().to(device), device, names, str(weights), source)
+
+
+def predict(paths: Sequence[str | Path], run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
+            recipe: Recipe | None = None, topk: int = 5) -> list[Prediction]:
+    """``load_predictor(run_dir, checkpoint, recipe).predict(paths, topk)``."""
+    return load_predictor(run_dir, checkpoint, recipe).predict(paths, topk)
+
+
+def _read_labels(path: Path) -> list[str]:
+    from tubelet.data.datasets import load_label_map
+
+    return list(load_label_map(path).names)
+
+
+def _recipe_class_names(recipe: Recipe) -> tuple[list[str] | None, str]:
+    """The class names a recipe itself gives: its ``data.label_map`` file, or the synthetic set's motions."""
+    data = recipe.data
+    if data.label_map:
+        return _read_labels(Path(data.label_map)), str(data.label_map)
+    if data.kind == "synthetic":
+        from tubelet.data.synthetic import class_names
+
+        return class_names(data.synthetic), "data.synthetic"
+    return None, ""
