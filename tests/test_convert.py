@@ -150,3 +150,23 @@ def test_pyslowfast_image_checkpoint_infers_image_model():
     sf = _to_pyslowfast({k: torch.empty_like(v, device="meta") for k, v in ref.state_dict().items()})
     result = convert_state_dict(sf, "pyslowfast")
     assert result.model == "mvitv2_t_img" and result.overrides == {"num_classes": 1000}
+
+
+@pytest.mark.parametrize("source,expected", [("torchvision", "conv_proj.weight"),
+                                             ("pyslowfast", "patch_embed.proj.weight")])
+def test_cli_convert_file_without_known_keys_is_one_line(tmp_path, capsys, source, expected):
+    # used to crash with "max() arg is an empty sequence"
+    from safetensors.torch import save_file
+
+    src = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2), "decoder.bias": torch.zeros(3)}, str(src))
+    assert cli_main(["convert", str(src), str(tmp_path / "out.safetensors"), "--from", source]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "max()" not in err
+    assert str(src) in err and f"no {source} MViTv2 key" in err and expected in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_checkpoint_without_blocks_names_what_is_missing(tmp_path):
+    with pytest.raises(CheckpointError, match=r"x\.pth: cannot tell which MViTv2.*no blocks\.N"):
+        convert_state_dict({"norm.weight": torch.zeros(4)}, "pyslowfast", origin="x.pth")

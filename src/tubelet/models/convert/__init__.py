@@ -98,11 +98,12 @@ def convert_state_dict(
     model: str | None = None,
     overrides: dict[str, Any] | None = None,
     interpolate_rel_pos_tables: bool = True,
+    origin: str = "checkpoint",
 ) -> ConversionResult:
     """Rename ``state`` from ``source`` naming and check it against ``create_model(model, **overrides)``.
 
     ``model`` defaults to the registered variant that matches the checkpoint's depth and width;
-    ``num_classes`` defaults to the checkpoint's head size.
+    ``num_classes`` defaults to the checkpoint's head size. ``origin`` names the state's file in errors.
     """
     from tubelet.models.registry import create_model
 
@@ -110,11 +111,19 @@ def convert_state_dict(
         raise CheckpointError(f"unknown checkpoint source '{source}'; known: {', '.join(SOURCES)}")
     mod = SOURCES[source]
     renamed, unknown = _rename(state, mod)
+    if not renamed:
+        # nothing is a known key: the wrong --from, or not a model checkpoint at all
+        found = ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
+        raise CheckpointError(
+            f"{origin}: no {source} MViTv2 key among its {len(state)} tensors (found {found}); expected keys "
+            f"such as {', '.join(mod.EXAMPLE_KEYS)} (is --from right?)"
+        )
     try:
         name = model or mod.infer_model(state)
     except (KeyError, ValueError) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise CheckpointError(
-            f"cannot tell which MViTv2 this {source} checkpoint is ({exc}); pass the model name"
+            f"{origin}: cannot tell which MViTv2 this {source} checkpoint is ({reason}); pass the model name"
         ) from exc
     overrides = dict(overrides or {})
     if "num_classes" not in overrides and "head.weight" in renamed:
@@ -168,7 +177,8 @@ def convert_checkpoint(
     """
     from safetensors.torch import save_file
 
-    result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables)
+    result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables,
+                                origin=str(src))
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     meta = {
