@@ -192,3 +192,57 @@ def test_images_as_single_frame_clips():
     m = _method("moco")
     out = m({"video": torch.randn(4, 2, 3, 1, 16, 16), "small": torch.randn(4, 2, 2, 3, 1, 8, 8)})
     assert torch.isfinite(out["loss"])
+
+
+def test_asym_bn_moco_gets_asym_siam_projector():
+    # rho-MoCo's projector has no BN; AsymBN gives it asym-siam's MoCo v2 one: Linear, BN, ReLU, Linear,
+    # ReLU, Linear, with the target's BN synchronised and the source's plain
+    base = _method("moco")
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.projector.modules())
+    m = _method("moco", asym_bn=True)
+    kinds = [type(x) for x in m.projector.net]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert [type(x) for x in m.target_projector.net][1] is nn.SyncBatchNorm
+    assert type(m.projector.net[1]) is nn.BatchNorm1d
+    m(_batch())
+    # the target BN saw all 3 views of the step at once
+    tb = m.target_backbone
+    x = _batch()["video"].transpose(0, 1).flatten(0, 1)
+    with torch.no_grad():
+        h = m.target_projector.net[0](tb.forward_head(tb.forward_features(x), pre_logits=True))
+    torch.testing.assert_close(m.target_projector.net[1].running_mean, 0.1 * h.mean(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fw", ["moco", "simclr"])
+def test_asym_bn_refuses_a_projector_without_bn(fw):
+    from tubelet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"asym_bn.*'{fw}'.*no BatchNorm"):
+        _method(fw, asym_bn=True, proj_bn=False)
+
+
+@pytest.mark.parametrize("fw", ["simclr", "swav"])
+def test_asym_bn_shared_encoder_syncs_the_target_only(fw):
+    base, asym = _method(fw), _method(fw, asym_bn=True)
+    # the source projector stays plain BN; the target branch's BN is synchronised but shares its weights
+    assert type(asym.projector.net[1]) is nn.BatchNorm1d
+    assert isinstance(asym.target_projector.net[1], nn.SyncBatchNorm)
+    assert asym.target_projector.net[1].weight is asym.projector.net[1].weight
+    assert asym.target_projector.net[0].weight is asym.projector.net[0].weight
+    assert len(list(asym.parameters())) == len(list(base.parameters()))  # one projector to train
+    sb, sa = _record(base), _record(asym)
+    batch = _batch()
+    base(batch)
+    out = asym(batch)
+    # source branch: output and running statistics of per-view, per-device BN, as without AsymBN
+    torch.testing.assert_close(sa["source_out"][0], sb["source_out"][0])
+    torch.testing.assert_close(asym.projector.net[1].running_mean, base.projector.net[1].running_mean)
+    torch.testing.assert_close(asym.projector.net[1].running_var, base.projector.net[1].running_var)
+    # target branch: statistics over all 12 rows at once, in its own buffers
+    x = batch["video"].transpose(0, 1).flatten(0, 1)
+    with torch.no_grad():
+        h = asym.projector.net[0](asym.backbone.forward_head(asym.backbone.forward_features(x), pre_logits=True))
+    torch.testing.assert_close(asym.target_projector.net[1].running_mean, 0.1 * h.mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(sa["target_out"][0], sb["source_out"][0])  # base keys = per-view source
+    out["loss"].backward()
+    assert asym.projector.net[1].weight.grad is not None

@@ -150,3 +150,103 @@ def test_pyslowfast_image_checkpoint_infers_image_model():
     sf = _to_pyslowfast({k: torch.empty_like(v, device="meta") for k, v in ref.state_dict().items()})
     result = convert_state_dict(sf, "pyslowfast")
     assert result.model == "mvitv2_t_img" and result.overrides == {"num_classes": 1000}
+
+
+@pytest.mark.parametrize("source,expected", [("torchvision", "conv_proj.weight"),
+                                             ("pyslowfast", "patch_embed.proj.weight")])
+def test_cli_convert_file_without_known_keys_is_one_line(tmp_path, capsys, source, expected):
+    # used to crash with "max() arg is an empty sequence"
+    from safetensors.torch import save_file
+
+    src = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2), "decoder.bias": torch.zeros(3)}, str(src))
+    assert cli_main(["convert", str(src), str(tmp_path / "out.safetensors"), "--from", source]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "max()" not in err
+    assert str(src) in err and f"no {source} MViTv2 key" in err and expected in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_checkpoint_without_blocks_names_what_is_missing(tmp_path):
+    with pytest.raises(CheckpointError, match=r"x\.pth: cannot tell which MViTv2.*no blocks\.N"):
+        convert_state_dict({"norm.weight": torch.zeros(4)}, "pyslowfast", origin="x.pth")
+
+
+# -- mae_st ---------------------------------------------------------------------------------------------------
+MAE_TINY = dict(embed_dim=32, depth=2, num_heads=4, patch_size=8, tubelet_size=2, num_frames=4, img_size=32)
+
+
+def _mae_st_reference(model, fine_tuned: bool) -> dict[str, torch.Tensor]:
+    """``model``'s weights in mae_st's layout, written independently of the converter: separate q/k/v,
+    separable tables as pos_embed_spatial/temporal, a class position split off the CLS token."""
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    ref: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if ".attn.qkv." in k:
+            for name, part in zip("qkv", v.chunk(3, dim=0)):
+                ref[k.replace(".qkv.", f".{name}.")] = part.clone()
+        elif k == "pos_embed.spatial":
+            ref["pos_embed_spatial"] = v
+        elif k == "pos_embed.temporal":
+            ref["pos_embed_temporal"] = v
+        elif k.startswith("head.fc."):
+            ref[k.replace("head.fc.", "head.")] = v
+        elif k.startswith("fc_norm."):
+            ref[k.replace("fc_norm.", "norm.")] = v
+        elif k == "cls_token":
+            cls_pos = torch.randn_like(v)
+            ref["pos_embed_class"] = cls_pos
+            ref["cls_token"] = v - cls_pos
+        else:
+            ref[k] = v
+    if not fine_tuned:  # a pre-training checkpoint also holds the decoder
+        ref["mask_token"] = torch.zeros(1, 1, 16)
+        ref["decoder_embed.weight"] = torch.zeros(16, 32)
+    return ref
+
+
+@pytest.mark.parametrize("fine_tuned", [True, False])
+def test_mae_st_checkpoint_gives_the_same_outputs(tmp_path, fine_tuned):
+    from tubelet.models.vit import VisionTransformer, ViTConfig
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(**MAE_TINY, num_classes=5 if fine_tuned else 0, fc_norm=fine_tuned, global_pool="avg")
+    model = VisionTransformer(cfg).eval()
+    for p in model.parameters():  # non-trivial norms and biases
+        p.data.add_(0.1 * torch.randn_like(p))
+    assert not any(".qkv." in k for k in _mae_st_reference(model, fine_tuned))
+    src = tmp_path / "mae_st.pth"
+    torch.save({"model": _mae_st_reference(model, fine_tuned)}, src)
+    dst = tmp_path / "vit.safetensors"
+    over = {k: MAE_TINY[k] for k in ("embed_dim", "depth", "num_heads", "num_frames", "img_size")}
+    result = convert_checkpoint(src, dst, "mae_st", model="vit_tiny", overrides=over)
+    assert result.overrides["fc_norm"] is fine_tuned and result.overrides["patch_size"] == 8
+    converted = create_model("vit_tiny", checkpoint=str(dst), **result.overrides).eval()  # strict load
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(converted.forward_features(x), model.forward_features(x), atol=1e-5, rtol=1e-5)
+    assert fine_tuned or any("decoder" in n for n in result.notes)
+
+
+def test_mae_st_position_tables_are_resampled_to_the_target_grid(tmp_path):
+    from tubelet.models.layers.pos_embed import SeparablePosEmbed
+    from tubelet.models.vit import VisionTransformer, ViTConfig
+
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(**MAE_TINY, num_classes=3, fc_norm=True)).eval()  # grid 2x4x4
+    ref = _mae_st_reference(model, fine_tuned=True)
+    over = {k: MAE_TINY[k] for k in ("embed_dim", "depth", "num_heads")}
+    result = convert_state_dict(ref, "mae_st", "vit_tiny", {**over, "num_frames": 8, "img_size": 48})  # 4x6x6
+    assert result.state["pos_embed.spatial"].shape == (1, 36, 32)
+    assert result.state["pos_embed.temporal"].shape == (1, 4, 32)
+    pos_t, pos_s = model.pos_embed.tables((4, 6, 6))  # the model's own run-time interpolation
+    torch.testing.assert_close(result.state["pos_embed.spatial"][0], pos_s)
+    torch.testing.assert_close(result.state["pos_embed.temporal"][0], pos_t)
+    assert any("resampled" in n for n in result.notes) and isinstance(model.pos_embed, SeparablePosEmbed)
+
+
+def test_mae_st_incomplete_qkv_is_a_checkpoint_error():
+    state = {"patch_embed.proj.weight": torch.zeros(32, 3, 2, 8, 8), "blocks.0.attn.q.weight": torch.zeros(32, 32)}
+    with pytest.raises(CheckpointError, match=r"f\.pth: not a mae_st checkpoint: q/k/v.*blocks\.0\.attn\.k\.weight"):
+        convert_state_dict(state, "mae_st", origin="f.pth")

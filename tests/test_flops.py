@@ -125,3 +125,41 @@ def test_cli_prints_params_and_gmacs(capsys):
     assert "not divisible" in capsys.readouterr().err
     assert main(["flops", "--model", "vit_tin"]) == 1
     assert "vit_tiny" in capsys.readouterr().err
+
+
+def _mvit_cost(device: str, executed: bool, **overrides):
+    with torch.device(device):
+        model = create_model("mvitv2_s", **overrides).eval()
+        x = torch.randn(1, 3, overrides.get("num_frames", 16), overrides.get("img_size", 224), overrides.get("img_size", 224))
+    before = [b.attn.attn_impl for b in model.blocks]
+    result = count_flops(model, x, executed=executed)
+    assert [b.attn.attn_impl for b in model.blocks] == before  # the setting is restored
+    return result
+
+
+def test_mvit_counts_the_papers_multiply_adds_by_default():
+    # "concat" is what CPU runs; forced here on the meta device, which computes nothing.
+    # REFERENCE_NUMBERS B: MViTv2-S at 16x224^2 = 64.224 GMACs (zoo "64 GFLOPs")
+    paper = _mvit_cost("meta", executed=False, attn_impl="concat")
+    executed = _mvit_cost("meta", executed=True, attn_impl="concat")
+    assert round(paper.gmacs, 3) == 64.224
+    assert executed.gmacs > paper.gmacs + 4  # the relative-position columns in Q K^T and A V (68.5)
+    assert _mvit_cost("meta", executed=True, attn_impl="mask").macs == paper.macs
+
+
+def test_mvit_cpu_count_equals_the_meta_count():
+    small = dict(depth=4, transitions=(1, 3), embed_dim=16, num_frames=8, img_size=48, kv_stride=(1, 4, 4))
+    cpu = _mvit_cost("cpu", executed=False, **small)  # "auto" runs "concat" on CPU
+    assert cpu.macs == _mvit_cost("meta", executed=False, **small).macs
+    assert _mvit_cost("cpu", executed=True, **small).macs > cpu.macs
+
+
+def test_cli_flops_executed_flag(capsys):
+    def gmacs(*extra):
+        assert main(["flops", "--model", "mvitv2_s", "--frames", "8", "--size", "96", *extra]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("GMACs"))
+        return float(line.split()[1])
+
+    meta = gmacs()
+    assert gmacs("--device", "cpu") == meta
+    assert gmacs("--device", "cpu", "--executed") > meta

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tubelet.errors import ConfigError
 from tubelet.config.schema import ModelConfig, Recipe
 from tubelet.methods.linear_probe import LinearProbeConfig
 from tubelet.methods.mae_st import MAESTConfig
@@ -229,10 +230,15 @@ def test_reconstruction_of_a_perfect_prediction_is_the_original():
     assert (rec["masked"] == 0).float().mean().item() == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1])
+def test_mask_ratio_outside_the_open_interval_is_a_config_error(ratio):
+    # 0 used to be accepted and then crash in patchify (no removed token to reconstruct)
+    with pytest.raises(ConfigError, match=r"method\.mask_ratio must be in \(0, 1\).*got"):
+        tiny_mae(mask_ratio=ratio)
+
+
 def test_invalid_settings_are_rejected():
-    with pytest.raises(ValueError):
-        tiny_mae(mask_ratio=1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="method.target_frames"):
         tiny_mae(target_frames="last")
 
 

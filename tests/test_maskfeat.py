@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -225,6 +226,22 @@ def test_shipped_recipes_load():
     for name in names:
         r = load_recipe(name)
         assert r.run_dir
+
+
+@pytest.mark.parametrize("name", ["maskfeat_mvitv2_s_k400_finetune", "maskfeat_mvitv2_l_k400_finetune"])
+def test_mvit_finetune_recipes_average_then_normalise(name):
+    # MaskFeat MViTv2 fine-tuning pools "mean_norm" (mean of patch tokens, then LN), not "mean" (LN, then mean)
+    from tubelet.methods.backbone import build_backbone
+
+    r = load_recipe(name)
+    with torch.device("meta"):
+        model = build_backbone(dataclasses.replace(r.model, checkpoint=None))  # the weights are not needed
+    assert model.cfg.head_pool == "mean_norm"
+    tokens = torch.randn(2, 1 + 5, model.embed_dim)
+    model = model.to_empty(device="cpu")
+    torch.nn.init.normal_(model.norm.weight)
+    torch.nn.init.normal_(model.norm.bias)
+    torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), model.norm(tokens[:, 1:].mean(1)))
 
 
 def test_cli_pretrain_writes_hog_report_then_finetunes(tmp_path, monkeypatch):

@@ -224,6 +224,47 @@ def test_rel_pos_uses_unscaled_query():
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spatial,temporal", [(False, True), (True, False), (False, False)])
+def test_rel_pos_flags_are_independent(spatial, temporal):
+    # rel_pos_temporal used to be switched off whenever rel_pos_spatial was
+    torch.manual_seed(0)
+    model = create_model("mvitv2_s", **TINY, rel_pos_spatial=spatial, rel_pos_temporal=temporal).eval()
+    for blk in model.blocks:
+        assert hasattr(blk.attn, "rel_pos_t") == temporal
+        assert hasattr(blk.attn, "rel_pos_h") == spatial and hasattr(blk.attn, "rel_pos_w") == spatial
+    attn = model.blocks[0].attn
+    x = torch.randn(1, 1 + 4 * 12 * 12, 16)
+    grid = (4, 12, 12)
+    with torch.no_grad():
+        outs = {}
+        for impl in ("math", "mask", "concat"):
+            attn.attn_impl = impl
+            outs[impl] = attn(x, grid)[0]
+        # independent reference: scaled logits + the explicit sum of the present axes' terms
+        qkv = attn.qkv(x).reshape(1, -1, 3, 1, 16).permute(2, 0, 3, 1, 4)
+        q, qg = attn._pool(qkv[0], attn.pool_q, attn.norm_q, grid)
+        k, kg = attn._pool(qkv[1], attn.pool_k, attn.norm_k, grid)
+        v, _ = attn._pool(qkv[2], attn.pool_v, attn.norm_v, grid)
+        logits = q @ k.transpose(-2, -1) / 4.0
+        tables = [getattr(attn, f"rel_pos_{a}", None) for a in "thw"]
+        if temporal or spatial:
+            for i, (t, h, w) in enumerate(itertools.product(*map(range, qg))):
+                for j, (u, vv, z) in enumerate(itertools.product(*map(range, kg))):
+                    r = sum(tab[rel_pos_index(a, b)[ia, ja]] for tab, a, b, ia, ja in
+                            zip(tables, qg, kg, (t, h, w), (u, vv, z)) if tab is not None)
+                    logits[0, :, 1 + i, 1 + j] += q[0, :, 1 + i] @ r
+        out = logits.softmax(-1) @ v
+        out[:, :, 1:] += q[:, :, 1:]
+        ref = attn.proj(out.transpose(1, 2).reshape(1, -1, 16))
+        for impl, y in outs.items():
+            torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5, msg=impl)
+        if temporal:  # the temporal table is used: changing it changes the output
+            attn.attn_impl = "auto"
+            before = attn(x, grid)[0]
+            attn.rel_pos_t.add_(torch.randn_like(attn.rel_pos_t))
+            assert not torch.allclose(attn(x, grid)[0], before, atol=1e-4)
+
+
 # -- any input size, contract, checkpointing, gradients -----------------------------------------------------------
 @pytest.mark.parametrize(
     "shape,grid",

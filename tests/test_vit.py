@@ -1,5 +1,7 @@
 """Space-time ViT (MAE-ST encoder): shapes, reference parameter counts, and equalities that must hold."""
 
+import math
+
 import pytest
 import torch
 
@@ -206,11 +208,27 @@ def test_layer_ids_and_no_weight_decay():
 
 
 def test_init_statistics():
+    # MAE's reference init: xavier-uniform Linears and tubelet projection, zero biases, LN 1/0, CLS normal(0.02)
+    torch.manual_seed(0)
     m = VisionTransformer(ViTConfig(embed_dim=192, depth=1, num_heads=3, num_classes=10))
-    w = m.blocks[0].mlp.fc1.weight
-    assert abs(w.std().item() - 0.02) < 0.004 and w.abs().max() <= 0.04 + 1e-7
-    assert torch.all(m.blocks[0].attn.qkv.bias == 0) and torch.all(m.norm.weight == 1)
-    assert 0.01 < m.pos_embed.spatial.std() < 0.03 and 0.01 < m.cls_token.std() < 0.03
+    linears = {"fc1": m.blocks[0].mlp.fc1, "fc2": m.blocks[0].mlp.fc2, "qkv": m.blocks[0].attn.qkv,
+               "proj": m.blocks[0].attn.proj}
+    for name, lin in linears.items():
+        fan_out, fan_in = lin.weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        n = lin.weight.numel()
+        # std of U(-b, b) is b / sqrt(3); its estimate's relative sampling error is about sqrt(0.8 / n)
+        assert lin.weight.std().item() == pytest.approx(bound / math.sqrt(3.0), rel=4 * math.sqrt(0.8 / n)), name
+        assert lin.weight.abs().max().item() <= bound and lin.weight.abs().max().item() > 0.99 * bound, name
+        assert torch.all(lin.bias == 0), name
+    w = m.patch_embed.proj.weight  # (192, 3, 2, 16, 16): a Linear from 1536 to 192
+    bound = math.sqrt(6.0 / (192 + 3 * 2 * 16 * 16))
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3.0), rel=4 * math.sqrt(0.8 / w.numel()))
+    assert w.abs().max().item() <= bound and torch.all(m.patch_embed.proj.bias == 0)
+    assert torch.all(m.norm.weight == 1) and torch.all(m.norm.bias == 0)
+    assert torch.all(m.blocks[0].norm1.weight == 1) and torch.all(m.blocks[0].norm1.bias == 0)
+    assert 0.015 < m.cls_token.std() < 0.025
+    assert 0.01 < m.pos_embed.spatial.std() < 0.03
 
 
 def test_weights_round_trip_through_registry(tmp_path):

@@ -4,6 +4,11 @@ Every "GFLOPs" figure in the video papers tubelet follows counts one multiply-ad
 (fvcore). ``torch.utils.flop_counter`` counts two (a multiply and an add), so ``macs = flops / 2``.
 Only matmul-like ops (mm, bmm, addmm, convolution, attention) are counted, as in fvcore.
 
+By default the count is the paper's: attention that has several exact formulations (MViTv2's
+pooling attention, ``models/layers/pool_attention.py``) is counted in the one whose multiply-adds
+the papers report, whatever the device would pick. ``executed=True`` counts what the model's own
+setting runs instead (on CPU MViT's ``"concat"`` form, with its extra relative-position columns).
+
 On CPU, ``F.scaled_dot_product_attention`` dispatches to
 ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its backward), which torch 2.13 has no
 formula for: counted as 0, every attention FLOP would silently disappear. Importing this module
@@ -12,6 +17,7 @@ registers formulas for both, reusing torch's own SDPA formulas for the other bac
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +26,8 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+from tubelet.models.layers.pool_attention import paper_formulation
 
 __all__ = ["FlopCount", "count_flops", "register_cpu_sdpa_formulas"]
 
@@ -101,21 +109,23 @@ def _scalar(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot take a backward pass through a model output of type {type(out).__name__}")
 
 
-def count_flops(model: nn.Module, inputs: Any, backward: bool = False) -> FlopCount:
+def count_flops(model: nn.Module, inputs: Any, backward: bool = False, executed: bool = False) -> FlopCount:
     """Count the multiply-adds of one call ``model(inputs)`` (and its backward if ``backward``).
 
     ``inputs``: a tensor (``model(x)``), a tuple/list (``model(*inputs)``) or anything else passed as
     one argument (a method's batch dict). With ``backward`` the output (its ``"loss"`` if it is a
     dict, else the sum of the output) is back-propagated inside the counter. The model's train/eval
     mode is left as is. Works on the meta device, which costs no compute: build the model under
-    ``with torch.device("meta")`` and pass meta inputs.
+    ``with torch.device("meta")`` and pass meta inputs. ``executed``: count the attention formulation
+    the model is set to run rather than the paper's (see the module docstring).
     """
     params = sum(p.numel() for p in model.parameters())
     saved_grads = [(p, p.grad) for p in model.parameters()] if backward else []
     for p, _ in saved_grads:  # backward would accumulate into existing gradients in place
         p.grad = None
     mode = FlopCounterMode(display=False)
-    with mode:
+    formulation = contextlib.nullcontext() if executed else paper_formulation(model)
+    with formulation, mode:
         if backward:
             _scalar(_call(model, inputs)).backward()
         else:

@@ -1,4 +1,5 @@
-"""``tubelet convert SRC DST --from torchvision|pyslowfast``: import a foreign MViTv2 checkpoint."""
+"""``tubelet convert SRC DST --from torchvision|pyslowfast|mae_st``: import a foreign checkpoint (MViTv2
+from torchvision or PySlowFast, the space-time ViT from mae_st)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from tubelet.errors import ConfigError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a torchvision or PySlowFast MViTv2 checkpoint to tubelet safetensors",
-        description="Rename a foreign MViTv2 state dict onto a tubelet model and write safetensors. "
+        help="convert a torchvision/PySlowFast MViTv2 or mae_st ViT checkpoint to tubelet safetensors",
+        description="Rename a foreign MViTv2 or MAE-ST ViT state dict onto a tubelet model and write "
+        "safetensors (mae_st: q/k/v fused, position tables resampled to the target grid). "
         "The source is read with safetensors or torch.load(weights_only=True); no code is unpickled.",
     )
     p.add_argument("src", help="source checkpoint (.pth/.pyth/.pt or .safetensors)")
     p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast"])
-    p.add_argument("--model", default=None, help="tubelet model name (default: inferred, e.g. mvitv2_s)")
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast", "mae_st"])
+    p.add_argument("--model", default=None, help="tubelet model name (default: inferred, e.g. mvitv2_s, vit_base)")
     p.add_argument(
         "--set",
         dest="overrides",

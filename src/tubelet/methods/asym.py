@@ -12,7 +12,8 @@ ScaleMix   source  two source views of a clip mixed by one binary box shared by 
                    (``batch["mix"]``); :func:`scalemix`
 AsymAug    both    strong source pipeline, weak target pipeline (``batch["target"]``)
 AsymBN     target  the target projector's BN statistics over all views of the step at once (and
-                   SyncBN over all processes), instead of per view; :func:`project_views`
+                   SyncBN over all processes), instead of per view; the source projector keeps
+                   plain per-view BN; :func:`project_views`, :func:`target_projector`
 MeanEnc    target  the key of clip i is the mean of the other clips' target embeddings, averaged
                    *before* L2 normalisation; :func:`mean_of_others`
 =========  ======  ==========================================================================
@@ -25,8 +26,12 @@ with T = 1 and work unchanged.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+from tubelet.errors import ConfigError
 
 
 def scalemix_boxes(n: int, height: int, width: int, generator: torch.Generator | None = None,
@@ -76,10 +81,37 @@ def project_views(head: nn.Module, z: torch.Tensor, views: int, joint: bool) -> 
     return torch.cat([head(c) for c in z.chunk(views, dim=0)], dim=0)
 
 
-def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """AsymBN across processes: the target projector's BN as SyncBatchNorm over the default group
-    (equivalent to plain BN in one process, where it falls back to local statistics)."""
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm layer (plain or synchronised)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def sync_batchnorm(module: nn.Module, framework: str) -> nn.Module:
+    """AsymBN across processes: ``module``'s BN as SyncBatchNorm over the default group (equivalent to
+    plain BN in one process, where it falls back to local statistics). A projector without BN has
+    nothing to synchronise, so AsymBN would silently be the baseline: refused."""
+    if not has_batchnorm(module):
+        raise ConfigError(
+            f"method.asym_bn: the '{framework}' projector has no BatchNorm to synchronise (method.proj_bn is "
+            "false or method.proj_layers is 1); set method.proj_bn to true or 'first', or asym_bn: false"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def target_projector(projector: nn.Module, framework: str) -> nn.Module:
+    """AsymBN for a framework whose target *is* the source encoder (SimCLR, SwAV): a second view of the
+    shared ``projector`` for the target branch only. It holds the same Linear weights and the same BN
+    affine parameters (the very ``Parameter`` objects, so both branches train one projector, as in the
+    paper), but its BN layers are SyncBatchNorm with their own batch statistics and running buffers.
+    The source branch therefore keeps plain per-device, per-view BN (the paper: syncing the source
+    hurts), and only the target branch's statistics are pooled. Chosen over one BN that switches on
+    the call site because the two branches then also keep separate running estimates, as two
+    encoders (MoCo's query and key) would."""
+    tgt = sync_batchnorm(copy.deepcopy(projector), framework)
+    for mod_t, mod_s in zip(tgt.modules(), projector.modules()):
+        for name, p in mod_s.named_parameters(recurse=False):
+            setattr(mod_t, name, p)
+    return tgt
 
 
 def multicrop_weights(num_small: int) -> tuple[float, float]:
@@ -88,6 +120,6 @@ def multicrop_weights(num_small: int) -> tuple[float, float]:
 
 
 __all__ = [
-    "mean_of_others", "multicrop_weights", "project_views", "scalemix", "scalemix_boxes",
-    "sync_batchnorm",
+    "has_batchnorm", "mean_of_others", "multicrop_weights", "project_views", "scalemix", "scalemix_boxes",
+    "sync_batchnorm", "target_projector",
 ]

@@ -26,6 +26,9 @@ parameters only (the target's BN buffers follow its own forward passes), at the 
 training forward (as MoCo's ``_momentum_update_key_encoder``). Heads (METHODS.md Sec. 4.5): MoCo 3-layer
 MLP 2048 wide without BN, out 128; SimCLR and SwAV the same with BN; BYOL projector 2048 -> 4096 -> 256
 and predictor 256 -> 4096 -> 256 with BN; [Linear (no bias before BN), BN, ReLU] then a final Linear.
+MoCo with AsymBN takes asym-siam's MoCo v2 projector instead (arXiv 2204.00613, Sec. 5 baseline):
+Linear, BN, ReLU, Linear, ReLU, Linear (``proj_bn: first``), since AsymBN acts on the projector's BN
+and rho-MoCo's has none.
 
 Asymmetric designs (arXiv 2204.00613; methods/asym.py): MultiCrop (``batch["small"]``), ScaleMix
 (``batch["mix"]``), AsymAug (``batch["target"]``) come from the data (``data.rho``), AsymBN and MeanEnc
@@ -57,7 +60,9 @@ from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
 from tubelet.methods.registry import register_method
 from tubelet.core.dist import all_gather_no_grad, all_gather_with_grad, rank, world_size
-from tubelet.methods.asym import mean_of_others, multicrop_weights, project_views, scalemix, sync_batchnorm
+from tubelet.methods.asym import (
+    mean_of_others, multicrop_weights, project_views, scalemix, sync_batchnorm, target_projector,
+)
 
 FRAMEWORKS = ("simclr", "moco", "byol", "swav")
 
@@ -73,7 +78,7 @@ class ContrastiveConfig(MethodConfig):
     proj_dim: int | None = None  # moco/simclr/swav 128, byol 256
     proj_hidden: int | None = None  # 2048 (byol 4096)
     proj_layers: int | None = None  # 3 (byol 2)
-    proj_bn: bool | None = None  # all but moco
+    proj_bn: bool | Literal["first"] | None = None  # all but moco; "first": BN after the first Linear only
     pred_hidden: int | None = None  # byol 4096
     pred_layers: int | None = None  # byol 2, others 0 (no predictor)
     momentum: float | None = None  # m0: moco 0.994, byol 0.996 (cosine to 1); simclr/swav share the encoder
@@ -85,7 +90,7 @@ class ContrastiveConfig(MethodConfig):
     freeze_prototypes_steps: int | None = None  # swav; None = one epoch (the run's steps per epoch)
     steps_per_epoch: int | None = None  # None: the run's (from the training set's size)
     total_steps: int | None = None  # momentum schedule length; None = the run's total steps
-    asym_bn: bool = False  # AsymBN: target projector BN over all views (and SyncBN across processes)
+    asym_bn: bool = False  # AsymBN: target projector BN over all views (and SyncBN across processes) only
     mean_enc: bool = False  # MeanEnc: target = mean of the other clips' embeddings, then normalised
     knn_every_n_steps: int | None = None  # kNN monitor (eval/knn.py); None = off, 0 = at the end only
     knn_k: int = 20
@@ -109,7 +114,9 @@ def resolve_config(cfg: ContrastiveConfig) -> ContrastiveConfig:
     """``cfg`` with every ``None`` head/temperature/momentum field set to the framework's paper value."""
     if cfg.framework not in FRAMEWORKS:
         raise ConfigError(f"method.framework must be one of {', '.join(FRAMEWORKS)}, got '{cfg.framework}'")
-    d = FRAMEWORK_DEFAULTS[cfg.framework]
+    d = dict(FRAMEWORK_DEFAULTS[cfg.framework])
+    if cfg.asym_bn and cfg.framework == "moco":
+        d["proj_bn"] = "first"  # asym-siam's MoCo v2 projector: AsymBN needs a BN to synchronise
     return dataclasses.replace(cfg, **{k: v for k, v in d.items() if getattr(cfg, k) is None})
 
 
@@ -119,17 +126,22 @@ def resolve_config(cfg: ContrastiveConfig) -> ContrastiveConfig:
 
 
 class MLPHead(nn.Module):
-    """``layers`` Linear layers: [Linear (no bias when BN follows), BN, ReLU] x (layers - 1), Linear."""
+    """``layers`` Linear layers: [Linear (no bias when BN follows), BN, ReLU] x (layers - 1), Linear.
+    ``bn``: BN in every hidden block (True), in none (False), or only in the first (``"first"``, the
+    MoCo v2 projector of asym-siam: Linear, BN, ReLU, Linear, ReLU, Linear)."""
 
-    def __init__(self, dim_in: int, hidden: int, dim_out: int, layers: int, bn: bool) -> None:
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, layers: int, bn: bool | str) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError("an MLP head needs at least one layer")
+        if bn not in (True, False, "first"):
+            raise ValueError(f"MLP head bn must be true, false or 'first', got {bn!r}")
         mods: list[nn.Module] = []
         d = dim_in
-        for _ in range(layers - 1):
-            mods.append(nn.Linear(d, hidden, bias=not bn))
-            if bn:
+        for i in range(layers - 1):
+            with_bn = bn is True or (bn == "first" and i == 0)
+            mods.append(nn.Linear(d, hidden, bias=not with_bn))
+            if with_bn:
                 mods.append(nn.BatchNorm1d(hidden))
             mods.append(nn.ReLU(inplace=True))
             d = hidden
@@ -411,11 +423,12 @@ class Contrastive(nn.Module):
             self.target_backbone = copy.deepcopy(backbone)
             self.target_projector = copy.deepcopy(self.projector)
             if cfg.asym_bn:
-                self.target_projector = sync_batchnorm(self.target_projector)
+                self.target_projector = sync_batchnorm(self.target_projector, cfg.framework)
             for p in list(self.target_backbone.parameters()) + list(self.target_projector.parameters()):
                 p.requires_grad_(False)
         elif cfg.asym_bn:
-            self.projector = sync_batchnorm(self.projector)
+            # the shared projector's weights, with its own synchronised BN statistics for the target only
+            self.target_projector = target_projector(self.projector, cfg.framework)
         self.objective: Objective = OBJECTIVES[cfg.framework](cfg, self.uses_momentum, self.freeze_prototypes_steps)
 
     # -- momentum target ----------------------------------------------------------------------------
@@ -450,7 +463,8 @@ class Contrastive(nn.Module):
                 h = pooled(self.target_backbone, x)
                 return project_views(self.target_projector, h, views, joint=self.cfg.asym_bn)
         h = pooled_source if pooled_source is not None else pooled(self.backbone, x)
-        return project_views(self.projector, h, views, joint=self.cfg.asym_bn)
+        head = self.target_projector if self.cfg.asym_bn else self.projector
+        return project_views(head, h, views, joint=self.cfg.asym_bn)
 
     def criterion(self, q: torch.Tensor, target: torch.Tensor, positives: str) -> torch.Tensor:
         """q: (V, B, d) queries; target: (V, B, d) keys, or (V, B, K) codes for SwAV."""

@@ -45,6 +45,7 @@ from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
 from tubelet.core.batch import Batch
 from tubelet.data.masking import TokenMask, mask_tokens
+from tubelet.errors import ConfigError
 from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
 from tubelet.methods.registry import register_method
@@ -152,10 +153,13 @@ class MAEST(nn.Module):
 
     def __init__(self, backbone: nn.Module, cfg: MAESTConfig, grid: Sequence[int]) -> None:
         super().__init__()
-        if not 0.0 <= cfg.mask_ratio < 1.0:
-            raise ValueError(f"method.mask_ratio must be in [0, 1), got {cfg.mask_ratio}")
+        # The loss is over removed tokens only (Sec. 3): a ratio of 0 leaves nothing to reconstruct, 1
+        # nothing to encode.
+        if not 0.0 < cfg.mask_ratio < 1.0:
+            raise ConfigError(f"method.mask_ratio must be in (0, 1) (exclusive; the paper uses 0.9), got "
+                              f"{cfg.mask_ratio}")
         if cfg.target_frames not in ("first", "cube"):
-            raise ValueError(f"method.target_frames must be 'first' or 'cube', got '{cfg.target_frames}'")
+            raise ConfigError(f"method.target_frames must be 'first' or 'cube', got '{cfg.target_frames}'")
         self.backbone = backbone
         self.cfg = cfg
         self.mask_ratio = cfg.mask_ratio

@@ -157,13 +157,17 @@ class VisionTransformer(nn.Module):
 
     # ----------------------------------------------------------------------------------- setup
     def init_weights(self) -> None:
-        """trunc-normal(0.02) for Linear weights, CLS and learned positions; zero biases; unit norms.
-
-        The tubelet projection is Xavier-uniform on its flattened (D, C*pt*ph*pw) weight, as in MAE.
+        """MAE's reference initialisation (He et al., arXiv 2111.06377, and mae_st's ``initialize_weights``),
+        so MAE-ST pre-training starts where the paper's does: Xavier-uniform for every ``nn.Linear``
+        weight (std ``sqrt(2 / (fan_in + fan_out))``), zero biases, LayerNorm weight 1 / bias 0; the
+        tubelet projection initialised like a Linear (Xavier-uniform on its weight viewed as
+        ``(D, C*pt*ph*pw)``); the CLS token normal(0.02). Learned positions keep
+        ``SeparablePosEmbed``'s init and the classifier the head's own (``head_init_std``), as a
+        fine-tuning head is re-initialised anyway.
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
+                nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
@@ -174,7 +178,7 @@ class VisionTransformer(nn.Module):
         if self.patch_embed.proj.bias is not None:
             nn.init.zeros_(self.patch_embed.proj.bias)
         if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+            nn.init.normal_(self.cls_token, std=0.02)
         self.head.init_weights()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

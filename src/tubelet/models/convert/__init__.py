@@ -1,4 +1,5 @@
-"""Import foreign MViTv2 checkpoints (torchvision, PySlowFast) as tubelet safetensors.
+"""Import foreign checkpoints as tubelet safetensors: MViTv2 (torchvision, PySlowFast) and the MAE-ST
+space-time ViT (facebookresearch/mae_st, ``--from mae_st``).
 
     result = convert_checkpoint("mvit_v2_s.pth", "mvitv2_s.safetensors", source="torchvision")
     model = tubelet.create_model(result.model, checkpoint="mvitv2_s.safetensors", **result.overrides)
@@ -20,10 +21,10 @@ from typing import Any
 import torch
 
 from tubelet.errors import CheckpointError
-from tubelet.models.convert import pyslowfast, torchvision
+from tubelet.models.convert import mae_st, pyslowfast, torchvision
 from tubelet.models.layers.rel_pos import interpolate_rel_pos
 
-SOURCES = {"torchvision": torchvision, "pyslowfast": pyslowfast}
+SOURCES = {"torchvision": torchvision, "pyslowfast": pyslowfast, "mae_st": mae_st}
 # Containers that training frameworks wrap a model's state dict in (PySlowFast: "model_state").
 _WRAPPERS = ("model_state", "state_dict", "model", "module")
 
@@ -98,32 +99,53 @@ def convert_state_dict(
     model: str | None = None,
     overrides: dict[str, Any] | None = None,
     interpolate_rel_pos_tables: bool = True,
+    origin: str = "checkpoint",
 ) -> ConversionResult:
     """Rename ``state`` from ``source`` naming and check it against ``create_model(model, **overrides)``.
 
     ``model`` defaults to the registered variant that matches the checkpoint's depth and width;
-    ``num_classes`` defaults to the checkpoint's head size.
+    ``num_classes`` defaults to the checkpoint's head size. ``origin`` names the state's file in errors.
     """
     from tubelet.models.registry import create_model
 
     if source not in SOURCES:
         raise CheckpointError(f"unknown checkpoint source '{source}'; known: {', '.join(SOURCES)}")
     mod = SOURCES[source]
+    notes: list[str] = []
+    auto_overrides: dict[str, Any] = {}
+    try:
+        if hasattr(mod, "prepare"):  # layouts that differ beyond names (mae_st's q/k/v)
+            state, notes = mod.prepare(state)
+        if hasattr(mod, "model_overrides"):
+            auto_overrides = mod.model_overrides(state)
+    except KeyError as exc:
+        raise CheckpointError(f"{origin}: not a {source} checkpoint: {exc.args[0] if exc.args else exc}") from exc
     renamed, unknown = _rename(state, mod)
+    if not renamed:
+        # nothing is a known key: the wrong --from, or not a model checkpoint at all
+        found = ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
+        raise CheckpointError(
+            f"{origin}: no {source} MViTv2 key among its {len(state)} tensors (found {found}); expected keys "
+            f"such as {', '.join(mod.EXAMPLE_KEYS)} (is --from right?)"
+        )
     try:
         name = model or mod.infer_model(state)
     except (KeyError, ValueError) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise CheckpointError(
-            f"cannot tell which MViTv2 this {source} checkpoint is ({exc}); pass the model name"
+            f"{origin}: cannot tell which MViTv2 this {source} checkpoint is ({reason}); pass the model name"
         ) from exc
-    overrides = dict(overrides or {})
-    if "num_classes" not in overrides and "head.weight" in renamed:
-        overrides["num_classes"] = int(renamed["head.weight"].shape[0])
+    overrides = {**auto_overrides, **(overrides or {})}
+    head = next((renamed[k] for k in ("head.weight", "head.fc.weight") if k in renamed), None)
+    if "num_classes" not in overrides and head is not None:
+        overrides["num_classes"] = int(head.shape[0])
+    elif "num_classes" not in overrides and source == "mae_st":
+        overrides["num_classes"] = 0  # a pre-training encoder: no classifier
     with torch.device("meta"):
         target = create_model(name, **overrides)
     own = {k: v.shape for k, v in target.state_dict().items()}
-
-    notes: list[str] = []
+    if hasattr(mod, "resample"):  # position tables for the target's grid
+        notes += mod.resample(renamed, target)
     if interpolate_rel_pos_tables:
         for key, value in list(renamed.items()):
             if ".rel_pos_" in key and key in own and value.ndim == 2 and own[key][1] == value.shape[1]:
@@ -168,7 +190,8 @@ def convert_checkpoint(
     """
     from safetensors.torch import save_file
 
-    result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables)
+    result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables,
+                                origin=str(src))
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     meta = {

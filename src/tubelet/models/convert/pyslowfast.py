@@ -15,6 +15,9 @@ import re
 
 import torch
 
+# What a PySlowFast MViTv2 state dict holds, for the error on a file that has none of it.
+EXAMPLE_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.projection.weight")
+
 _HEAD = re.compile(r"^head\.projection\.(weight|bias)$")
 _SAME = re.compile(
     r"^(patch_embed\.proj\.(weight|bias)|cls_token|norm\.(weight|bias)"
@@ -35,7 +38,10 @@ def rename(key: str) -> str | None:
 
 def infer_model(state: dict[str, torch.Tensor]) -> str:
     """Registry name matching a PySlowFast / MViTv2-release state dict (depth, stem width, 2-D or 3-D)."""
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    blocks = [int(k.split(".")[1]) for k in state if re.match(r"^blocks\.\d+\.", k)]
+    if not blocks or "patch_embed.proj.weight" not in state:
+        raise KeyError("it has no blocks.N.* or patch_embed.proj.weight keys")
+    depth = 1 + max(blocks)
     stem = state["patch_embed.proj.weight"]
     width, video = stem.shape[0], stem.ndim == 5
     if video:

@@ -11,6 +11,9 @@ import re
 
 import torch
 
+# What a torchvision MViTv2 state dict holds, for the error on a file that has none of it.
+EXAMPLE_KEYS = ("conv_proj.weight", "blocks.0.attn.qkv.weight", "head.1.weight")
+
 _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^conv_proj\.(weight|bias)$"), r"patch_embed.proj.\1"),
     (re.compile(r"^pos_encoding\.class_token$"), r"cls_token"),
@@ -44,6 +47,9 @@ def adapt(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def infer_model(state: dict[str, torch.Tensor]) -> str:
     """Registry name matching a torchvision MViTv2 state dict (by depth and stem width)."""
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    blocks = [int(k.split(".")[1]) for k in state if re.match(r"^blocks\.\d+\.", k)]
+    if not blocks or "conv_proj.weight" not in state:
+        raise KeyError("it has no blocks.N.* or conv_proj.weight keys")
+    depth = 1 + max(blocks)
     width = state["conv_proj.weight"].shape[0]
     return {(16, 96): "mvitv2_s", (24, 96): "mvitv2_b", (48, 144): "mvitv2_l"}.get((depth, width), "mvitv2_s")

@@ -23,7 +23,9 @@ Attention runs in ``F.scaled_dot_product_attention``. Two exact formulations of 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Callable
 
 import torch
@@ -92,7 +94,8 @@ class PoolingAttention(nn.Module):
         num_heads: heads; ``head_dim = dim_out // num_heads``.
         input_grid: ``(T, H, W)`` token grid at build time; sizes the relative-position tables.
         kernel: pooling kernel ``(kt, kh, kw)``; q_stride, kv_stride: pooling strides.
-        rel_pos_spatial, rel_pos_temporal: decomposed relative positions along (h, w) and t.
+        rel_pos_spatial, rel_pos_temporal: decomposed relative positions along (h, w) and t; independent
+            of each other (the temporal one needs a 3-D grid: it is off for ``spatial_only``).
         residual_pooling: add the pooled query to the attention output (patch tokens only).
         num_prefix: leading tokens (CLS) that are not pooled.
         spatial_only: 2-D pooling convs (image models; the grid has ``T == 1``).
@@ -162,7 +165,7 @@ class PoolingAttention(nn.Module):
         q_grid = pool_grid(input_grid, self.kernel, self.q_stride) if self.pool_q is not None else input_grid
         k_grid = pool_grid(input_grid, self.kernel, self.kv_stride) if self.pool_k is not None else input_grid
         self.rel_pos_spatial = rel_pos_spatial
-        self.rel_pos_temporal = rel_pos_temporal and rel_pos_spatial and not spatial_only
+        self.rel_pos_temporal = rel_pos_temporal and not spatial_only
         if rel_pos_spatial:
             self.rel_pos_h = nn.Parameter(torch.zeros(rel_pos_table_size(q_grid[1], k_grid[1]), self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(rel_pos_table_size(q_grid[2], k_grid[2]), self.head_dim))
@@ -198,7 +201,7 @@ class PoolingAttention(nn.Module):
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
         Nq, Nk = q.shape[2], k.shape[2]
 
-        if not self.rel_pos_spatial:
+        if not (self.rel_pos_spatial or self.rel_pos_temporal):
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             rel_t, rel_h, rel_w = decomposed_rel_pos(
@@ -206,8 +209,8 @@ class PoolingAttention(nn.Module):
                 q_grid,
                 k_grid,
                 self.rel_pos_t if self.rel_pos_temporal else None,
-                self.rel_pos_h,
-                self.rel_pos_w,
+                self.rel_pos_h if self.rel_pos_spatial else None,
+                self.rel_pos_w if self.rel_pos_spatial else None,
             )
             impl = self._resolve_impl(q)
             if impl == "concat":
@@ -216,7 +219,7 @@ class PoolingAttention(nn.Module):
                 # SDPA scales the whole dot product, so the (small) relative columns are pre-divided
                 # instead of scaling the (large) query. CLS rows get no term.
                 q_aug = torch.cat((q, F.pad(rel / self.scale, (0, 0, p, 0))), dim=-1)
-                code = rel_pos_onehot(k_grid, rel_t is not None, q.device, q.dtype)
+                code = rel_pos_onehot(k_grid, rel_t is not None, q.device, q.dtype, spatial=rel_h is not None)
                 code = F.pad(code, (0, 0, p, 0))  # CLS key: no code
                 k_aug = torch.cat((k, code.expand(B, n, Nk, e)), dim=-1)
                 out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, e)), scale=self.scale)[..., :d]
@@ -237,3 +240,20 @@ class PoolingAttention(nn.Module):
                 out = out + q
         out = out.transpose(1, 2).reshape(B, Nq, self.dim_out)
         return self.proj_drop(self.proj(out)), q_grid
+
+
+@contextlib.contextmanager
+def paper_formulation(model: nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`PoolingAttention` of ``model`` runs the ``"mask"`` formulation: the
+    paper's multiply-adds (Q K^T and A V at head_dim, the relative term as per-axis products). The
+    ``"concat"`` form (the CPU default) computes the same logits but through ``Tk + Hk + Wk`` extra
+    columns, which a FLOP count would report as cost the model does not have (68.5 instead of 64.2
+    GMACs for MViTv2-S at 16x224^2). The previous settings are restored on exit."""
+    saved = [(m, m.attn_impl) for m in model.modules() if isinstance(m, PoolingAttention)]
+    try:
+        for m, _ in saved:
+            m.attn_impl = "mask"
+        yield
+    finally:
+        for m, impl in saved:
+            m.attn_impl = impl

@@ -60,41 +60,43 @@ def decomposed_rel_pos(
     q_grid: tuple[int, int, int],
     k_grid: tuple[int, int, int],
     rel_pos_t: torch.Tensor | None,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    rel_pos_h: torch.Tensor | None,
+    rel_pos_w: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Query-dependent relative terms per axis, small and not yet broadcast.
 
     Args:
         q: patch queries (no CLS), ``(B, heads, Tq*Hq*Wq, C)``, time slowest. Pass the *unscaled* query:
             the released weights were trained with the term added after the ``1/sqrt(C)`` scaling.
         q_grid, k_grid: ``(T, H, W)`` token grids of queries and keys.
-        rel_pos_t: ``(2*max(Tq,Tk)-1, C)`` table or ``None`` (image models have no temporal term).
-        rel_pos_h, rel_pos_w: spatial tables.
+        rel_pos_t: ``(2*max(Tq,Tk)-1, C)`` table or ``None`` (no temporal term: image models, or
+            ``rel_pos_temporal: false``).
+        rel_pos_h, rel_pos_w: spatial tables, or both ``None`` (``rel_pos_spatial: false``); the axes
+            are independent, so a temporal-only term is possible.
 
     Returns:
-        ``(rel_t, rel_h, rel_w)``, each ``(B, heads, Nq, k_axis)``: the bias of query i and key
-        ``(t, h, w)`` is ``rel_t[i, t] + rel_h[i, h] + rel_w[i, w]``. ``rel_t`` is ``None`` without a table.
+        ``(rel_t, rel_h, rel_w)``, each ``(B, heads, Nq, k_axis)`` or ``None`` where its table is: the
+        bias of query i and key ``(t, h, w)`` is ``rel_t[i, t] + rel_h[i, h] + rel_w[i, w]``.
     """
+    if (rel_pos_h is None) != (rel_pos_w is None):
+        raise ValueError("the spatial relative-position tables come in pairs: give both rel_pos_h and rel_pos_w or neither")
     B, n, Nq, C = q.shape
-    qt, qh, qw = q_grid
-    kt, kh, kw = k_grid
-    r_q = q.reshape(B, n, qt, qh, qw, C)
-    Rh = gather_rel_pos(rel_pos_h, qh, kh).to(q.dtype)  # (qh, kh, C)
-    Rw = gather_rel_pos(rel_pos_w, qw, kw).to(q.dtype)  # (qw, kw, C)
-    rel_h = torch.einsum("bnthwc,hkc->bnthwk", r_q, Rh).reshape(B, n, Nq, kh)
-    rel_w = torch.einsum("bnthwc,wkc->bnthwk", r_q, Rw).reshape(B, n, Nq, kw)
-    rel_t = None
-    if rel_pos_t is not None:
-        Rt = gather_rel_pos(rel_pos_t, qt, kt).to(q.dtype)  # (qt, kt, C)
-        rel_t = torch.einsum("bnthwc,tkc->bnthwk", r_q, Rt).reshape(B, n, Nq, kt)
-    return rel_t, rel_h, rel_w
+    r_q = q.reshape(B, n, *q_grid, C)
+
+    def term(table: torch.Tensor | None, axis: int, spec: str) -> torch.Tensor | None:
+        if table is None:
+            return None
+        R = gather_rel_pos(table, q_grid[axis], k_grid[axis]).to(q.dtype)  # (q_axis, k_axis, C)
+        return torch.einsum(spec, r_q, R).reshape(B, n, Nq, k_grid[axis])
+
+    return (term(rel_pos_t, 0, "bnthwc,tkc->bnthwk"), term(rel_pos_h, 1, "bnthwc,hkc->bnthwk"),
+            term(rel_pos_w, 2, "bnthwc,wkc->bnthwk"))
 
 
 def rel_pos_bias(
     rel_t: torch.Tensor | None,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
+    rel_h: torch.Tensor | None,
+    rel_w: torch.Tensor | None,
     k_grid: tuple[int, int, int],
     num_prefix: int = 0,
 ) -> torch.Tensor:
@@ -104,11 +106,17 @@ def rel_pos_bias(
     straight into the padded buffer: one full-size write instead of a sum, a zero fill and a copy
     (fresh full-size buffers are expensive on CPU: page faults).
     """
-    B, n, Nq, _ = rel_h.shape
+    present = [r for r in (rel_t, rel_h, rel_w) if r is not None]
+    if not present:
+        raise ValueError("rel_pos_bias needs at least one relative-position term")
+    B, n, Nq, _ = present[0].shape
     kt, kh, kw = k_grid
     p = num_prefix
-    hw = rel_h[..., :, None] + rel_w[..., None, :]  # (B, n, Nq, kh, kw): small
-    t = rel_t[..., :, None, None] if rel_t is not None else hw.new_zeros(1, 1, 1, kt, 1, 1)
+    zero = present[0].new_zeros(1, 1, 1, 1, 1)
+    # (B, n, Nq, kh, kw): small; an absent axis contributes zero along its key coordinate
+    hw = (rel_h[..., :, None] if rel_h is not None else zero) + (rel_w[..., None, :] if rel_w is not None else zero)
+    hw = hw.expand(*hw.shape[:3], kh, kw)
+    t = rel_t[..., :, None, None] if rel_t is not None else zero.new_zeros(1, 1, 1, kt, 1, 1)
     hw = hw[..., None, :, :]
     if p and not (torch.is_grad_enabled() and (t.requires_grad or hw.requires_grad)):
         bias = hw.new_empty(B, n, p + Nq, p + kt * kh * kw)
@@ -116,24 +124,27 @@ def rel_pos_bias(
         bias[:, :, p:, :p].zero_()
         torch.add(t, hw, out=bias[:, :, p:, p:].view(B, n, Nq, kt, kh, kw))
         return bias
-    full = (t + hw).reshape(B, n, Nq, kt * kh * kw)
+    full = (t + hw).expand(B, n, Nq, kt, kh, kw).reshape(B, n, Nq, kt * kh * kw)
     return F.pad(full, (p, 0, p, 0)) if p else full
 
 
 def rel_pos_onehot(
-    k_grid: tuple[int, int, int], temporal: bool, device: torch.device, dtype: torch.dtype
+    k_grid: tuple[int, int, int], temporal: bool, device: torch.device, dtype: torch.dtype, spatial: bool = True
 ) -> torch.Tensor:
-    """``(Nk, [Tk +] Hk + Wk)`` one-hot codes of each key's coordinates (time slowest).
+    """``(Nk, [Tk +] [Hk + Wk])`` one-hot codes of each key's coordinates (time slowest), for the axes
+    that have a relative term.
 
     With ``q' = [q / sqrt(C), rel_t, rel_h, rel_w]`` and ``k' = [k, onehot]``, ``q' . k'`` equals the
     scaled logit plus the decomposed relative term exactly; attention kernels then never need a dense,
     differentiable bias.
     """
     kt, kh, kw = k_grid
-    t = torch.arange(kt, device=device).repeat_interleave(kh * kw)
-    h = torch.arange(kh, device=device).repeat_interleave(kw).repeat(kt)
-    w = torch.arange(kw, device=device).repeat(kt * kh)
-    parts = [F.one_hot(h, kh), F.one_hot(w, kw)]
+    parts = []
     if temporal:
-        parts.insert(0, F.one_hot(t, kt))
+        parts.append(F.one_hot(torch.arange(kt, device=device).repeat_interleave(kh * kw), kt))
+    if spatial:
+        parts.append(F.one_hot(torch.arange(kh, device=device).repeat_interleave(kw).repeat(kt), kh))
+        parts.append(F.one_hot(torch.arange(kw, device=device).repeat(kt * kh), kw))
+    if not parts:
+        raise ValueError("rel_pos_onehot needs the temporal or the spatial axes")
     return torch.cat(parts, dim=1).to(dtype)
