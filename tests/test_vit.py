@@ -251,3 +251,47 @@ def test_bf16_autocast_forward_backward():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def _tiny(**kw):
+    from tubelet.models import create_model
+
+    # no class token: with one, the doubled patch keys would outweigh it (the identity below needs none)
+    base = dict(num_classes=3, img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_token=False,
+                global_pool="avg")
+    return create_model("vit_tiny", **{**base, **kw}).eval()
+
+
+def test_image_weights_inflate_to_a_video_vit_with_equal_logits_on_a_still_clip(tmp_path):
+    """Video <-> image transfer (ViT checkpoint_filter_fn): an image ViT's projection, repeated over t
+    frames and divided by t, with its one-step time table repeated, gives a video ViT whose logits on a
+    clip of one repeated frame are the image model's (duplicated keys leave attention's average as it is)."""
+    from safetensors.torch import save_file
+
+    from tubelet.errors import CheckpointError
+    from tubelet.methods.backbone import load_backbone_weights
+
+    torch.manual_seed(0)
+    image = _tiny(num_frames=1, tubelet_size=1)
+    with torch.no_grad():
+        for p in image.parameters():
+            p.normal_(0, 0.2)  # not the init: every tensor matters
+    path = tmp_path / "image.safetensors"
+    save_file({k: v.contiguous() for k, v in image.state_dict().items()}, str(path))
+    video = _tiny(num_frames=4, tubelet_size=2)
+    report = load_backbone_weights(video, str(path))
+    assert "patch_embed.proj.weight" in report.loaded and not report.head_reinit
+    frame = torch.randn(2, 3, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(video(frame.expand(-1, -1, 4, -1, -1)), image(frame), atol=1e-5, rtol=1e-5)
+        w = video.patch_embed.proj.weight
+        torch.testing.assert_close(w.sum(dim=2, keepdim=True), image.patch_embed.proj.weight)
+    # and back: a video tubelet summed over time embeds a still frame as the video model embeds the still clip
+    back = _tiny(num_frames=1, tubelet_size=1)
+    save_file({k: v.contiguous() for k, v in video.state_dict().items()}, str(tmp_path / "video.safetensors"))
+    load_backbone_weights(back, str(tmp_path / "video.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(back.patch_embed(frame), video.patch_embed(frame.expand(-1, -1, 2, -1, -1)),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(CheckpointError, match="2-frame tubelet cannot become a 3-frame"):
+        load_backbone_weights(_tiny(num_frames=3, tubelet_size=3), str(tmp_path / "video.safetensors"))

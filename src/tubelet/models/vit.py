@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tubelet.errors import CheckpointError
 from tubelet.models.heads import ClassifierHead, pool_tokens
 from tubelet.models.layers import Attention, DropPath, Mlp, PatchEmbed3d, SeparablePosEmbed
 from tubelet.models.base import BackboneConfig
@@ -89,13 +90,56 @@ class Block(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
+def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights of a ViT with another tubelet depth or token grid, made to fit ``model``: video <-> image
+    transfer and other clip sizes.
+
+    - ``patch_embed.proj.weight``: an image ViT's 2-D projection ``(D, C, p, p)`` or a one-frame
+      tubelet is *inflated* to ``t`` frames by repeating it and dividing by ``t`` (I3D's inflation,
+      arXiv 1705.07750 Sec. 2.3: a clip of one repeated frame gives the image model's embedding, and
+      without a class token its logits too, since attention over duplicated keys averages the same); a
+      video tubelet is *collapsed* to one frame by summing over time (the same identity read the other
+      way). Other depth changes are refused: no rule keeps the response.
+    - learned ``pos_embed.spatial`` / ``pos_embed.temporal`` of another grid are resampled to the
+      model's (bicubic in space, linear in time, a one-step time table repeated), as the model itself
+      does for other clip sizes.
+    """
+    from tubelet.models.layers.pos_embed import resample_separable
+
+    own = model.state_dict()
+    out = dict(state)
+    key = "patch_embed.proj.weight"
+    w, target = state.get(key), own.get(key)
+    if w is not None and target is not None and tuple(w.shape) != tuple(target.shape):
+        src = w.unsqueeze(2) if w.ndim == 4 else w  # (D, C, t, p, p)
+        t_src, t_dst = int(src.shape[2]), int(target.shape[2])
+        if src.ndim == 5 and src.shape[:2] + src.shape[3:] == target.shape[:2] + target.shape[3:]:
+            if t_src == 1:
+                out[key] = src.repeat(1, 1, t_dst, 1, 1) / t_dst
+            elif t_dst == 1:
+                out[key] = src.sum(dim=2, keepdim=True)
+            else:
+                raise CheckpointError(f"{key}: a {t_src}-frame tubelet cannot become a {t_dst}-frame one; "
+                                 "only image <-> video (1 <-> t frames) transfers keep the embedding")
+    spatial, temporal = state.get("pos_embed.spatial"), state.get("pos_embed.temporal")
+    own_s = own.get("pos_embed.spatial")
+    if spatial is not None and temporal is not None and own_s is not None and (
+            spatial.shape != own_s.shape or temporal.shape != own["pos_embed.temporal"].shape):
+        out["pos_embed.spatial"], out["pos_embed.temporal"] = resample_separable(
+            spatial, temporal, tuple(int(g) for g in model.pos_embed.grid_size))
+    return out
+
+
 class VisionTransformer(nn.Module):
     """Space-time ViT on tubelets, ``(B, C, T, H, W) -> logits (B, num_classes)``.
 
     Attributes follow the tubelet backbone contract: ``patch_embed``, ``pos_embed``, ``cls_token``
     (Parameter or None), ``blocks``, ``norm``, ``fc_norm``, ``head``, ``num_classes``, ``embed_dim``,
-    ``num_prefix_tokens``.
+    ``num_prefix_tokens``. Weights of other tubelet depths and grids load through
+    :func:`checkpoint_filter_fn` (video <-> image transfer).
     """
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     # -- the Backbone contract (models/base.py) ------------------------------------------------------------
     @property

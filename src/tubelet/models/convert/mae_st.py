@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tubelet.models.layers.pos_embed import SeparablePosEmbed
+from tubelet.models.layers.pos_embed import resample_separable
 
 EXAMPLE_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.q.weight", "pos_embed_spatial")
 
@@ -114,11 +114,5 @@ def resample(renamed: dict[str, torch.Tensor], target: nn.Module) -> list[str]:
     dst_grid = tuple(int(g) for g in target.pos_embed.grid_size)
     if src_grid == dst_grid:
         return []
-    table = SeparablePosEmbed(spatial.shape[-1], src_grid)
-    with torch.no_grad():
-        table.spatial.copy_(spatial)
-        table.temporal.copy_(temporal)
-        pos_t, pos_s = table.tables(dst_grid)
-    renamed["pos_embed.spatial"] = pos_s.unsqueeze(0).to(spatial.dtype).contiguous()
-    renamed["pos_embed.temporal"] = pos_t.unsqueeze(0).to(temporal.dtype).contiguous()
+    renamed["pos_embed.spatial"], renamed["pos_embed.temporal"] = resample_separable(spatial, temporal, dst_grid)
     return [f"position tables resampled from grid {src_grid} to {dst_grid}"]

@@ -120,3 +120,23 @@ class SeparablePosEmbed(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, grid_size={self.grid_size}, embed_dim={self.embed_dim}"
+
+
+def resample_separable(
+    spatial: torch.Tensor, temporal: torch.Tensor, grid: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learned separable tables ``spatial (1, h*w, D)`` (a square grid) and ``temporal (1, t, D)``
+    resampled to ``grid = (T, H, W)`` with the interpolation :meth:`SeparablePosEmbed.tables` applies to
+    other clip sizes (bicubic in space, linear in time; a one-step time table is repeated)."""
+    import math
+
+    side = math.isqrt(spatial.shape[1])
+    if side * side != spatial.shape[1]:
+        raise ValueError(f"a spatial position table of {spatial.shape[1]} rows is not a square grid")
+    src = (int(temporal.shape[1]), side, side)
+    table = SeparablePosEmbed(spatial.shape[-1], src)
+    with torch.no_grad():
+        table.spatial.copy_(spatial)
+        table.temporal.copy_(temporal)
+        pos_t, pos_s = table.tables(tuple(int(g) for g in grid))
+    return pos_s.unsqueeze(0).to(spatial.dtype).contiguous(), pos_t.unsqueeze(0).to(temporal.dtype).contiguous()
