@@ -67,6 +67,7 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
         read_manifest,
         scan_class_folders,
     )
+    from tubelet.data.datasets.manifest import not_a_manifest
     from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, is_video_file
     from tubelet.data.transforms import build_transforms
 
@@ -96,6 +97,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
     if cfg.root and not path.is_absolute() and not path.exists():
         path = Path(cfg.root) / path
     if cfg.kind == "manifest" or path.is_file():
+        reason = not_a_manifest(path) if path.is_file() else None
+        if reason is not None:  # name the recipe key, not only the file
+            raise ConfigError(f"data.{'train' if split == 'train' else 'val'}={src} {reason}")
         samples, lmap = read_manifest(path, root=cfg.root, label_map=cfg.label_map)
     elif cfg.kind == "folders":
         samples, lmap = scan_class_folders(path, is_video_file, cfg.label_map)
