@@ -58,6 +58,15 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     raise ConfigError(f"recipe '{name_or_path}' is neither a file nor a shipped recipe{hint}")
 
 
+def read_recipe_tree(name_or_path: str | Path) -> dict[str, Any]:
+    """A recipe's keys as written, with its ``_base_`` chain merged (no defaults filled in), after checking
+    that it loads: what ``tubelet recipes NAME`` shows."""
+    path = resolve_recipe(name_or_path)
+    tree = _read_yaml(path)
+    from_dict(tree, str(path))
+    return tree
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
