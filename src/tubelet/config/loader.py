@@ -131,13 +131,12 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | t
         raw = _read_yaml(path)
         source = str(path)
     if overrides:
-        # Overrides are checked on their own first, so that a typo or a bad value names the override
-        # rather than the recipe file it is merged over.
+        # Overrides are built on their own first, so that a misspelt key or a bad value names the
+        # override rather than the recipe file it is merged over.
         over = parse_overrides(overrides)
         method_name = _method_name(raw, over)
         named_here = isinstance(over.get("method"), dict) and "name" in over["method"]
         _check_method_name(method_name, OVERRIDE_SOURCE if named_here else source)
-        _check_keys(over, Recipe, OVERRIDE_SOURCE, "", method_name=method_name)
         try:
             _build(Recipe, over, OVERRIDE_SOURCE, "", method_name)
         except _BadValue as exc:
@@ -166,18 +165,6 @@ def _method_name(raw: dict[str, Any], over: dict[str, Any] | None = None) -> str
         if isinstance(section, dict) and "name" in section:
             name = section["name"]
     return name
-
-
-def _check_keys(tree: dict[str, Any], cls: type, source: str, prefix: str, method_name: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(_unknown_key_message(dotted, source, list(fields), prefix))
-        sub = _dataclass_of(hints[key], key, method_name)
-        if sub is not None and isinstance(value, dict):
-            _check_keys(value, sub, source, f"{dotted}.", method_name)
 
 
 def _unknown_key_message(dotted: str, source: str, valid: list[str], prefix: str) -> str:
