@@ -40,10 +40,73 @@ def test_type_errors_name_key_and_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_recipe(f)
     assert "'trainer.max_steps'" in str(err.value) and str(f) in str(err.value) and "int" in str(err.value)
-    with pytest.raises(ConfigError, match="'data.batch_size' .*must be int, got 1.5"):
+    with pytest.raises(ConfigError, match=r"^data\.batch_size=1\.5 \(command line\): expected int$"):
         load_recipe(None, ["data.batch_size=1.5"])
     with pytest.raises(ConfigError, match="'trainer.deterministic'.*must be bool"):
         from_dict({"trainer": {"deterministic": "yes"}})
+
+
+def test_an_override_type_error_names_the_override_not_the_recipe(tmp_path):
+    f = _write(tmp_path / "r.yaml", {"data": {"batch_size": 2}})
+    with pytest.raises(ConfigError) as err:
+        load_recipe(f, ["data.batch_size=abc"])
+    assert str(err.value) == "data.batch_size=abc (command line): expected int"
+    with pytest.raises(ConfigError) as err:
+        load_recipe(f, ["optim.betas=[0.9, x]"])
+    assert str(err.value) == "optim.betas=[0.9, x] (command line): 'optim.betas[1]' expected float, got 'x'"
+    with pytest.raises(ConfigError) as err:
+        load_recipe(f, ["trainer.nonfinite=skp"])
+    assert str(err.value) == "trainer.nonfinite=skp (command line): expected one of stop, skip; did you mean 'skip'?"
+    with pytest.raises(ConfigError) as err:  # the same mistake in the file names the file
+        load_recipe(_write(tmp_path / "s.yaml", {"data": {"batch_size": "abc"}}))
+    assert str(err.value) == f"'data.batch_size' in {tmp_path / 's.yaml'} must be int, got 'abc'"
+    with pytest.raises(ConfigError, match=r"^unknown method.name 'mae' in command line; did you mean 'mae_st'\?"):
+        load_recipe(f, ["method.name=mae"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.batch_size=-4", "at least 1"),
+    ("data.batch_size=0", "at least 1"),
+    ("data.num_frames=0", "at least 1"),
+    ("data.crop_size=-224", "at least 1"),
+    ("data.num_workers=-1", "at least 0"),
+    ("data.test_clips=0", "at least 1"),
+    ("data.synthetic.num_videos=0", "at least 1"),
+    ("data.max_failure_fraction=1.5", "in [0, 1]"),
+    ("model.drop_path_rate=1.0", "in [0, 1)"),
+    ("optim.base_lr=0", "greater than 0"),
+    ("trainer.max_steps=0", "at least 1 (or -1: no step limit, trainer.max_epochs ends training)"),
+    ("trainer.keep_last_k=0", "at least 1"),
+])
+def test_sizes_and_counts_out_of_range_fail_at_load(tmp_path, override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, [override])
+    assert str(err.value) == f"{override} (command line): expected {expected}"
+    key, value = override.split("=")
+    section, _, leaf = key.rpartition(".")
+    tree: dict = {}
+    node = tree
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+    f = _write(tmp_path / "r.yaml", tree)  # written in a file, the error names the file
+    with pytest.raises(ConfigError) as err:
+        load_recipe(f)
+    assert str(err.value) == f"'{key}' in {f} must be {expected}, got {yaml.safe_load(value)!r}"
+
+
+def test_bounds_accept_their_edges():
+    r = load_recipe(None, ["data.num_workers=0", "trainer.max_steps=-1", "trainer.max_epochs=2",
+                           "data.max_failure_fraction=1", "data.batch_size=1"])
+    assert (r.data.num_workers, r.trainer.max_steps, r.data.max_failure_fraction, r.data.batch_size) == (0, -1, 1.0, 1)
+
+
+def test_an_unknown_precision_lists_the_accepted_ones():
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, ["trainer.precision=fp16"])
+    assert str(err.value) == ("trainer.precision=fp16 (command line): expected one of 32-true, bf16-mixed, bf16-true, "
+                              "16-mixed, 16-true")
+    assert load_recipe(None, ["trainer.precision=16-mixed"]).trainer.precision == "16-mixed"
 
 
 def test_misspelt_key_names_file_and_closest_key(tmp_path):

@@ -66,7 +66,7 @@ def test_a_checkpoint_missing_backbone_tensors_names_them(tmp_path):
 
 @pytest.mark.parametrize("key, value, hint", [
     ("method.mask_type", "tubes", "did you mean 'tube'"),
-    ("method.target_frames", "all", "valid values: first, cube"),
+    ("method.target_frames", "all", "one of first, cube"),
     ("data.kind", "manifests", "did you mean 'manifest'"),
     ("optim.schedule", "linear", "cosine"),
 ])

@@ -11,7 +11,9 @@ from tubelet.errors import ConfigError
 def add_recipe_arguments(p: argparse.ArgumentParser, example: str = "optim.lr=1e-3") -> None:
     p.add_argument("--config", "-c", default=None,
                    help="recipe file or shipped recipe name (or give it as the first positional argument)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help=f"dotted overrides, e.g. {example}")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help=f"dotted overrides, e.g. {example}; they may also follow the options")
+    p.set_defaults(overrides_anywhere=True)  # cli.main collects overrides that come after an option
 
 
 def recipe_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:

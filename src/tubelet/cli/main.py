@@ -1,4 +1,8 @@
-"""The ``tubelet`` command. Each subcommand lives in its own module with ``add_parser`` and ``run``."""
+"""The ``tubelet`` command. Each subcommand lives in its own module with ``add_parser`` and ``run``.
+
+An error the user can cause (a :class:`~tubelet.errors.TubeletError`) is printed as the subcommand's
+usage line and one line naming what is wrong, exit status 1; argparse's own usage errors keep status 2.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ SUBCOMMANDS = {
     "data": "tubelet.cli.data",
     "convert": "tubelet.cli.convert",
     "models": "tubelet.cli.models",
+    "recipes": "tubelet.cli.recipes",
 }
 
 
@@ -37,16 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)subparser that parsed ``args`` (``tubelet data check``'s for ``data check``)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen is None or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A recipe command takes overrides anywhere after the recipe (``test R --checkpoint X k=v``): argparse
+    # fills a positional list from one run of words only, so the later ones arrive here as extras.
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    command = _command_parser(parser, args)
+    if extra:
+        if getattr(args, "overrides_anywhere", False):
+            overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+            args.overrides = list(args.overrides) + overrides
+            extra = [x for x in extra if x not in overrides]
+        if extra:
+            command.error(f"unrecognized arguments: {' '.join(extra)}")  # exits 2
     try:
         return int(args.run(args) or 0)
     except TubeletError as exc:
-        print(f"tubelet {args.command}: error: {exc}", file=sys.stderr)
+        command.print_usage(sys.stderr)
+        print(f"{command.prog}: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -2,6 +2,10 @@
 
 Recipes are data: they are parsed with ``yaml.safe_load`` and never evaluated. A recipe may start
 from another with ``_base_: NAME`` (a shipped recipe name or a path relative to the file).
+
+Errors name where the bad value was written: ``'data.batch_size' in r.yaml must be ...`` for a file,
+``data.batch_size=abc (command line): expected int`` for an override, so that the user edits the right
+place (overrides are checked on their own before they are merged over the file).
 """
 
 from __future__ import annotations
@@ -18,10 +22,20 @@ from typing import Any, Literal, Union
 import yaml
 
 from tubelet.config.registry import MethodConfig, method_config_class, method_names
-from tubelet.config.schema import Recipe
+from tubelet.config.schema import Bound, Recipe
 from tubelet.errors import ConfigError
 
 BASE_KEY = "_base_"
+OVERRIDE_SOURCE = "command line"
+
+
+class _BadValue(ConfigError):
+    """A value of the wrong type, outside its choices or outside its :class:`Bound`. It keeps the parts
+    (key, value, what was expected) so that an override's error can be worded after the override."""
+
+    def __init__(self, dotted: str, source: str, value: Any, expected: str, hint: str = "") -> None:
+        self.dotted, self.value, self.expected, self.hint = dotted, value, expected, hint
+        super().__init__(f"'{dotted}' in {source} must be {expected}, got {value!r}{hint}")
 
 
 def list_recipes() -> list[str]:
@@ -42,6 +56,15 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     close = difflib.get_close_matches(name, list_recipes(), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"recipe '{name_or_path}' is neither a file nor a shipped recipe{hint}")
+
+
+def read_recipe_tree(name_or_path: str | Path) -> dict[str, Any]:
+    """A recipe's keys as written, with its ``_base_`` chain merged (no defaults filled in), after checking
+    that it loads: what ``tubelet recipes NAME`` shows."""
+    path = resolve_recipe(name_or_path)
+    tree = _read_yaml(path)
+    from_dict(tree, str(path))
+    return tree
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -108,11 +131,31 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | t
         raw = _read_yaml(path)
         source = str(path)
     if overrides:
-        # Overrides are validated against the merged tree so that a typo names the command line.
+        # Overrides are built on their own first, so that a misspelt key or a bad value names the
+        # override rather than the recipe file it is merged over.
         over = parse_overrides(overrides)
-        _check_keys(over, Recipe, "command line", "", method_name=_method_name(raw, over))
+        method_name = _method_name(raw, over)
+        named_here = isinstance(over.get("method"), dict) and "name" in over["method"]
+        _check_method_name(method_name, OVERRIDE_SOURCE if named_here else source)
+        try:
+            _build(Recipe, over, OVERRIDE_SOURCE, "", method_name)
+        except _BadValue as exc:
+            raise ConfigError(_override_message(exc, overrides)) from None
         raw = deep_merge(raw, over)
     return from_dict(raw, source)
+
+
+def _override_message(exc: _BadValue, overrides: list[str] | tuple[str, ...]) -> str:
+    """``data.batch_size=abc (command line): expected int``: the override as typed, then what is wrong;
+    a bad item inside the value (``optim.betas[1]``) is named after it."""
+    typed = {item.split("=", 1)[0].strip(): item for item in overrides}
+    key = exc.dotted
+    while key not in typed and any(c in key for c in ".["):
+        key = key[: max(key.rfind("."), key.rfind("["))]
+    item = typed.get(key, f"{exc.dotted}={exc.value}")
+    if key == exc.dotted:  # the override shows the value already
+        return f"{item} ({OVERRIDE_SOURCE}): expected {exc.expected}{exc.hint}"
+    return f"{item} ({OVERRIDE_SOURCE}): '{exc.dotted}' expected {exc.expected}, got {exc.value!r}{exc.hint}"
 
 
 def _method_name(raw: dict[str, Any], over: dict[str, Any] | None = None) -> str:
@@ -122,18 +165,6 @@ def _method_name(raw: dict[str, Any], over: dict[str, Any] | None = None) -> str
         if isinstance(section, dict) and "name" in section:
             name = section["name"]
     return name
-
-
-def _check_keys(tree: dict[str, Any], cls: type, source: str, prefix: str, method_name: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(_unknown_key_message(dotted, source, list(fields), prefix))
-        sub = _dataclass_of(hints[key], key, method_name)
-        if sub is not None and isinstance(value, dict):
-            _check_keys(value, sub, source, f"{dotted}.", method_name)
 
 
 def _unknown_key_message(dotted: str, source: str, valid: list[str], prefix: str) -> str:
@@ -156,11 +187,15 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping, got {type(raw).__name__}")
     method_name = _method_name(raw)
+    _check_method_name(method_name, source)
+    return _build(Recipe, raw, source, "", method_name)
+
+
+def _check_method_name(method_name: Any, source: str) -> None:
     if method_config_class(str(method_name)) is None:
         close = difflib.get_close_matches(str(method_name), method_names(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(method_names())}"
         raise ConfigError(f"unknown method.name '{method_name}' in {source}{hint}")
-    return _build(Recipe, raw, source, "", method_name)
 
 
 def _build(cls: type, tree: dict[str, Any], source: str, prefix: str, method_name: str) -> Any:
@@ -172,6 +207,9 @@ def _build(cls: type, tree: dict[str, Any], source: str, prefix: str, method_nam
         if key not in fields:
             raise ConfigError(_unknown_key_message(dotted, source, list(fields), prefix))
         kwargs[key] = _coerce(value, hints[key], dotted, source, method_name)
+        bound = fields[key].metadata.get("bound")
+        if isinstance(bound, Bound) and isinstance(kwargs[key], (int, float)) and not bound.accepts(kwargs[key]):
+            raise _BadValue(dotted, source, value, bound.describe())
     return cls(**kwargs)
 
 
@@ -179,7 +217,7 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -
     sub = _dataclass_of(hint, dotted, method_name)
     if sub is not None:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{dotted}' in {source} must be a mapping, got {value!r}")
+            raise _BadValue(dotted, source, value, "a mapping")
         return _build(sub, value, source, f"{dotted}.", method_name)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -191,8 +229,8 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -
             return value
         choices = [str(a) for a in args]
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid values: {', '.join(choices)}"
-        raise ConfigError(f"'{dotted}' in {source} is {value!r}, not one of its values{hint}")
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise _BadValue(dotted, source, value, f"one of {', '.join(choices)}", hint)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -204,15 +242,15 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -
                 return _coerce(value, arg, dotted, source, method_name)
             except ConfigError as exc:
                 errors.append(exc)
-        raise ConfigError(f"'{dotted}' in {source} must be {_type_name(hint)}, got {value!r}")
+        raise _BadValue(dotted, source, value, _type_name(hint))
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{dotted}' in {source} must be a list, got {value!r}")
+            raise _BadValue(dotted, source, value, "a list")
         (item,) = args or (Any,)
         return [_coerce(v, item, f"{dotted}[{i}]", source, method_name) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{dotted}' in {source} must be a mapping, got {value!r}")
+            raise _BadValue(dotted, source, value, "a mapping")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
@@ -229,7 +267,7 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"'{dotted}' in {source} must be {_type_name(hint)}, got {value!r}")
+    raise _BadValue(dotted, source, value, _type_name(hint))
 
 
 def _type_name(hint: Any) -> str:

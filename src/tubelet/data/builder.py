@@ -86,7 +86,9 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
     if videos is not None:  # split's pipeline over the files of split videos
         own = "train" if split == "train" else "val"
         cfg = dataclasses.replace(cfg, **{own: cfg.train if videos == "train" else cfg.val})
-    samples, lmap = source_samples(cfg, _source(cfg, split))
+    src = _source(cfg, split)
+    _refuse_non_manifest(cfg, split, src)
+    samples, lmap = source_samples(cfg, src)
     names = lmap.names if lmap is not None else None
     num_classes = len(names) if names is not None else max(s.label for s in samples) + 1
     kw.update(num_classes=num_classes, class_names=names)
@@ -98,6 +100,20 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
         return ClipDataset(samples, cfg, split, opener=partial(FrameFolderReader, fps=cfg.frames_fps, root=cfg.root),
                            **kw)
     return ClipDataset(samples, cfg, split, **kw)
+
+
+def _refuse_non_manifest(cfg: DataConfig, split: str, src: str) -> None:
+    """A video (or other binary file) given where a manifest is expected, named by its recipe key."""
+    from pathlib import Path
+
+    from tubelet.data.datasets.manifest import not_a_manifest
+
+    path = Path(src)
+    if cfg.root and not path.is_absolute() and not path.exists():
+        path = Path(cfg.root) / path
+    reason = not_a_manifest(path) if path.is_file() else None
+    if reason is not None:
+        raise ConfigError(f"data.{'train' if split == 'train' else 'val'}={src} {reason}")
 
 
 def source_samples(

@@ -13,27 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from tubelet.config.schema import Recipe
 from tubelet.core.runtime import set_threads
+from tubelet.engine.device import autocast_dtype, check_precision, resolve_device
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.eval.multiview import confusion_matrix, predict_views, topk_accuracy
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    """The device ``trainer.accelerator`` names: ``cpu``, ``gpu``/``cuda``, ``mps``, or ``auto`` (CUDA when
-    available, else the CPU). An accelerator that is not there is an error naming the key."""
-    name = str(accelerator).lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is available; use cpu or auto")
-        return torch.device("cuda", torch.cuda.current_device())
-    if name == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError("trainer.accelerator=mps but MPS is not available; use cpu or auto")
-        return torch.device("mps")
-    raise ConfigError(f"trainer.accelerator={accelerator} is not one of cpu, gpu, cuda, mps, auto")
 
 
 def load_method_weights(method: nn.Module, checkpoint: str | Path) -> str:
@@ -80,8 +62,7 @@ def dataset_view_scores(recipe: Recipe, method: nn.Module, dataset: Dataset, dev
     loader = DataLoader(dataset, batch_size=batch_size or recipe.data.batch_size, shuffle=False,
                         num_workers=recipe.data.num_workers, collate_fn=default_batch_collate(recipe.seed),
                         pin_memory=device.type == "cuda")
-    bf16 = recipe.trainer.precision.startswith("bf16")
-    return predict_views(method.classify, loader, device, torch.bfloat16 if bf16 else None)
+    return predict_views(method.classify, loader, device, autocast_dtype(recipe.trainer.precision))
 
 
 @torch.inference_mode()
@@ -105,6 +86,7 @@ def evaluate(
     """
     set_threads(recipe.trainer.num_threads, recipe.data.num_workers)
     device = resolve_device(recipe.trainer.accelerator)
+    check_precision(recipe.trainer.precision, device.type)
     if checkpoint is not None and not Path(checkpoint).exists():  # fail before building anything
         raise CheckpointError(f"{checkpoint}: checkpoint not found")
     if method is None:

@@ -26,6 +26,7 @@ from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete
 from tubelet.core.io import save_safetensors
 from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
+from tubelet.engine.device import check_trainer_device
 from tubelet.engine.module import TubeletModule
 from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_labels, write_metrics
 from tubelet.engine.trainer import build_trainer
@@ -173,6 +174,7 @@ def _fit(
     datasets: Mapping[str, Dataset | None] | None,
     callbacks: Iterable[Callback],
 ) -> FitResult:
+    check_trainer_device(recipe.trainer.accelerator, recipe.trainer.precision)  # before building anything
     run_dir = Path(recipe.run_dir)
     ckpt_path = resolve_resume(recipe, resume)
     if resume is not None:

@@ -109,7 +109,8 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
     ``backbone.safetensors``) with the ``recipe`` it was trained with (class names then come from the
     recipe's ``data.label_map`` or synthetic set). The method runs on ``trainer.accelerator``'s device."""
     from tubelet.config import load_recipe
-    from tubelet.engine.evaluate import load_method_weights, resolve_device
+    from tubelet.engine.device import resolve_device
+    from tubelet.engine.evaluate import load_method_weights
     from tubelet.methods import build_method
 
     if (run_dir is None) == (checkpoint is None):

@@ -15,6 +15,7 @@ from tubelet.config.schema import Recipe
 from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO
 from tubelet.engine.console import ProgressBar, quiet_lightning
+from tubelet.engine.device import check_trainer_device
 from tubelet.errors import ConfigError
 
 
@@ -37,6 +38,7 @@ def _strategy(recipe: Recipe) -> Any:
 def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: bool = True) -> pl.Trainer:
     quiet_lightning()
     t = recipe.trainer
+    check_trainer_device(t.accelerator, t.precision)  # one line naming the key, not Lightning's traceback
     run_dir = Path(recipe.run_dir)
     if t.checkpoint_every_n_steps <= 0 or t.keep_last_k <= 0:
         raise ConfigError("trainer.checkpoint_every_n_steps and trainer.keep_last_k must be positive")

@@ -13,6 +13,7 @@ refused with a :class:`~tubelet.errors.DataError` naming it (``datasets/paths.py
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -28,11 +29,43 @@ from tubelet.data.datasets.kinetics import (
     is_kinetics_header,
     kinetics_candidates,
 )
+from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from tubelet.data.datasets.labels import LabelMap, load_label_map
 from tubelet.data.datasets.paths import resolve_under_root
 from tubelet.errors import DataError
 
-__all__ = ["read_manifest"]
+__all__ = ["not_a_manifest", "read_manifest"]
+
+MANIFEST_FORMATS = "CSV or JSONL with path,label rows"
+_SNIFF_BYTES = 8192
+
+
+def not_a_manifest(path: str | os.PathLike) -> str | None:
+    """Why the file at ``path`` cannot be a manifest (a video, an image, binary bytes), or None.
+
+    A video handed over where a manifest is expected is a common slip (``data.train=clip.mp4``); the CSV
+    reader would fail on it with a decoding error that names neither the file nor the fix.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    fix = "use data.kind=folders with a folder of class subfolders, or list the file in a manifest"
+    if suffix in VIDEO_EXTENSIONS:
+        return f"looks like a video file, not a manifest ({MANIFEST_FORMATS}); {fix}"
+    if suffix in IMAGE_EXTENSIONS:
+        return f"looks like an image file, not a manifest ({MANIFEST_FORMATS}); {fix}"
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return None  # a missing or unreadable file is reported where it is opened
+    try:  # incremental: a multi-byte character cut at the end of the sample is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        binary = b"\x00" in head
+    except UnicodeDecodeError:
+        binary = True
+    if binary:
+        return f"is a binary file (a video?), not a manifest ({MANIFEST_FORMATS}); {fix}"
+    return None
 
 
 def _seconds(value: Any, where: str, key: str) -> Fraction | None:
@@ -87,6 +120,9 @@ def _looks_like_path_label(line: str) -> bool:
 def _rows(path: Path, bad: list[tuple[str, str]]) -> tuple[str, list[tuple[str, dict]]]:
     """The manifest's format (``csv``, ``kinetics``, ``jsonl`` or ``paths``) and its ``(where, row)`` pairs;
     rows that cannot be split into fields go to ``bad`` as ``(where, message)``."""
+    reason = not_a_manifest(path)
+    if reason is not None:
+        raise DataError(f"{path} {reason}")
     lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return "jsonl", _jsonl_rows(path, lines)
