@@ -18,3 +18,14 @@ def videos_dir() -> Path:
     if not VIDEOS.is_dir():
         pytest.fail(f"test clips not found at {VIDEOS}: clone the project with ../shared beside it")
     return VIDEOS
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of a CLI error after the subcommand's usage block (``usage: ...`` and its indented
+    continuation lines), which the CLI prints before its one-line error."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("usage:"):
+        lines = lines[1:]
+        while lines and lines[0].startswith(" "):
+            lines = lines[1:]
+    return lines

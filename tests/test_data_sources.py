@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import error_lines
 from PIL import Image
 
 from tubelet.cli.main import main
@@ -217,9 +218,9 @@ def test_data_check_class_folders(tmp_path, videos_dir, capsys):
     _frames(tmp_path / "fr" / "push" / "v1", 3)
     (tmp_path / "fr" / "push" / "empty").mkdir()
     assert main(["data", "check", str(tmp_path / "fr")]) == 1  # a folder is read as videos unless told otherwise
-    assert capsys.readouterr().err.strip() == (f"tubelet data: error: '{tmp_path / 'fr'}': no samples found under the "
+    assert error_lines(capsys.readouterr().err) == [f"tubelet data check: error: '{tmp_path / 'fr'}': no samples found under the "
                                                "class folders (read as class folders of videos; pass --kind frames or "
-                                               "--kind images for frame folders or images)")
+                                               "--kind images for frame folders or images)"]
     rc, out = _check(capsys, tmp_path / "fr", "--kind", "frames")
     assert rc == 1 and out == [f"BAD {tmp_path / 'fr' / 'push'}: {tmp_path / 'fr' / 'push' / 'empty'}: frame folder has no images",
                                "checked 2 rows: 1 ok, 1 bad (0 invalid rows, 1 unreadable files, 0 time ranges past the video's end)"]

@@ -89,6 +89,21 @@ def test_recipe_seed_reaches_the_datasets(tmp_path):
     assert datasets["train"].seed == 5 and datasets["val"].seed == 5  # clip draws follow the recipe seed
 
 
+def _max_diff(a: dict, b: dict) -> float:
+    """Largest weight difference, leaving out the key biases (the middle third of each ``qkv.bias``).
+    A key bias adds the same score to every key of a query, which softmax ignores: its gradient is zero
+    in exact arithmetic and float rounding noise in practice, and Adam, dividing by that noise's own
+    scale, turns it into steps of about the learning rate whatever the batch split."""
+    out = 0.0
+    for k in a:
+        d = (a[k] - b[k]).abs()
+        if k.endswith("attn.qkv.bias"):
+            third = d.shape[0] // 3
+            d = torch.cat([d[:third], d[2 * third:]])
+        out = max(out, d.max().item())
+    return out
+
+
 def test_two_process_ddp_equals_one_process(tmp_path):
     """``tubelet fit ... trainer.devices=2 trainer.strategy=ddp`` (gloo, Lightning's subprocess launcher)
     with half the per-process batch ends with the weights of one process (to float rounding)."""
@@ -110,7 +125,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     start = build_method(init).state_dict()
     assert a.keys() == b.keys()
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    diff = _max_diff(a, b)
     assert moved > 1e-4  # training changed the weights ...
     assert diff < 1e-6, diff  # ... identically with 1 and 2 processes
     ckpt = torch.load(tmp_path / "two" / "checkpoints" / "step=000004.ckpt", weights_only=True)
@@ -135,7 +150,7 @@ def test_torchrun_launch_equals_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(tmp_path / "one" / "method.safetensors")
     b = load_file(tmp_path / "two" / "method.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert _max_diff(a, b) < 1e-6
 
 
 def _start_ddp(tmp_path, timeout_s, max_steps=400):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import error_lines
 import yaml
 from test_engine import TINY_RECIPE
 
@@ -128,14 +129,14 @@ def _fit_cli(tmp_path, capsys, model: dict, resume: str) -> tuple[int, str]:
 def test_resume_with_another_models_checkpoint_is_one_line(run, tmp_path, capsys):
     ckpt = run / "checkpoints" / "step=000004.ckpt"
     rc, err = _fit_cli(tmp_path, capsys, {"name": "vit_small"}, str(ckpt))
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert rc == 1 and len(lines) == 1, err
     assert lines[0] == (f"tubelet fit: error: {ckpt}: checkpoint of model 'vit_tiny' cannot resume a run of "
                         "model 'vit_small'")
     # the same model name with other shapes: the first tensor that does not fit
     overrides = {**TINY_RECIPE["model"]["overrides"], "embed_dim": 48}
     rc, err = _fit_cli(tmp_path, capsys, {"overrides": overrides}, str(ckpt))
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert rc == 1 and len(lines) == 1, err
     assert "checkpoint of model 'vit_tiny' cannot resume this run of model 'vit_tiny'" in lines[0]
     assert lines[0].endswith("first mismatched tensor 'method.backbone.cls_token': checkpoint (1, 1, 32) vs run (1, 1, 48)")

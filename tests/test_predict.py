@@ -9,6 +9,7 @@ import yaml
 from test_engine import TINY_RECIPE
 
 from tubelet.errors import ConfigError
+from conftest import error_lines
 
 NAMES = ["move_left", "move_right", "move_up", "move_down"]  # the synthetic set's first four motions
 UNREADABLE = {"corrupt_truncated.mp4", "corrupted.mp4"}  # SOURCES.md: cannot be opened / decode error
@@ -133,7 +134,7 @@ def test_predict_argument_errors_are_one_line(run, videos_dir, tmp_path, capsys)
         capsys.readouterr()
         assert main(["predict", path, *argv]) == 1
         err = capsys.readouterr().err
-        assert len(_lines(err)) == 1 and expected in err, err
+        assert len(error_lines(err)) == 1 and expected in err, err
 
 
 def test_fit_writes_the_train_sets_names_and_never_keeps_stale_ones(tmp_path):
