@@ -66,7 +66,6 @@ def worker(threads: int, steps: int) -> dict:
 def run_setting(env_extra: dict, threads: int, steps: int, competitor: bool) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(env_extra)
-    env["TUBELET_KEEP_OMP_WAIT_POLICY"] = "1"  # measure the policy given here, not tubelet's default
     busy = None
     if competitor:
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])

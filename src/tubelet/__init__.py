@@ -1,14 +1,10 @@
 """tubelet: video understanding on PyTorch."""
 
-from tubelet.core.waiting import apply_wait_policy
+import os
 
-apply_wait_policy()  # before anything imports torch: idle threads sleep instead of spinning (core/waiting.py)
+from torch import nn
 
-import os  # noqa: E402
-
-from torch import nn  # noqa: E402
-
-from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError  # noqa: E402
+from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError
 
 # The shipped methods register their config sections with the recipe loader on import.
 import tubelet.methods  # noqa: E402,F401,I001

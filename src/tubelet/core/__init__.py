@@ -2,5 +2,5 @@
 
 ``dist`` (collectives that are the identity in one process), ``rng`` (global RNG states), ``io`` (atomic
 files, safetensors), ``ckpt_format`` (the training-checkpoint format and its one reader), ``runtime``
-(thread policy), ``waiting`` (how idle threads wait, set before torch loads), ``batch`` (the batch's keys).
+(thread policy), ``batch`` (the batch's keys).
 """
