@@ -211,7 +211,7 @@ class TrainerConfig:
     val_check_interval: int | None = bounded(None, POSITIVE)  # steps; None = end of each epoch
     checkpoint_every_n_steps: int = bounded(50, POSITIVE)
     keep_last_k: int = bounded(3, POSITIVE)
-    num_threads: int | None = bounded(None, POSITIVE)  # torch intra-op threads; None: cores minus data workers
+    num_threads: int | None = bounded(None, POSITIVE)  # torch intra-op threads; None: cores minus data workers and busy cores
     sync_batchnorm: bool = False
     deterministic: bool = True
     collective_timeout_s: float = bounded(1800.0, POSITIVE_REAL)
