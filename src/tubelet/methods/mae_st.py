@@ -50,7 +50,7 @@ from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
 from tubelet.methods.registry import register_method
 from tubelet.models.layers.pos_embed import SeparablePosEmbed
-from tubelet.models.vit import Block
+from tubelet.models.vit import Block, init_linear_and_norm
 
 NORM_PIX_EPS = 1e-6
 
@@ -187,16 +187,7 @@ class MAEST(nn.Module):
     def _init_decoder(self) -> None:
         # MAE's init: xavier-uniform Linear weights, zero biases, normal(0.02) mask token.
         torch.nn.init.normal_(self.mask_token, std=0.02)
-        for name, m in self.named_modules():
-            if name.startswith("backbone"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm(m for name, m in self.named_modules() if not name.startswith("backbone"))
 
     # -- masking ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -88,6 +88,19 @@ class Block(nn.Module):
             kept = torch.gather(x, 1, query_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, M, D)
             x = kept + self.drop_path1(self.attn(self.norm1(x), attn_mask, query_idx=query_idx))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+def init_linear_and_norm(modules: Iterable[nn.Module]) -> None:
+    """MAE's reference init of ``modules``' Linears (Xavier-uniform weights, zero biases) and LayerNorms
+    (weight 1, bias 0): the ViT encoder's and the MAE-ST decoder's."""
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -209,14 +222,7 @@ class VisionTransformer(nn.Module):
         ``SeparablePosEmbed``'s init and the classifier the head's own (``head_init_std``), as a
         fine-tuning head is re-initialised anyway.
         """
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm(self.modules())
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.patch_embed.proj.bias is not None:
