@@ -29,3 +29,19 @@ def error_lines(stderr: str) -> list[str]:
         while lines and lines[0].startswith(" "):
             lines = lines[1:]
     return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny supervised run on the synthetic set (test_engine.TINY_RECIPE), trained through the CLI for
+    4 steps; shared read-only by the tests of what a run folder holds (load_model, predict)."""
+    import yaml
+    from test_engine import TINY_RECIPE
+
+    from tubelet.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_RECIPE, "run_dir": str(tmp / "run")}))
+    assert main(["fit", "--config", str(cfg)]) == 0
+    return tmp / "run"

@@ -21,16 +21,9 @@ from tubelet.models.weights import describe_model, saved_variant
 TINY = {"num_frames": 4, "img_size": 16, "num_classes": 4, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny supervised run trained through the CLI (4 steps)."""
-    from tubelet.cli.main import main
-
-    tmp = tmp_path_factory.mktemp("load_model")
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY_RECIPE, "run_dir": str(tmp / "run")}))
-    assert main(["fit", "--config", str(cfg)]) == 0
-    return tmp / "run"
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run  # conftest.tiny_run: a 4-step supervised run trained through the CLI
 
 
 def test_metadata_round_trip(tmp_path):

@@ -5,26 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
-from test_engine import TINY_RECIPE
+
+from conftest import error_lines
 
 from tubelet.errors import ConfigError
-from conftest import error_lines
 
 NAMES = ["move_left", "move_right", "move_up", "move_down"]  # the synthetic set's first four motions
 UNREADABLE = {"corrupt_truncated.mp4", "corrupted.mp4"}  # SOURCES.md: cannot be opened / decode error
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny supervised run on the synthetic set trained through the CLI (4 steps)."""
-    from tubelet.cli.main import main
-
-    tmp = tmp_path_factory.mktemp("predict")
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY_RECIPE, "run_dir": str(tmp / "run")}))
-    assert main(["fit", "--config", str(cfg)]) == 0
-    return tmp / "run"
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run  # conftest.tiny_run: a 4-step supervised run trained through the CLI
 
 
 def _lines(text: str) -> list[str]:
