@@ -11,10 +11,12 @@ from tubelet.config.schema import DataConfig, SyntheticConfig
 from tubelet.data.builder import build_dataset
 from tubelet.data.datasets import ClipDataset
 from tubelet.data.synthetic import (
+    MOTION_PHRASES,
     MOTIONS,
     SyntheticSource,
     clip_path,
     hflip_label_map,
+    mirror_caption,
     render_clip,
     split_indices,
     write_dataset,
@@ -160,6 +162,12 @@ def test_train_flip_mirrors_video_and_label(decode_crop):
     for i in range(8):
         s = ds[i]
         assert int(s["label"]) == hflip_label_map(list(MOTIONS))[ds.samples[i].label]
+        # the caption describes the mirrored clip: its motion phrase is the flipped label's
+        index = split_indices(SMALL, "train")[i]
+        flipped = MOTIONS[int(s["label"])]
+        original = render_clip(cfg.synthetic, index).caption
+        own = MOTION_PHRASES[MOTIONS[ds.samples[i].label]]
+        assert s["caption"] == original.replace(own, MOTION_PHRASES[flipped], 1)
         # the flipped crop is found in the mirrored full frames, at the rendered scale
         full = frames_of(ds, i).flip(-1)
         video = s["video"] * 0.225 + 0.45
@@ -170,6 +178,16 @@ def test_train_flip_mirrors_video_and_label(decode_crop):
     cfg.augment.hflip = 0.0
     plain = dataset(cfg, "train")
     assert [int(plain[i]["label"]) for i in range(8)] == [s.label for s in plain.samples[:8]]
+    assert [plain[i]["caption"] for i in range(8)] == [
+        render_clip(cfg.synthetic, split_indices(SMALL, "train")[i]).caption for i in range(8)]
+
+
+def test_mirror_caption_swaps_whole_motion_phrases_once():
+    assert mirror_caption("a red striped circle moves left next to a small blue square") == (
+        "a red striped circle moves right next to a small blue square")
+    assert mirror_caption("a x rotates clockwise") == "a x rotates counterclockwise"
+    assert mirror_caption("a x rotates counterclockwise") == "a x rotates clockwise"
+    assert mirror_caption("a x moves up") == "a x moves up" and mirror_caption("a x grows") == "a x grows"
 
 
 def test_flip_refused_when_mirror_class_missing():

@@ -20,7 +20,7 @@ frame) and identities, so detection, tracking and video-text methods have a task
 
 The set is served as a source of readers (:class:`SyntheticSource`), so a recipe's samplers, seeding
 and transforms treat it exactly as a folder of real files. The one thing it adds is that a horizontal
-flip mirrors the label with the clip (left <-> right, clockwise <-> counter-clockwise).
+flip mirrors the label and the caption with the clip (left <-> right, clockwise <-> counter-clockwise).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -94,6 +95,18 @@ def hflip_label_map(names: list[str]) -> list[int]:
         mirror = HFLIP_MOTION.get(n)
         out.append(index.get(mirror, i) if mirror is not None else i)
     return out
+
+
+# the motion phrase of each mirrored motion, matched whole ("rotates clockwise" is not inside
+# "rotates counterclockwise") and swapped in one pass so that left -> right does not turn back
+_MIRRORED_PHRASES = {MOTION_PHRASES[a]: MOTION_PHRASES[b] for a, b in HFLIP_MOTION.items()}
+_MIRROR_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in _MIRRORED_PHRASES) + r")\b")
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of a horizontally flipped clip: ``"... moves left"`` -> ``"... moves right"``,
+    clockwise <-> counterclockwise; other captions are returned unchanged."""
+    return _MIRROR_RE.sub(lambda m: _MIRRORED_PHRASES[m.group(1)], caption)
 
 
 def flip_is_safe(names: list[str]) -> bool:

@@ -125,6 +125,9 @@ class ClipDataset(Dataset):
         flip_labels: ``flip_labels[label]`` is the label of a horizontally flipped training clip, for
             label spaces that know left from right (the synthetic motions: left <-> right, clockwise
             <-> counter-clockwise); ``None``: a flip keeps the label.
+        flip_caption: ``flip_caption(caption)`` is the caption of a horizontally flipped training clip
+            (``"moves left"`` becomes ``"moves right"``), so that a caption keeps describing its clip;
+            ``None``: a flip keeps the caption.
 
     With ``cfg.single_frame`` each clip shows one of its frames repeated over time (a random one in
     training, the middle one otherwise): the still-image baseline with the video's input shape.
@@ -142,6 +145,7 @@ class ClipDataset(Dataset):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         flip_labels: list[int] | None = None,
+        flip_caption: Callable[[str], str] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.cfg = cfg
@@ -166,8 +170,10 @@ class ClipDataset(Dataset):
         self.failures: dict[str, tuple[int, str, str]] = {}  # by path: one record per bad file
         self.single_frame = bool(getattr(cfg, "single_frame", False))
         self.flip_labels = None if flip_labels is None else torch.as_tensor(flip_labels, dtype=torch.int64)
+        self.flip_caption = flip_caption
         flips = self.train and any(getattr(t, "is_flip", False) for t in getattr(transform, "transforms", []))
-        if self.flip_labels is not None and flips and not (self.decode_crop and self._crop_steps()):
+        mirrors = self.flip_labels is not None or flip_caption is not None
+        if mirrors and flips and not (self.decode_crop and self._crop_steps()):
             # only the crop drawn for the decoder says whether a clip was flipped
             raise ConfigError(
                 "data.augment.hflip > 0 on a label space that mirrors with the clip needs data.decode_crop: true"
@@ -307,7 +313,11 @@ class ClipDataset(Dataset):
             out["video"] = torch.cat(views, dim=0)  # (test_clips * crops, C, T, H, W), clip-major
             out["label"] = label[0]
         if read.caption is not None:
-            out["caption"] = read.caption
+            captions = [read.caption] * len(clips)
+            if self.flip_caption is not None and read.flips is not None:
+                captions = [self.flip_caption(c) if f else c for c, f in zip(captions, read.flips)]
+            # one caption per sample; with repeated sampling one per clip, as the labels
+            out["caption"] = captions if self.train and self.repeats > 1 else captions[0]
         return out
 
 
