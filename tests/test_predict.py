@@ -144,3 +144,18 @@ def test_fit_writes_the_train_sets_names_and_never_keeps_stale_ones(tmp_path):
     # the same folder reused by a run whose training set has no class names: no labels.txt is left behind
     result = fit(toy_recipe(run, max_steps=2), method=ToyMethod(), datasets={"train": ToyVideos(8), "val": None})
     assert not (run / "labels.txt").exists() and "labels" not in result.paths
+
+
+def test_predict_takes_test_pipeline_overrides_among_the_files(run, videos_dir, capsys):
+    from tubelet.cli.main import main
+
+    path = str(videos_dir / "video_0.mov")
+    capsys.readouterr()
+    # the run's recipe tests 2 clips x 3 crops; the overrides, before and after the options, change that
+    assert main(["predict", path, "data.test_clips=1", "--run", str(run), "--json", "data.test_crops=1"]) == 0
+    [got] = [json.loads(line) for line in _lines(capsys.readouterr().out)]
+    assert got["path"] == path and got["num_views"] == 1
+    capsys.readouterr()
+    assert main(["predict", path, "model.num_classes=7", "--run", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "data.* and trainer.* overrides only" in err, err

@@ -6,6 +6,9 @@ views through the recipe's test transforms, softmax scores averaged); the work i
 (``path``, ``topk`` [{label, name, score}], ``num_views``; ``error`` for a file that cannot be read).
 A file that cannot be read is also one line on stderr and does not stop the others. Exit status: 1
 when any file failed, else 0.
+
+``data.KEY=VALUE`` and ``trainer.KEY=VALUE`` overrides among the files change the test pipeline and the
+device (``data.test_clips=3``, ``trainer.accelerator=cpu``); the model and method come from the weights.
 """
 
 from __future__ import annotations
@@ -21,14 +24,24 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k classes of video files from a run folder or checkpoint + recipe")
-    p.add_argument("paths", nargs="+", metavar="VIDEO")
+    p.add_argument("paths", nargs="+", metavar="VIDEO",
+                   help="video files; data.KEY=VALUE / trainer.KEY=VALUE items override the test pipeline")
     p.add_argument("--run", dest="run_dir", default=None, metavar="RUN_DIR",
                    help="run folder of `tubelet fit` (config.yaml, method.safetensors, labels.txt)")
     p.add_argument("--checkpoint", default=None, help="training checkpoint, method.safetensors or backbone.safetensors")
     p.add_argument("--config", "-c", default=None, help="the recipe the checkpoint was trained with")
     p.add_argument("--topk", type=int, default=5, help="classes per file (capped at the number of classes)")
     p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, overrides=[], overrides_anywhere=True)  # cli.main collects those after the options
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """The files and the ``key=value`` overrides among ``items``: an item with ``=`` is an override unless
+    a file of that name exists."""
+    from pathlib import Path
+
+    overrides = [x for x in items if "=" in x and not Path(x).exists()]
+    return [x for x in items if x not in overrides], overrides
 
 
 def format_prediction(pred: Prediction, width: int = 0) -> str:
@@ -48,14 +61,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--run takes the model from the run folder; do not give --checkpoint or --config with it")
     if args.run_dir is None and (args.checkpoint is None or args.config is None):
         raise ConfigError("give --run RUN_DIR, or --checkpoint FILE with --config RECIPE")
-    recipe = load_recipe(args.config) if args.config is not None else None
-    predictor = load_predictor(args.run_dir, args.checkpoint, recipe)
+    paths, overrides = split_overrides(args.paths)
+    overrides += list(args.overrides)
+    if not paths:
+        raise ConfigError("no video files given (only overrides)")
+    recipe = load_recipe(args.config, overrides) if args.config is not None else None
+    predictor = load_predictor(args.run_dir, args.checkpoint, recipe, overrides=overrides)
     if predictor.class_names is None:
         print(f"tubelet predict: note: {args.run_dir or args.checkpoint} has no class names (no labels.txt or "
               "data.label_map); classes are printed as indices", file=sys.stderr)
     width = max((len(n) for n in predictor.class_names or []), default=4)
     failed = 0
-    for pred in predictor.predict(args.paths, topk=args.topk):
+    for pred in predictor.predict(paths, topk=args.topk):
         if pred.error is not None:
             failed += 1
             reason = " ".join(pred.error.split())  # one line per file, whatever the decoder said

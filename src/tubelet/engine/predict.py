@@ -102,12 +102,18 @@ class Predictor:
                 for i, p in enumerate(paths)]
 
 
+# what a prediction may change: how files are read and viewed, and where the model runs
+OVERRIDABLE = ("data", "trainer")
+
+
 def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
-                   recipe: Recipe | None = None) -> Predictor:
+                   recipe: Recipe | None = None, overrides: Sequence[str] = ()) -> Predictor:
     """A predictor from a run folder (``run_dir``: its ``config.yaml``, ``method.safetensors`` and
     ``labels.txt``), or from ``checkpoint`` (a training checkpoint, ``method.safetensors`` or
     ``backbone.safetensors``) with the ``recipe`` it was trained with (class names then come from the
-    recipe's ``data.label_map`` or synthetic set). The method runs on ``trainer.accelerator``'s device."""
+    recipe's ``data.label_map`` or synthetic set). The method runs on ``trainer.accelerator``'s device.
+    ``overrides`` (``data.test_clips=3``, ``trainer.accelerator=cpu``) apply to the run folder's recipe;
+    with ``checkpoint`` they are expected in ``recipe`` already and only checked here."""
     from tubelet.config import load_recipe
     from tubelet.engine.device import resolve_device
     from tubelet.engine.evaluate import load_method_weights
@@ -115,6 +121,10 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
 
     if (run_dir is None) == (checkpoint is None):
         raise ConfigError("give either a run folder (--run) or a checkpoint with its recipe (--checkpoint, --config)")
+    outside = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] not in OVERRIDABLE]
+    if outside:
+        raise ConfigError(f"override '{outside[0]}': prediction takes data.* and trainer.* overrides only (the "
+                          "model and method come from the weights)")
     names: list[str] | None = None
     source = ""
     if run_dir is not None:
@@ -127,7 +137,7 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
                 f"{run}: no method.safetensors (the run has not finished); use --checkpoint "
                 f"{run / 'checkpoints' / 'step=N.ckpt'} --config {run / 'config.yaml'}"
             )
-        recipe = load_recipe(run / "config.yaml")
+        recipe = load_recipe(run / "config.yaml", list(overrides))
         if (run / "labels.txt").is_file():
             names, source = _read_labels(run / "labels.txt"), str(run / "labels.txt")
     else:
