@@ -150,6 +150,19 @@ def test_recipes_lists_each_with_its_first_comment_line(capsys):
     assert demo.split(None, 1)[1] == "`tubelet demo`, video model: the quickstart ViT on 8-frame clips."
 
 
+def test_recipe_description_is_its_first_sentence_cut_at_a_word(tmp_path):
+    from tubelet.cli.recipes import description
+
+    r = tmp_path / "r.yaml"
+    # a sentence across comment lines, with an abbreviation and a citation that do not end it
+    r.write_text("# Pre-training on K400 (Smith et al., arXiv 1234.5678, Sec.\n# 4): the first sentence.\n"
+                 "# A second one.\nmodel: {}\n")
+    assert description(r) == "Pre-training on K400 (Smith et al., arXiv 1234.5678, Sec. 4): the first sentence."
+    assert description(r, limit=40) == "Pre-training on K400 (Smith et al..."
+    r.write_text("model: {}  # not a description\n")
+    assert description(r) == ""
+
+
 def test_recipes_name_prints_the_recipe_with_its_base_merged(capsys):
     assert main(["recipes", "demo"]) == 0
     tree = yaml.safe_load(capsys.readouterr().out)

@@ -1,7 +1,7 @@
 """``tubelet recipes [NAME] [--full]``: the shipped recipes, or one recipe resolved.
 
-Without NAME: one line per shipped recipe (``src/tubelet/recipes/*.yaml``) with the first line of its
-leading comment, which says what the recipe is for. With NAME (a shipped name or a file): the recipe's
+Without NAME: one line per shipped recipe (``src/tubelet/recipes/*.yaml``) with the first sentence of
+its leading comment, which says what the recipe is for. With NAME (a shipped name or a file): the recipe's
 YAML with its ``_base_`` chain merged, so what a child changes is visible without opening its bases;
 ``--full`` prints every key with the schema's defaults filled in (what ``fit`` writes to config.yaml).
 """
@@ -9,6 +9,7 @@ YAML with its ``_base_`` chain merged, so what a child changes is visible withou
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 
@@ -19,14 +20,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def description(path: Path) -> str:
-    """The first comment line at the top of a recipe file ('' when it starts with none)."""
+# a sentence ends at a full stop followed by a capital ("Sec. 4" and "et al., arXiv" go on)
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]`'\"])\.\s+(?=[A-Z])")
+
+
+def description(path: Path, limit: int = 110) -> str:
+    """The first sentence of the comment paragraph at the top of a recipe file, joined across its lines
+    and cut at a word (with "...") past ``limit`` characters; '' when the file starts with no comment."""
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         text = line.strip()
-        if not text:
+        if not text.startswith("#"):
+            if text or words:
+                break
             continue
-        return text.lstrip("#").strip() if text.startswith("#") else ""
-    return ""
+        text = text.lstrip("#").strip()
+        if not text:  # an empty comment line ends the paragraph
+            break
+        words += text.split()
+    paragraph = " ".join(words)
+    end = _SENTENCE_END.search(paragraph)
+    sentence = (paragraph[: end.start() + 1] if end else paragraph).rstrip(":")
+    if len(sentence) > limit:
+        sentence = sentence[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:(.") + "..."
+    return sentence
 
 
 def run(args: argparse.Namespace) -> int:
