@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, is_dataclass
 
+from tubelet.config.bounds import Checked
+
 _METHOD_CONFIGS: dict[str, type["MethodConfig"]] = {}
 
 
 @dataclass
-class MethodConfig:
-    """Base of every method section; ``name`` selects the registered subclass."""
+class MethodConfig(Checked):
+    """Base of every method section; ``name`` selects the registered subclass. Numeric fields are declared
+    with ``tubelet.config.bounds.bounded`` so that their range is checked when the section is built."""
+
+    SECTION = "method"
 
     name: str = "supervised"
 
