@@ -312,7 +312,7 @@ def _bad_cases():
             if "bound" not in f.metadata:
                 continue
             for v in _bad_values(f):
-                if f.metadata["length"] is not None or isinstance(f.default_factory, type(lambda: 0)):
+                if f.metadata.get("length") is not None or isinstance(f.default_factory, type(lambda: 0)):
                     default = f.default_factory() if f.default is dc.MISSING else f.default
                     if isinstance(default, list):
                         yield pytest.param(prefix, cls, f.name, [v] * len(default), f"{f.name}[0]",

@@ -9,6 +9,7 @@ table, so this package holds only the shared sections and no list of methods.
 from __future__ import annotations
 
 from dataclasses import dataclass, is_dataclass
+from typing import ClassVar
 
 from tubelet.config.bounds import Checked
 
@@ -21,6 +22,9 @@ class MethodConfig(Checked):
     with ``tubelet.config.bounds.bounded`` so that their range is checked when the section is built."""
 
     SECTION = "method"
+    # Whether the method's loss reads the clips' class labels: then every label of the training and
+    # validation data must lie in [0, model.num_classes), which the engine checks before the first step.
+    TRAINS_ON_LABELS: ClassVar[bool] = False
 
     name: str = "supervised"
 

@@ -75,6 +75,8 @@ class Supervised(nn.Module):
 
 @dataclass
 class SupervisedConfig(MethodConfig):
+    TRAINS_ON_LABELS = True
+
     name: str = "supervised"
     head_dropout: float = bounded(0.0, PROBABILITY_BELOW_ONE)
 
