@@ -162,6 +162,9 @@ def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
     f.write_text("data:\n  augment:\n    rrc_scale: [0.2, 1.0]\n    hflip: 0.5\n    rrc_scale: [0.5, 1.0]\n")
     with pytest.raises(ConfigError, match=r"key 'data.augment.rrc_scale' is written twice, at lines 3 and 5"):
         load_recipe(f)
+    f.write_text("seed: 1\nrun_dir: a\n0x1: 2\n1: 3\n")  # keys equal once constructed (0x1 == 1)
+    with pytest.raises(ConfigError, match=r"key '1' is written twice, at lines 3 and 4"):
+        load_recipe(f)
     f.write_text("model: {name: vit_tiny, name: vit_small}\n")  # flow style, one line
     with pytest.raises(ConfigError, match=r"key 'model.name' is written twice, at lines 1 and 1"):
         load_recipe(f)
@@ -205,6 +208,13 @@ def test_base_must_stay_in_the_recipes_folder(tmp_path):
     _write(tmp_path / "outside.yaml", {"seed": 5})
     assert load_recipe(_write(folder / "r.yaml", {"_base_": "sub/b.yaml"})).seed == 4  # below the folder
     assert load_recipe(_write(folder / "r.yaml", {"_base_": "sub/../sub/b.yaml"})).seed == 4
+    _write(folder / "sub" / "c.yaml", {"_base_": "../common.yaml", "seed": 6})  # a base's base, still in the folder
+    _write(folder / "common.yaml", {"run_dir": "x"})
+    assert load_recipe(_write(folder / "r.yaml", {"_base_": "sub/c.yaml"})).run_dir == "x"
+    _write(folder / "sub" / "c.yaml", {"_base_": "../../outside.yaml"})
+    with pytest.raises(ConfigError, match=rf"^{folder / 'sub' / 'c.yaml'}: '_base_: ../../outside.yaml' leads outside "
+                                          rf"the recipe's folder {folder};"):
+        load_recipe(folder / "r.yaml")
     assert load_recipe(_write(folder / "r.yaml", {"_base_": "quickstart"})).model.num_classes == 4  # shipped
     assert load_recipe(_write(folder / "r.yaml", {"_base_": "quickstart.yaml"})).model.num_classes == 4
     r = folder / "r.yaml"

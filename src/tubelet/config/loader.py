@@ -56,37 +56,39 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     keeps the last one, so a second ``trainer:`` section would silently replace the first)."""
 
     def construct_document(self, node: yaml.Node) -> Any:
-        _check_unique_keys(node, "", set())
+        _check_unique_keys(node, "", set(), self.construct_object)
         return super().construct_document(node)
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _check_unique_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
+def _check_unique_keys(node: yaml.Node, prefix: str, seen: set[int], construct: Any) -> None:
     """Walk the composed document (before construction, so that lines are known): every mapping's own
-    keys must be distinct. Keys merged in with ``<<`` may be overridden by the mapping's own, as YAML
-    intends, so they are not compared."""
+    keys must be distinct as the constructed dict would see them (``yes`` and ``true`` are one key).
+    Keys merged in with ``<<`` may be overridden by the mapping's own, as YAML intends, so they are not
+    compared."""
     if id(node) in seen:  # an alias: its node was walked where the anchor is
         return
     seen.add(id(node))
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _check_unique_keys(item, f"{prefix}[{i}]", seen)
+            _check_unique_keys(item, f"{prefix}[{i}]", seen, construct)
     elif isinstance(node, yaml.MappingNode):
         lines: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 continue
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            dotted = f"{prefix}.{key}" if prefix else str(key)
+            shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            dotted = f"{prefix}.{shown}" if prefix else str(shown)
             if isinstance(key_node, yaml.ScalarNode):
                 line = key_node.start_mark.line + 1
-                ident = (key_node.tag, key)
-                if ident in lines:
-                    raise _DuplicateKey(dotted, lines[ident], line)
-                lines[ident] = line
-            _check_unique_keys(value_node, dotted, seen)
+                key = construct(key_node)
+                with contextlib.suppress(TypeError):  # an unhashable key fails in construction, as in safe_load
+                    if key in lines:
+                        raise _DuplicateKey(dotted, lines[key], line)
+                    lines[key] = line
+            _check_unique_keys(value_node, dotted, seen, construct)
 
 
 def _load_yaml(text: str) -> Any:
@@ -127,8 +129,11 @@ def read_recipe_tree(name_or_path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), root: Path | None = None) -> dict[str, Any]:
+    """A recipe file's tree with its ``_base_`` chain merged under it. ``root``: the folder every base of
+    the chain must stay in, the first recipe's own (a shipped recipe's chain stays among the shipped)."""
     path = path.resolve()
+    root = root if root is not None else path.parent
     if path in seen:
         raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to itself")
     try:
@@ -147,17 +152,18 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = raw.pop(BASE_KEY, None)
     if base is None:
         return raw
-    return deep_merge(_read_yaml(_resolve_base(path, base), seen + (path,)), raw)
+    base_path, base_root = _resolve_base(path, base, root)
+    return deep_merge(_read_yaml(base_path, seen + (path,), base_root), raw)
 
 
-def _resolve_base(path: Path, base: Any) -> Path:
-    """The file ``_base_: base`` of recipe ``path`` (already resolved) names: a file in the recipe's folder
-    or below it (symlinks followed, and they too must stay inside), else a shipped recipe name. A base
-    anywhere else is refused: a recipe handed over from elsewhere must not read files outside its folder."""
-    folder = path.parent
+def _resolve_base(path: Path, base: Any, folder: Path) -> tuple[Path, Path]:
+    """The file ``_base_: base`` of recipe ``path`` (already resolved) names, relative to ``path``, and the
+    folder its own bases must stay in: a file in ``folder`` (the first recipe's) or below it, symlinks
+    followed (they too must stay inside), else a shipped recipe name. A base anywhere else is refused: a
+    recipe handed over from elsewhere must not read files outside its folder."""
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: '{BASE_KEY}' must be a shipped recipe name or a file name, got {base!r}")
-    written = folder / os.path.expanduser(base)
+    written = path.parent / os.path.expanduser(base)
     real = written.resolve()
     if real != folder and folder not in real.parents:
         lexical = Path(os.path.normpath(written))
@@ -168,13 +174,14 @@ def _resolve_base(path: Path, base: Any) -> Path:
         raise ConfigError(f"{path}: '{BASE_KEY}: {base}' {why}; a base must be a file in that folder (or below it) "
                           "or a shipped recipe name")
     if real.is_file():
-        return real
+        return real, folder
     name = base[: -len(".yaml")] if base.endswith(".yaml") else base
     if Path(base).name == base and name in list_recipes():
-        return resolve_recipe(name)
+        shipped = resolve_recipe(name).resolve()
+        return shipped, shipped.parent
     close = difflib.get_close_matches(name, list_recipes(), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"{path}: '{BASE_KEY}: {base}' is neither a file in {folder} nor a shipped recipe{hint}")
+    raise ConfigError(f"{path}: '{BASE_KEY}: {base}' is neither a file in {path.parent} nor a shipped recipe{hint}")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
