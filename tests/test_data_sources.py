@@ -13,7 +13,7 @@ from tubelet.cli.main import main
 from tubelet.config.schema import DataConfig
 from tubelet.data.builder import build_dataset
 from tubelet.data.datasets import FrameFolderReader, read_manifest
-from tubelet.errors import DataError, VideoError
+from tubelet.errors import ConfigError, DataError, VideoError
 
 SOCCER = "v_SoccerJuggling_g23_c01.avi"  # 8.008 s
 TINY = "unordered.mov"  # 4 frames at 32 fps: 0.125 s
@@ -345,6 +345,15 @@ def test_training_refuses_labels_outside_the_model_before_any_step(tmp_path, vid
         fit(recipe)
     assert str(ei.value) == f"{tmp_path / 'val.csv'}:3: label 4 is outside [0, 4) (model.num_classes=4)"
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
+    # class names: each split's sorted names give its ids, so both splits must name the same classes
+    recipe = _manifest_recipe(tmp_path, videos_dir, ["a", "b", "c", "d"], ["a", "b", "c", "e"])
+    with pytest.raises(ConfigError) as ei:
+        fit(recipe)
+    assert str(ei.value) == ("the validation set's class 3 is 'e' but the training set's is 'd': set data.label_map "
+                             "so that both splits share one label map")
+    recipe = _manifest_recipe(tmp_path, videos_dir, ["a", "b", "c", "d"], ["a", "b", "c", "d", "e"])
+    with pytest.raises(ConfigError, match=r"^model.num_classes=4 but the validation set has 5 classes$"):
+        fit(recipe)
     # a method that does not train on labels keeps them as they are
     from tubelet.config.registry import method_config_class
 

@@ -186,13 +186,34 @@ def check_dataset_labels(dataset: Dataset | None, num_classes: int, what: str) -
         check_labels(samples, int(num_classes), what)
 
 
-def check_run_labels(recipe: Recipe, dataset: Dataset | None) -> None:
+def check_run_labels(recipe: Recipe, dataset: Dataset | None, train: Dataset | None = None) -> None:
     """For a method that trains on labels (``MethodConfig.TRAINS_ON_LABELS``): every label of ``dataset``
     must be a class of the model's head, checked when the dataset is built, before any step runs (else an
-    ``IndexError`` inside the loss, or a silently wrong one-hot, many steps in)."""
-    if getattr(recipe.method, "TRAINS_ON_LABELS", False):
-        k = recipe.model.num_classes
-        check_dataset_labels(dataset, k, f"model.num_classes={k}")
+    ``IndexError`` inside the loss, or a silently wrong one-hot, many steps in). A dataset with class
+    names must have ``model.num_classes`` of them; ``train``: the training set, whose class names a
+    validation set must share (each split's names are sorted on their own without ``data.label_map``,
+    so one class more or less would shift every id after it)."""
+    if dataset is None or not getattr(recipe.method, "TRAINS_ON_LABELS", False):
+        return
+    k = recipe.model.num_classes
+    split = "training" if train is None else "validation"
+    names = _class_names(dataset)
+    if names and len(names) != k:
+        raise ConfigError(f"model.num_classes={k} but the {split} set has {len(names)} classes")
+    theirs = _class_names(train) if train is not None else None
+    if names and theirs and names != theirs:
+        i = next(i for i, (a, b) in enumerate(zip(names, theirs)) if a != b)
+        raise ConfigError(f"the validation set's class {i} is '{names[i]}' but the training set's is '{theirs[i]}': "
+                          "set data.label_map so that both splits share one label map")
+    check_dataset_labels(dataset, k, f"model.num_classes={k}")
+
+
+def _class_names(dataset: Dataset | None) -> list[str] | None:
+    for ds in (dataset, getattr(dataset, "base", None), getattr(dataset, "dataset", None)):
+        names = getattr(ds, "class_names", None)
+        if names:
+            return list(names)
+    return None
 
 
 def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0, cache: dict | None = None) -> Dataset:

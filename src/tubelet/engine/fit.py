@@ -200,7 +200,7 @@ def _fit(
 
         datasets = {**datasets, "val": build_dataset(recipe.data, "val", seed=recipe.seed)}
     val = datasets.get("val")
-    check_run_labels(recipe, val)
+    check_run_labels(recipe, val, datasets["train"])
     if val is not None and len(val) == 0:  # type: ignore[arg-type]
         val = None
     tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]
