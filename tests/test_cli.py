@@ -52,9 +52,9 @@ def recipes_seen(monkeypatch):
 
 def test_overrides_may_follow_the_options(recipes_seen, tmp_path):
     ckpt = str(tmp_path / "x.ckpt")
-    assert main(["test", "quickstart", "--checkpoint", ckpt, "data.test_clips=3", "data.test_crops=2"]) == 0
+    assert main(["test", "quickstart", "--checkpoint", ckpt, "data.test_clips=3", "data.test_crops=3"]) == 0
     recipe, args = recipes_seen[-1]
-    assert (recipe.data.test_clips, recipe.data.test_crops, args.checkpoint) == (3, 2, ckpt)
+    assert (recipe.data.test_clips, recipe.data.test_crops, args.checkpoint) == (3, 3, ckpt)
     # before and after an option, in command-line order (the last one wins)
     assert main(["fit", "quickstart", "trainer.max_steps=2", "--resume", "auto", "trainer.max_steps=5",
                  "data.batch_size=3"]) == 0

@@ -1,6 +1,7 @@
 """Dataset sources users have: path-label lists, the Kinetics CSV, class folders in ``data check``,
 symlinks inside the data root, and sub-ranges past a video's end."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from tubelet.cli.main import main
 from tubelet.config.schema import DataConfig
 from tubelet.data.builder import build_dataset
 from tubelet.data.datasets import FrameFolderReader, read_manifest
-from tubelet.errors import DataError, VideoError
+from tubelet.errors import ConfigError, DataError, VideoError
 
 SOCCER = "v_SoccerJuggling_g23_c01.avi"  # 8.008 s
 TINY = "unordered.mov"  # 4 frames at 32 fps: 0.125 s
@@ -242,3 +243,138 @@ def test_data_check_reports_ranges_past_the_end(tmp_path, videos_dir, capsys):
         f"BAD {m}:4: {videos_dir / SOCCER}: start 8.500 s past the video's duration 8.008 s (range [8.500, end) s)",
         "checked 4 rows: 2 ok, 2 bad (0 invalid rows, 0 unreadable files, 2 time ranges past the video's end)",
     ]  # unordered.mov lasts exactly 4 frames at 32 fps = 1/8 s: an end at 1/8 is inside
+
+
+# -- labels: every one a class, named by its row ------------------------------------------------
+
+
+def _rows_and_errors(path, **kw):
+    errors: list = []
+    samples, _ = read_manifest(path, row_errors=errors, **kw)
+    return samples, [msg for _, msg in errors]
+
+
+def test_labels_that_are_no_class_name_their_row(tmp_path):
+    (tmp_path / "labels.txt").write_text("walk\nrun\n")
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\na.mov,1\n\nb.mov,2\nc.mov,-1\nd.mov,3.5\ne.mov,run\n")
+    with pytest.raises(DataError) as ei:
+        read_manifest(m, label_map=tmp_path / "labels.txt")
+    assert str(ei.value) == f"{m}:4: label 2 is outside [0, 2) (the 2 classes of label map '{tmp_path / 'labels.txt'}')"
+    samples, errors = _rows_and_errors(m, label_map=tmp_path / "labels.txt")  # data check: every bad row, by line
+    assert [s.label for s in samples] == [1, 1] and errors == [
+        f"{m}:4: label 2 is outside [0, 2) (the 2 classes of label map '{tmp_path / 'labels.txt'}')",
+        f"{m}:5: label -1 is outside [0, 2) (the 2 classes of label map '{tmp_path / 'labels.txt'}')",
+        f"{m}:6: label '3.5' is neither an integer class id nor a class name",
+    ]
+    # without a label map: a negative id, and an id among rows that name their classes
+    m.write_text("path,label\na.mov,0\nb.mov,-3\n")
+    with pytest.raises(DataError, match=rf"^{m}:3: label -3 is negative: class ids count from 0$"):
+        read_manifest(m)
+    m.write_text("path,label\na.mov,walk\nb.mov,0\nc.mov,run\n")
+    with pytest.raises(DataError) as ei:
+        read_manifest(m)
+    assert str(ei.value) == (f"{m}:3: label 0 is an integer id but other rows name their classes ('walk' at {m}:2), "
+                             "whose ids come from the sorted names: write every label the same way, or give a label map")
+
+
+def test_jsonl_and_path_list_labels(tmp_path):
+    m = tmp_path / "m.jsonl"
+    rows = [{"path": "a.mov", "label": 1}, {"path": "b.mov", "label": 2.0}, {"path": "c.mov", "label": True},
+            {"path": "d.mov", "label": [1]}, {"path": "e.mov", "label": -2}, {"path": "f.mov", "label": "7"}]
+    m.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    samples, errors = _rows_and_errors(m)
+    assert [(s.label, s.source) for s in samples] == [(1, f"{m}:1"), (7, f"{m}:6")]
+    assert errors == [
+        f"{m}:2: label 2.0 is neither an integer class id nor a class name",
+        f"{m}:3: label true is neither an integer class id nor a class name",
+        f"{m}:4: label [1] is neither an integer class id nor a class name",
+        f"{m}:5: label -2 is negative: class ids count from 0",
+    ]
+    lst = tmp_path / "train.txt"
+    lst.write_text("a.mov 1\nb c.mov -1\nd.mov +2\n")
+    samples, errors = _rows_and_errors(lst)
+    assert [(s.label, s.source) for s in samples] == [(1, f"{lst}:1"), (2, f"{lst}:3")]
+    assert errors == [f"{lst}:2: label -1 is negative: class ids count from 0"]
+    # a label map's ids are integers too: int(1.7) would have made it class 1
+    (tmp_path / "l.json").write_text(json.dumps({"walk": 0, "run": 1.7}))
+    with pytest.raises(DataError, match=r"^label map '.*l.json': the id of 'run' must be an integer, got 1.7$"):
+        read_manifest(lst, label_map=tmp_path / "l.json")
+
+
+def test_data_check_reports_labels_outside_the_classes(tmp_path, videos_dir, capsys):
+    m = tmp_path / "m.csv"
+    m.write_text(f"path,label\n{TINY},0\n{TINY},5\n{TINY},-1\n{TINY},2\n")
+    rc, out = _check(capsys, m, "--root", videos_dir, "--fast", "--num-classes", 3)
+    assert rc == 1 and out == [
+        f"BAD {m}:3: label 5 is outside [0, 3) (--num-classes 3)",
+        f"BAD {m}:4: label -1 is negative: class ids count from 0",
+        "checked 4 rows: 2 ok, 2 bad (2 invalid rows, 0 unreadable files, 0 time ranges past the video's end)",
+    ]
+    rc, out = _check(capsys, m, "--root", videos_dir, "--fast")  # no class count: only the negative one is known bad
+    assert rc == 1 and out[0] == f"BAD {m}:4: label -1 is negative: class ids count from 0" and len(out) == 2
+
+
+def _manifest_recipe(tmp_path, videos_dir, train_labels, val_labels, **method):
+    from tubelet.config import from_dict
+
+    for split, labels in (("train", train_labels), ("val", val_labels)):
+        (tmp_path / f"{split}.csv").write_text("path,label\n" + "".join(f"{TINY},{y}\n" for y in labels))
+    return from_dict({
+        "model": {"name": "vit_tiny", "num_classes": 4, "num_frames": 2, "img_size": 16,
+                  "overrides": {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2}},
+        "data": {"kind": "manifest", "root": str(videos_dir), "train": str(tmp_path / "train.csv"),
+                 "val": str(tmp_path / "val.csv"), "num_frames": 2, "sampling_rate": 1, "crop_size": 16,
+                 "test_short_side": 16, "batch_size": 2, "augment": {"short_side": [16, 20]}},
+        "method": method or {"name": "supervised"},
+        "trainer": {"max_steps": 1, "accelerator": "cpu", "enable_progress_bar": False},
+        "run_dir": str(tmp_path / "run"),
+    })
+
+
+def test_training_refuses_labels_outside_the_model_before_any_step(tmp_path, videos_dir):
+    from tubelet.engine.fit import fit
+
+    recipe = _manifest_recipe(tmp_path, videos_dir, [0, 1, 3, 5, 2, 7], [0, 1])
+    with pytest.raises(DataError) as ei:
+        fit(recipe)
+    assert str(ei.value) == (f"{tmp_path / 'train.csv'}:5: label 5 is outside [0, 4) (model.num_classes=4) "
+                             "(2 of 6 samples have such labels)")
+    recipe = _manifest_recipe(tmp_path, videos_dir, [0, 1, 2, 3], [0, 4])  # the val split too
+    with pytest.raises(DataError) as ei:
+        fit(recipe)
+    assert str(ei.value) == f"{tmp_path / 'val.csv'}:3: label 4 is outside [0, 4) (model.num_classes=4)"
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
+    # class names: each split's sorted names give its ids, so both splits must name the same classes
+    recipe = _manifest_recipe(tmp_path, videos_dir, ["a", "b", "c", "d"], ["a", "b", "c", "e"])
+    with pytest.raises(ConfigError) as ei:
+        fit(recipe)
+    assert str(ei.value) == ("the validation set's class 3 is 'e' but the training set's is 'd': set data.label_map "
+                             "so that both splits share one label map")
+    recipe = _manifest_recipe(tmp_path, videos_dir, ["a", "b", "c", "d"], ["a", "b", "c", "d", "e"])
+    with pytest.raises(ConfigError, match=r"^model.num_classes=4 but the validation set has 5 classes$"):
+        fit(recipe)
+    # a method that does not train on labels keeps them as they are
+    from tubelet.config.registry import method_config_class
+
+    assert not method_config_class("mae_st").TRAINS_ON_LABELS and method_config_class("linear_probe").TRAINS_ON_LABELS
+
+
+def test_testing_refuses_labels_outside_the_model(tmp_path, videos_dir):
+    from tubelet.data.builder import build_dataset
+    from tubelet.engine.evaluate import evaluate
+    from tubelet.methods import build_method
+
+    recipe = _manifest_recipe(tmp_path, videos_dir, [0, 1], [0, 9])
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'val.csv'}:3: label 9 is outside \[0, 4\) \(model.num_classes=4\)$"):
+        evaluate(recipe, None, method=build_method(recipe), dataset=build_dataset(recipe.data, "val"))
+
+
+def test_the_knn_monitor_refuses_labels_outside_its_classes(tmp_path, videos_dir):
+    from tubelet.eval.knn import monitor_from_recipe
+
+    recipe = _manifest_recipe(tmp_path, videos_dir, [0, 1], [0, 6], name="contrastive", knn_every_n_steps=0)
+    with pytest.raises(DataError) as ei:
+        monitor_from_recipe(recipe)
+    assert str(ei.value) == (f"{tmp_path / 'val.csv'}:3: label 6 is outside [0, 4) (model.num_classes=4, the kNN "
+                             "monitor's classes)")

@@ -53,6 +53,9 @@ def add_check(sub: argparse._SubParsersAction) -> None:
                         "(frames) or images; default: manifest for a file, folders for a folder")
     p.add_argument("--root", default=None, help="data root: paths resolve under it and may not lead out of it")
     p.add_argument("--label-map", default=None, help="labels.txt or JSON label map for class-name labels")
+    p.add_argument("--num-classes", type=int, default=None, metavar="K",
+                   help="integer labels must lie in [0, K) (the recipe's model.num_classes); without it, only a "
+                        "label map bounds them (negative ones are always bad)")
     p.add_argument("--frames-fps", type=float, default=30.0, help="frame rate of frame folders (data.frames_fps)")
     p.add_argument("--fast", action="store_true", help="open each file only; skip the full decode")
     p.add_argument("--backend", default="pyav", choices=["pyav", "torchcodec", "auto"])
@@ -88,6 +91,30 @@ def _past_end(sample, duration) -> str | None:
     return f"{' and '.join(late)} past the video's duration {float(duration):.3f} s (range [{lo:.3f}, {hi}) s)"
 
 
+def _label_range_errors(samples: list, num_classes: int, row_errors: list[tuple[str, str]]) -> list:
+    """The samples whose label is a class of ``--num-classes``; the others go to ``row_errors`` as invalid
+    rows, in line order with the rows that did not parse."""
+    from tubelet.data.datasets.labels import label_errors, label_range_message
+    from tubelet.errors import ConfigError
+
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes must be at least 1, got {num_classes}")
+    bad = set(label_errors(samples, num_classes))
+    if not bad:
+        return samples
+    what = f"--num-classes {num_classes}"
+    row_errors += [(samples[i].source, label_range_message(samples[i].source, samples[i].label, num_classes, what))
+                   for i in sorted(bad)]
+    row_errors.sort(key=lambda e: _line(e[0]))
+    return [s for i, s in enumerate(samples) if i not in bad]
+
+
+def _line(where: str) -> int:
+    """The line of a ``manifest:line`` place (0 for a class folder), to list bad rows in file order."""
+    tail = where.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def run_check(args: argparse.Namespace) -> int:
     """One line per bad row or entry (``where: reason``), then a summary; exit 1 when any is bad."""
     from pathlib import Path
@@ -112,6 +139,8 @@ def run_check(args: argparse.Namespace) -> int:
             raise DataError(f"{exc} (read as class folders of videos; pass --kind frames or --kind images for "
                             "frame folders or images)") from None
         raise
+    if args.num_classes is not None:
+        samples = _label_range_errors(samples, args.num_classes, row_errors)
     for _where, msg in row_errors:
         print(f"BAD {msg}", flush=True)
     opener = _opener(args, kind)

@@ -1,7 +1,9 @@
 """Load YAML recipes into the typed schema, apply dotted overrides, and write the effective config.
 
-Recipes are data: they are parsed with ``yaml.safe_load`` and never evaluated. A recipe may start
-from another with ``_base_: NAME`` (a shipped recipe name or a path relative to the file).
+Recipes are data: they are parsed with ``yaml.safe_load``'s constructors and never evaluated; a key
+written twice in one mapping is an error naming both lines (YAML would keep the second silently). A
+recipe may start from another with ``_base_: NAME``: a file in the recipe's own folder (or below it) or
+a shipped recipe name; a base that leads out of the folder is refused.
 
 Errors name where the bad value was written: ``'data.batch_size' in r.yaml must be ...`` for a file,
 ``data.batch_size=abc (command line): expected int`` for an override, so that the user edits the right
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
 from importlib import resources
@@ -21,8 +25,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from tubelet.config.bounds import FieldError, cross_checks
 from tubelet.config.registry import MethodConfig, method_config_class, method_names
-from tubelet.config.schema import Bound, Recipe
+from tubelet.config.schema import Recipe
 from tubelet.errors import ConfigError
 
 BASE_KEY = "_base_"
@@ -33,9 +38,66 @@ class _BadValue(ConfigError):
     """A value of the wrong type, outside its choices or outside its :class:`Bound`. It keeps the parts
     (key, value, what was expected) so that an override's error can be worded after the override."""
 
-    def __init__(self, dotted: str, source: str, value: Any, expected: str, hint: str = "") -> None:
-        self.dotted, self.value, self.expected, self.hint = dotted, value, expected, hint
+    def __init__(self, dotted: str, source: str, value: Any, expected: str, hint: str = "", cross: bool = False) -> None:
+        self.dotted, self.value, self.expected, self.hint, self.cross = dotted, value, expected, hint, cross
         super().__init__(f"'{dotted}' in {source} must be {expected}, got {value!r}{hint}")
+
+
+class _DuplicateKey(ConfigError):
+    """A key written twice in one YAML mapping; the caller adds the file's name."""
+
+    def __init__(self, dotted: str, first: int, second: int) -> None:
+        self.dotted, self.first, self.second = dotted, first, second
+        super().__init__(f"key '{dotted}' is written twice, at lines {first} and {second}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last one, so a second ``trainer:`` section would silently replace the first)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_unique_keys(node, "", set(), self.construct_object)
+        return super().construct_document(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.Node, prefix: str, seen: set[int], construct: Any) -> None:
+    """Walk the composed document (before construction, so that lines are known): every mapping's own
+    keys must be distinct as the constructed dict would see them (``yes`` and ``true`` are one key).
+    Keys merged in with ``<<`` may be overridden by the mapping's own, as YAML intends, so they are not
+    compared."""
+    if id(node) in seen:  # an alias: its node was walked where the anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{prefix}[{i}]", seen, construct)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            dotted = f"{prefix}.{shown}" if prefix else str(shown)
+            if isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                key = construct(key_node)
+                with contextlib.suppress(TypeError):  # an unhashable key fails in construction, as in safe_load
+                    if key in lines:
+                        raise _DuplicateKey(dotted, lines[key], line)
+                    lines[key] = line
+            _check_unique_keys(value_node, dotted, seen, construct)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` that refuses duplicate keys (:class:`_DuplicateKey`)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def list_recipes() -> list[str]:
@@ -67,12 +129,18 @@ def read_recipe_tree(name_or_path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), root: Path | None = None) -> dict[str, Any]:
+    """A recipe file's tree with its ``_base_`` chain merged under it. ``root``: the folder every base of
+    the chain must stay in, the first recipe's own (a shipped recipe's chain stays among the shipped)."""
     path = path.resolve()
+    root = root if root is not None else path.parent
     if path in seen:
         raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _load_yaml(path.read_text(encoding="utf-8"))
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: key '{exc.dotted}' is written twice, at lines {exc.first} and {exc.second}; "
+                          "YAML would keep only the second: keep one") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     except OSError as exc:
@@ -84,8 +152,36 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = raw.pop(BASE_KEY, None)
     if base is None:
         return raw
-    base_path = path.parent / base if (path.parent / base).is_file() else resolve_recipe(base)
-    return deep_merge(_read_yaml(base_path, seen + (path,)), raw)
+    base_path, base_root = _resolve_base(path, base, root)
+    return deep_merge(_read_yaml(base_path, seen + (path,), base_root), raw)
+
+
+def _resolve_base(path: Path, base: Any, folder: Path) -> tuple[Path, Path]:
+    """The file ``_base_: base`` of recipe ``path`` (already resolved) names, relative to ``path``, and the
+    folder its own bases must stay in: a file in ``folder`` (the first recipe's) or below it, symlinks
+    followed (they too must stay inside), else a shipped recipe name. A base anywhere else is refused: a
+    recipe handed over from elsewhere must not read files outside its folder."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a shipped recipe name or a file name, got {base!r}")
+    written = path.parent / os.path.expanduser(base)
+    real = written.resolve()
+    if real != folder and folder not in real.parents:
+        lexical = Path(os.path.normpath(written))
+        if lexical == folder or folder in lexical.parents:  # the path stays inside; a symlink on it leads out
+            why = f"is a symlink to {real}, outside the recipe's folder {folder}"
+        else:
+            why = f"leads outside the recipe's folder {folder}"
+        raise ConfigError(f"{path}: '{BASE_KEY}: {base}' {why}; a base must be a file in that folder (or below it) "
+                          "or a shipped recipe name")
+    if real.is_file():
+        return real, folder
+    name = base[: -len(".yaml")] if base.endswith(".yaml") else base
+    if Path(base).name == base and name in list_recipes():
+        shipped = resolve_recipe(name).resolve()
+        return shipped, shipped.parent
+    close = difflib.get_close_matches(name, list_recipes(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"{path}: '{BASE_KEY}: {base}' is neither a file in {path.parent} nor a shipped recipe{hint}")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -99,17 +195,25 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["optim.lr=1e-3", "trainer.max_steps=10"]`` -> nested dict; values parsed as YAML scalars."""
+    """``["optim.lr=1e-3", "trainer.max_steps=10"]`` -> nested dict; values parsed as YAML scalars.
+
+    Overrides apply in command-line order, each over the ones before it, so a key given twice takes the
+    last value (``optim.lr=1 optim.lr=2``: 2), as argparse does with a repeated option: appending an
+    override to a command changes that one value. A mapping value merges key by key
+    (``optim.lr=1 optim={momentum: 0.8}`` keeps the LR).
+    """
     tree: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         dotted, text = item.split("=", 1)
-        keys = dotted.strip().split(".")
+        keys = [k.strip() for k in dotted.strip().split(".")]
         if not all(keys):
             raise ConfigError(f"override '{item}': empty key in '{dotted}'")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _load_yaml(text) if text.strip() else None
+        except _DuplicateKey as exc:
+            raise ConfigError(f"override '{item}': key '{exc.dotted}' is written twice in the value") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from exc
         node = tree
@@ -117,7 +221,10 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}' conflicts with an earlier override of '{key}'")
-        node[keys[-1]] = value
+        last = keys[-1]
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            value = deep_merge(node[last], value)
+        node[last] = value
     return tree
 
 
@@ -138,11 +245,18 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | t
         named_here = isinstance(over.get("method"), dict) and "name" in over["method"]
         _check_method_name(method_name, OVERRIDE_SOURCE if named_here else source)
         try:
-            _build(Recipe, over, OVERRIDE_SOURCE, "", method_name)
+            with cross_checks(False):  # a rule between an override and the file is judged on the merged recipe
+                _build(Recipe, over, OVERRIDE_SOURCE, "", method_name)
         except _BadValue as exc:
             raise ConfigError(_override_message(exc, overrides)) from None
         raw = deep_merge(raw, over)
-    return from_dict(raw, source)
+    try:
+        return from_dict(raw, source)
+    except _BadValue as exc:
+        if not (overrides and exc.cross):
+            raise
+        # both sides of the rule may come from either place
+        raise _BadValue(exc.dotted, f"{source} with the command-line overrides", exc.value, exc.expected) from None
 
 
 def _override_message(exc: _BadValue, overrides: list[str] | tuple[str, ...]) -> str:
@@ -207,10 +321,24 @@ def _build(cls: type, tree: dict[str, Any], source: str, prefix: str, method_nam
         if key not in fields:
             raise ConfigError(_unknown_key_message(dotted, source, list(fields), prefix))
         kwargs[key] = _coerce(value, hints[key], dotted, source, method_name)
-        bound = fields[key].metadata.get("bound")
-        if isinstance(bound, Bound) and isinstance(kwargs[key], (int, float)) and not bound.accepts(kwargs[key]):
-            raise _BadValue(dotted, source, value, bound.describe())
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)  # the section checks its bounds and rules (config/bounds.py)
+    except FieldError as exc:
+        raise _BadValue(f"{prefix}{exc.name}", source, _as_written(tree, exc), exc.expected_with(prefix),
+                        cross=exc.cross) from None
+
+
+def _as_written(tree: dict[str, Any], exc: FieldError) -> Any:
+    """The value of the field ``exc`` names as the recipe wrote it (``0`` rather than the ``0.0`` it became),
+    or the checked value when the recipe did not write it (a default in a cross-field rule)."""
+    match = re.fullmatch(r"(\w+)(?:\[(\d+)\])?", exc.name)
+    if match is None or match.group(1) not in tree:
+        return exc.value
+    value = tree[match.group(1)]
+    if match.group(2) is not None:
+        i = int(match.group(2))
+        return value[i] if isinstance(value, (list, tuple)) and i < len(value) else exc.value
+    return value
 
 
 def _coerce(value: Any, hint: Any, dotted: str, source: str, method_name: str) -> Any:

@@ -9,13 +9,22 @@ table, so this package holds only the shared sections and no list of methods.
 from __future__ import annotations
 
 from dataclasses import dataclass, is_dataclass
+from typing import ClassVar
+
+from tubelet.config.bounds import Checked
 
 _METHOD_CONFIGS: dict[str, type["MethodConfig"]] = {}
 
 
 @dataclass
-class MethodConfig:
-    """Base of every method section; ``name`` selects the registered subclass."""
+class MethodConfig(Checked):
+    """Base of every method section; ``name`` selects the registered subclass. Numeric fields are declared
+    with ``tubelet.config.bounds.bounded`` so that their range is checked when the section is built."""
+
+    SECTION = "method"
+    # Whether the method's loss reads the clips' class labels: then every label of the training and
+    # validation data must lie in [0, model.num_classes), which the engine checks before the first step.
+    TRAINS_ON_LABELS: ClassVar[bool] = False
 
     name: str = "supervised"
 

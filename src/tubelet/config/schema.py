@@ -3,8 +3,9 @@
 A recipe is a YAML file with five sections (``model``, ``data``, ``method``, ``optim``, ``trainer``)
 plus ``seed`` and ``run_dir``. Every section is a dataclass; ``config.loader`` validates YAML against
 them and rejects unknown keys, values outside a ``Literal`` and numbers outside a field's
-:class:`Bound` (a batch of -4 videos fails at load, naming the key, not deep inside a DataLoader). This
-file holds the shared sections only: the ``method`` section is polymorphic, its ``name`` picks the
+:class:`~tubelet.config.bounds.Bound` (a batch of -4 videos fails at load, naming the key, not deep
+inside a DataLoader). Every number has a bound, and the sections check them when they are built, in
+Python as from YAML (``config/bounds.py``). This file holds the shared sections only: the ``method`` section is polymorphic, its ``name`` picks the
 dataclass that the method declared beside itself and registered (``config.registry``).
 """
 
@@ -13,7 +14,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tubelet.config.bounds import (
+    FRACTION,
+    MAX_STEPS,
+    NONNEGATIVE,
+    POSITIVE,
+    POSITIVE_REAL,
+    PROBABILITY_BELOW_ONE,
+    REAL,
+    SEED,
+    UNIT_HALF_OPEN,
+    UNIT_OPEN,
+    Bound,
+    Checked,
+    bounded,
+)
 from tubelet.config.registry import MethodConfig, default_method_config
+
+__all__ = [
+    "AugmentConfig", "Bound", "DataConfig", "ModelConfig", "OptimConfig", "Recipe", "RhoConfig", "SyntheticConfig",
+    "TrainerConfig", "bounded",
+]
 
 
 DataKind = Literal["synthetic", "manifest", "folders", "frames", "images"]
@@ -21,54 +42,11 @@ DataKind = Literal["synthetic", "manifest", "folders", "frames", "images"]
 Precision = Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 
 
-@dataclass(frozen=True)
-class Bound:
-    """The range a number field accepts, checked by the loader (``config.loader``) whatever the source.
-
-    ``low`` and ``high`` are inclusive unless ``open_low`` / ``open_high``; ``also`` is one value outside the
-    range that still has a meaning (``trainer.max_steps=-1``: no step limit), which ``note`` explains.
-    """
-
-    low: float
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    also: float | None = None
-    note: str = ""
-
-    def accepts(self, value: float) -> bool:
-        if self.also is not None and value == self.also:
-            return True
-        above = value > self.low if self.open_low else value >= self.low
-        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        if self.high is not None:
-            text = f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
-        elif self.open_low:
-            text = f"greater than {self.low:g}"
-        else:
-            text = f"at least {self.low:g}"
-        return text + (f" (or {self.also:g}: {self.note})" if self.also is not None else "")
-
-
-POSITIVE = Bound(1)  # sizes and counts: at least one
-NONNEGATIVE = Bound(0)
-POSITIVE_REAL = Bound(0, open_low=True)
-FRACTION = Bound(0, 1)
-PROBABILITY_BELOW_ONE = Bound(0, 1, open_high=True)
-MAX_STEPS = Bound(1, also=-1, note="no step limit, trainer.max_epochs ends training")
-
-
-def bounded(default: Any, bound: Bound) -> Any:
-    """A dataclass field with ``default`` whose values the loader checks against ``bound``."""
-    return field(default=default, metadata={"bound": bound})
-
-
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """Which backbone to build (a name from ``tubelet.list_models()``) and how."""
+
+    SECTION = "model"
 
     name: str = "vit_tiny"
     num_classes: int = bounded(400, NONNEGATIVE)  # 0: no classification head (pre-training)
@@ -81,51 +59,72 @@ class ModelConfig:
     checkpoint: str | None = None
 
 
+# The synthetic renderer knows eight motions (``tubelet.data.synthetic.MOTIONS``); a class needs another
+# to be told apart from.
+SYNTHETIC_CLASSES = Bound(2, 8)
+
+
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(Checked):
     """Procedural video set (``tubelet.data.synthetic``); classes differ only in the main object's motion."""
 
+    SECTION = "data.synthetic"
+
     num_videos: int = bounded(512, POSITIVE)  # clips over all splits; clip i is a pure function of (seed, i)
-    num_classes: int = 8  # the first K of move_left/right/up/down, rotate_cw/ccw, grow, shrink
+    num_classes: int = bounded(8, SYNTHETIC_CLASSES)  # the first K of move_left/right/up/down, rotate_cw/ccw, grow, shrink
     classes: list[str] = field(default_factory=list)  # explicit motion names (overrides the first-K rule)
     frames: int = bounded(16, POSITIVE)  # rendered frames per clip
     size: int = bounded(64, POSITIVE)  # rendered frame side in pixels (data.crop_size crops are taken from it)
     fps: int = bounded(8, POSITIVE)
-    seed: int = 0
+    seed: int = bounded(0, SEED)
     val_fraction: float = bounded(0.125, FRACTION)
     test_fraction: float = bounded(0.125, FRACTION)
     min_objects: int = bounded(1, POSITIVE)  # object 0 carries the label; the others are smaller distractors
     max_objects: int = bounded(3, POSITIVE)
-    min_radius: float = 0.12  # main-object radius range, fraction of size (log-uniform, wrapped)
-    max_radius: float = 0.24
-    speed: list[float] = field(default_factory=lambda: [0.04, 0.07])  # translation, fraction of size per frame
-    spin: list[float] = field(default_factory=lambda: [12.0, 20.0])  # rotation, degrees per frame
-    growth: list[float] = field(default_factory=lambda: [0.06, 0.09])  # log-radius change per frame
-    pan_speed: float = 0.03  # background (camera) pan, fraction of size per frame, random direction
+    # main-object radius range, fraction of size (log-uniform, wrapped: so min < max)
+    min_radius: float = bounded(0.12, UNIT_HALF_OPEN)
+    max_radius: float = bounded(0.24, UNIT_HALF_OPEN)
+    # [low, high] ranges drawn per object; the class gives the direction, so they are magnitudes
+    speed: list[float] = bounded([0.04, 0.07], NONNEGATIVE, length=2, ordered=True)  # translation, fraction of size per frame
+    spin: list[float] = bounded([12.0, 20.0], NONNEGATIVE, length=2, ordered=True)  # rotation, degrees per frame
+    growth: list[float] = bounded([0.06, 0.09], NONNEGATIVE, length=2, ordered=True)  # log-radius change per frame
+    pan_speed: float = bounded(0.03, NONNEGATIVE)  # background (camera) pan, fraction of size per frame, random direction
     noise: float = bounded(0.02, NONNEGATIVE)  # per-pixel sensor noise (std, on [0, 1] values)
 
+    def _cross_rules(self):
+        if self.min_objects > self.max_objects:
+            yield "min_objects", self.min_objects, f"at most {{prefix}}max_objects ({self.max_objects})"
+        if self.min_radius >= self.max_radius:
+            yield "min_radius", self.min_radius, f"less than {{prefix}}max_radius ({self.max_radius:g})"
+        if self.val_fraction + self.test_fraction >= 1:
+            yield ("test_fraction", self.test_fraction,
+                   f"less than 1 - {{prefix}}val_fraction ({1 - self.val_fraction:g}), to leave training clips")
+
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Training-time transforms; all drawn once per clip."""
 
-    short_side: list[int] = field(default_factory=lambda: [256, 320])
-    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    SECTION = "data.augment"
+
+    # short-side jitter [low, high] (one value: fixed), used when random_resized_crop is off
+    short_side: list[int] = bounded([256, 320], POSITIVE, length=(1, 2), ordered=True)
+    rrc_scale: list[float] = bounded([0.08, 1.0], UNIT_HALF_OPEN, length=2, ordered=True)  # crop area, fraction of the frame
+    rrc_ratio: list[float] = bounded([0.75, 1.3333333], POSITIVE_REAL, length=2, ordered=True)  # crop aspect ratio
     random_resized_crop: bool = True
-    hflip: float = 0.5
-    color_jitter: float = 0.0
-    grayscale: float = 0.0
-    blur: float = 0.0
+    hflip: float = bounded(0.5, FRACTION)  # probability
+    color_jitter: float = bounded(0.0, NONNEGATIVE)  # strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s)
+    grayscale: float = bounded(0.0, FRACTION)  # probability
+    blur: float = bounded(0.0, FRACTION)  # probability
     randaugment: str | None = None  # e.g. "rand-m7-n4-mstd0.5-inc1"
-    random_erasing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    label_smoothing: float = 0.0
+    random_erasing: float = bounded(0.0, FRACTION)  # probability
+    mixup_alpha: float = bounded(0.0, NONNEGATIVE)  # Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = bounded(0.0, NONNEGATIVE)
+    label_smoothing: float = bounded(0.0, PROBABILITY_BELOW_ONE)  # 1 would make every target uniform
 
 
 @dataclass
-class RhoConfig:
+class RhoConfig(Checked):
     """Multi-clip views for self-supervised pre-training (rho-SSL, arXiv 2104.14558; data/rho.py).
 
     ``clips`` = rho > 0 replaces the train split by rho clips per video (``data.clip_max_span`` bounds their
@@ -133,20 +132,24 @@ class RhoConfig:
     asymmetric views of arXiv 2204.00613 (source = the branch with gradients, target = the key branch).
     """
 
+    SECTION = "data.rho"
+
     clips: int = bounded(0, NONNEGATIVE)  # rho; 0 = off
     target_augment: AugmentConfig | None = None  # AsymAug: weak pipeline for the target views
     small_crops: int = bounded(0, NONNEGATIVE)  # MultiCrop: small source crops per clip
     small_size: int = bounded(96, POSITIVE)
-    small_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    small_scale: list[float] = bounded([0.05, 0.14], UNIT_HALF_OPEN, length=2, ordered=True)
     mix_views: bool = False  # ScaleMix: a second source view per clip to mix with
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """Where clips come from and how they are sampled.
 
     ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``.
     """
+
+    SECTION = "data"
 
     kind: DataKind = "synthetic"
     train: str | None = None  # manifest path or root folder
@@ -158,11 +161,12 @@ class DataConfig:
     target_fps: float = bounded(30.0, POSITIVE_REAL)
     crop_size: int = bounded(224, POSITIVE)
     test_short_side: int = bounded(256, POSITIVE)
-    mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
-    std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
+    # per RGB channel, on [0, 1] pixel values
+    mean: list[float] = bounded([0.45, 0.45, 0.45], REAL, length=3)
+    std: list[float] = bounded([0.225, 0.225, 0.225], POSITIVE_REAL, length=3)
     repeated_sampling: int = bounded(1, POSITIVE)  # clips per decoded video (MAE-ST r)
     test_clips: int = bounded(1, POSITIVE)  # multi-view testing: temporal clips ...
-    test_crops: int = bounded(1, POSITIVE)  # ... x spatial crops
+    test_crops: Literal[1, 3] = 1  # ... x spatial crops (1: centre, 3: left/centre/right)
     batch_size: int = bounded(8, POSITIVE)  # videos per step per process
     num_workers: int = bounded(0, NONNEGATIVE)
     decoder: Literal["pyav", "torchcodec", "auto"] = "pyav"
@@ -181,29 +185,38 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Checked):
+    SECTION = "optim"
+
     name: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float | None = bounded(None, POSITIVE_REAL)  # absolute LR; when None, base_lr * (videos per step) / 256
     base_lr: float = bounded(1e-3, POSITIVE_REAL)
     min_lr: float = bounded(1e-6, NONNEGATIVE)
     warmup_lr: float = bounded(1e-6, NONNEGATIVE)
     weight_decay: float = bounded(0.05, NONNEGATIVE)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.9  # SGD / LARS
+    betas: list[float] = bounded([0.9, 0.999], PROBABILITY_BELOW_ONE, length=2)  # AdamW
+    momentum: float = bounded(0.9, PROBABILITY_BELOW_ONE)  # SGD / LARS
     warmup_steps: int = bounded(0, NONNEGATIVE)
     schedule: Literal["cosine", "constant"] = "cosine"
     clip_grad: float | None = bounded(None, POSITIVE_REAL)
-    layer_decay: float | None = None
-    ema_decay: float | None = None
+    layer_decay: float | None = bounded(None, UNIT_HALF_OPEN)  # LR x decay^(depth - layer); 1 = none
+    ema_decay: float | None = bounded(None, UNIT_OPEN)
+
+
+# trainer.devices: a count, or -1 for every device of the accelerator (a string such as "auto" or "0,1"
+# is passed to Lightning as it is)
+DEVICES = Bound(1, also=-1, note="every device the accelerator has")
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(Checked):
+    SECTION = "trainer"
+
     max_steps: int = bounded(100, MAX_STEPS)
     max_epochs: int | None = bounded(None, POSITIVE)
     precision: Precision = "32-true"
     accelerator: str = "auto"
-    devices: int | str = 1
+    devices: int | str = bounded(1, DEVICES)
     num_nodes: int = bounded(1, POSITIVE)
     strategy: str = "auto"  # auto | ddp | fsdp
     accumulate_grad_batches: int = bounded(1, POSITIVE)
@@ -219,13 +232,18 @@ class TrainerConfig:
     max_skipped_steps: int = bounded(10, NONNEGATIVE)
     enable_progress_bar: bool = True
 
+    def _cross_rules(self):
+        if self.max_steps == -1 and self.max_epochs is None:
+            # Lightning would then train without end
+            yield "max_epochs", None, "set when {prefix}max_steps is -1 (no step limit)"
+
 
 @dataclass
-class Recipe:
+class Recipe(Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=default_method_config)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    seed: int = 0
+    seed: int = bounded(0, SEED)
     run_dir: str = "runs/default"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
-from tubelet.config.schema import DataConfig
+from tubelet.config.schema import DataConfig, Recipe
 from tubelet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -160,6 +160,61 @@ def source_samples(
                 raise
             row_errors.append((s.source, str(exc)))
     return kept, lmap
+
+
+def dataset_samples(dataset: Dataset | None) -> list[Sample] | None:
+    """The :class:`Sample` rows behind a dataset (a wrapper's, such as the rho views', from its ``base``;
+    a ``Subset``'s, those it selects), or None for a dataset that has none (one built by hand)."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = dataset_samples(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    for ds in (dataset, getattr(dataset, "base", None)):
+        samples = getattr(ds, "samples", None)
+        if isinstance(samples, list):
+            return samples
+    return None
+
+
+def check_dataset_labels(dataset: Dataset | None, num_classes: int, what: str) -> None:
+    """:class:`~tubelet.errors.DataError` naming the first sample (its manifest line, class folder or
+    synthetic index) whose label is outside ``[0, num_classes)``; ``what`` says where the count comes from."""
+    from tubelet.data.datasets.labels import check_labels
+
+    samples = dataset_samples(dataset)
+    if samples:
+        check_labels(samples, int(num_classes), what)
+
+
+def check_run_labels(recipe: Recipe, dataset: Dataset | None, train: Dataset | None = None) -> None:
+    """For a method that trains on labels (``MethodConfig.TRAINS_ON_LABELS``): every label of ``dataset``
+    must be a class of the model's head, checked when the dataset is built, before any step runs (else an
+    ``IndexError`` inside the loss, or a silently wrong one-hot, many steps in). A dataset with class
+    names must have ``model.num_classes`` of them; ``train``: the training set, whose class names a
+    validation set must share (each split's names are sorted on their own without ``data.label_map``,
+    so one class more or less would shift every id after it)."""
+    if dataset is None or not getattr(recipe.method, "TRAINS_ON_LABELS", False):
+        return
+    k = recipe.model.num_classes
+    split = "training" if train is None else "validation"
+    names = _class_names(dataset)
+    if names and len(names) != k:
+        raise ConfigError(f"model.num_classes={k} but the {split} set has {len(names)} classes")
+    theirs = _class_names(train) if train is not None else None
+    if names and theirs and names != theirs:
+        i = next(i for i, (a, b) in enumerate(zip(names, theirs)) if a != b)
+        raise ConfigError(f"the validation set's class {i} is '{names[i]}' but the training set's is '{theirs[i]}': "
+                          "set data.label_map so that both splits share one label map")
+    check_dataset_labels(dataset, k, f"model.num_classes={k}")
+
+
+def _class_names(dataset: Dataset | None) -> list[str] | None:
+    for ds in (dataset, getattr(dataset, "base", None), getattr(dataset, "dataset", None)):
+        names = getattr(ds, "class_names", None)
+        if names:
+            return list(names)
+    return None
 
 
 def build_rho_dataset(cfg: DataConfig, split: str = "train", seed: int = 0, cache: dict | None = None) -> Dataset:

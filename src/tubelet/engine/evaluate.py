@@ -102,6 +102,11 @@ def evaluate(
         dataset = build_dataset(recipe.data, "test")
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise TubeletError("the test dataset is empty")
+    from tubelet.data.builder import check_dataset_labels
+
+    # a label past the head would fall outside the confusion matrix: named now, with its row
+    k = int(getattr(method, "num_classes", recipe.model.num_classes))
+    check_dataset_labels(dataset, k, f"model.num_classes={k}")
     method.eval().to(device)
     out = dataset_view_scores(recipe, method, dataset, device, batch_size)
     bad = out["bad"]

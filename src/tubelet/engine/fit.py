@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from tubelet.config.loader import dump_recipe
 from tubelet.config.schema import Recipe
+from tubelet.data.builder import check_run_labels
 from tubelet.data.datasets.base import FailureTracker
 from tubelet.data.transforms import build_device_transform
 from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete
@@ -189,6 +190,7 @@ def _fit(
         datasets = {"train": build_dataset(recipe.data, "train", seed=recipe.seed)}
     if "train" not in datasets or datasets["train"] is None:
         raise ConfigError("fit needs a 'train' dataset")
+    check_run_labels(recipe, datasets["train"])  # a label outside the head: one line now, not an IndexError later
     if method is None:
         from tubelet.methods import build_method
 
@@ -198,6 +200,7 @@ def _fit(
 
         datasets = {**datasets, "val": build_dataset(recipe.data, "val", seed=recipe.seed)}
     val = datasets.get("val")
+    check_run_labels(recipe, val, datasets["train"])
     if val is not None and len(val) == 0:  # type: ignore[arg-type]
         val = None
     tracker = FailureTracker(len(datasets["train"]), recipe.data.max_failure_fraction)  # type: ignore[arg-type]

@@ -119,4 +119,9 @@ def monitor_from_recipe(recipe: Any) -> KNNMonitor | None:
     memory, test = knn_datasets(recipe.data, m.knn_max_train, recipe.seed)
     names = getattr(test, "class_names", None)
     num_classes = len(names) if names else recipe.model.num_classes
+    from tubelet.data.builder import check_dataset_labels
+
+    for ds in (memory, test):  # a vote for a class past the table would raise at the first kNN pass
+        check_dataset_labels(ds, num_classes, f"the kNN monitor's {num_classes} classes"
+                             if names else f"model.num_classes={num_classes}, the kNN monitor's classes")
     return KNNMonitor(memory, test, num_classes, int(every), m.knn_k, m.knn_temperature, recipe.data.batch_size)

@@ -52,6 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from tubelet.config.bounds import NONNEGATIVE, POSITIVE, POSITIVE_REAL, PROBABILITY_BELOW_ONE, bounded
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
 from tubelet.core.batch import Batch
@@ -74,28 +75,29 @@ class ContrastiveConfig(MethodConfig):
 
     name: str = "contrastive"
     framework: Literal["simclr", "moco", "byol", "swav"] = "byol"
-    temperature: float | None = None  # 0.1 (simclr, moco, swav)
-    proj_dim: int | None = None  # moco/simclr/swav 128, byol 256
-    proj_hidden: int | None = None  # 2048 (byol 4096)
-    proj_layers: int | None = None  # 3 (byol 2)
+    temperature: float | None = bounded(None, POSITIVE_REAL)  # 0.1 (simclr, moco, swav)
+    proj_dim: int | None = bounded(None, POSITIVE)  # moco/simclr/swav 128, byol 256
+    proj_hidden: int | None = bounded(None, POSITIVE)  # 2048 (byol 4096)
+    proj_layers: int | None = bounded(None, POSITIVE)  # 3 (byol 2)
     proj_bn: bool | Literal["first"] | None = None  # all but moco; "first": BN after the first Linear only
-    pred_hidden: int | None = None  # byol 4096
-    pred_layers: int | None = None  # byol 2, others 0 (no predictor)
-    momentum: float | None = None  # m0: moco 0.994, byol 0.996 (cosine to 1); simclr/swav share the encoder
+    pred_hidden: int | None = bounded(None, NONNEGATIVE)  # byol 4096; 0 with pred_layers 0
+    pred_layers: int | None = bounded(None, NONNEGATIVE)  # byol 2, others 0 (no predictor)
+    # m0: moco 0.994, byol 0.996 (cosine to 1); simclr/swav share the encoder. 1 would freeze the target.
+    momentum: float | None = bounded(None, PROBABILITY_BELOW_ONE)
     momentum_schedule: Literal["cosine", "constant"] = "cosine"
-    queue_size: int = 65536  # moco
-    num_prototypes: int = 1000  # swav
-    sinkhorn_iters: int = 3
-    sinkhorn_eps: float = 0.05
-    freeze_prototypes_steps: int | None = None  # swav; None = one epoch (the run's steps per epoch)
-    steps_per_epoch: int | None = None  # None: the run's (from the training set's size)
-    total_steps: int | None = None  # momentum schedule length; None = the run's total steps
+    queue_size: int = bounded(65536, POSITIVE)  # moco
+    num_prototypes: int = bounded(1000, POSITIVE)  # swav
+    sinkhorn_iters: int = bounded(3, POSITIVE)
+    sinkhorn_eps: float = bounded(0.05, POSITIVE_REAL)
+    freeze_prototypes_steps: int | None = bounded(None, NONNEGATIVE)  # swav; None = one epoch (the run's steps per epoch)
+    steps_per_epoch: int | None = bounded(None, POSITIVE)  # None: the run's (from the training set's size)
+    total_steps: int | None = bounded(None, POSITIVE)  # momentum schedule length; None = the run's total steps
     asym_bn: bool = False  # AsymBN: target projector BN over all views (and SyncBN across processes) only
     mean_enc: bool = False  # MeanEnc: target = mean of the other clips' embeddings, then normalised
-    knn_every_n_steps: int | None = None  # kNN monitor (eval/knn.py); None = off, 0 = at the end only
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_max_train: int = 2048  # memory-bank videos (first N of the train split)
+    knn_every_n_steps: int | None = bounded(None, NONNEGATIVE)  # kNN monitor (eval/knn.py); None = off, 0 = at the end only
+    knn_k: int = bounded(20, POSITIVE)
+    knn_temperature: float = bounded(0.07, POSITIVE_REAL)
+    knn_max_train: int = bounded(2048, POSITIVE)  # memory-bank videos (first N of the train split)
 
 # Paper values (METHODS.md Sec. 4; REFERENCE_NUMBERS.md Sec. E) filled in for ``None`` config fields.
 FRAMEWORK_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -33,6 +33,8 @@ FEATURE_NORMS = ("layernorm", "none")
 class LinearProbeConfig(MethodConfig):
     """Frozen backbone + linear classifier on mean-pooled tokens."""
 
+    TRAINS_ON_LABELS = True
+
     name: str = "linear_probe"
     feature_norm: Literal["layernorm", "none"] = "layernorm"  # layernorm: parameter-free standardisation
 

@@ -35,12 +35,13 @@ visible ones, as MAE's reference code does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from tubelet.config.bounds import NONNEGATIVE, POSITIVE, UNIT_OPEN, bounded
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
 from tubelet.core.batch import Batch
@@ -67,14 +68,19 @@ class MAESTConfig(MethodConfig):
     """The ``method`` section of MAE-ST pre-training."""
 
     name: str = "mae_st"
-    mask_ratio: float = 0.9
+    mask_ratio: float = bounded(0.9, UNIT_OPEN)  # 0 would leave nothing to reconstruct, 1 nothing to see
     mask_type: Literal["random", "tube", "frame", "cube"] = "random"
-    decoder_dim: int = 512
-    decoder_depth: int = 4
-    decoder_heads: int = 8  # SlowFast's MAE decoder; mae_st uses 16 (same FLOPs, slower attention on CPU)
-    mask_block: list[int] = field(default_factory=lambda: [2, 2, 2])  # cube masking: (t, h, w) tokens
+    decoder_dim: int = bounded(512, POSITIVE)
+    decoder_depth: int = bounded(4, NONNEGATIVE)  # 0: the prediction layer right after the encoder
+    decoder_heads: int = bounded(8, POSITIVE)  # SlowFast's MAE decoder; mae_st uses 16 (same FLOPs, slower attention on CPU)
+    mask_block: list[int] = bounded([2, 2, 2], POSITIVE, length=3)  # cube masking: (t, h, w) tokens
     norm_pix_loss: bool = True
     target_frames: Literal["first", "cube"] = "first"  # see MAEST.__init__
+
+    def _cross_rules(self):
+        if self.decoder_dim % self.decoder_heads:
+            yield ("decoder_heads", self.decoder_heads,
+                   f"a divisor of {{prefix}}decoder_dim ({self.decoder_dim}): each head takes an equal share")
 
 
 def _cube_view(video: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:

@@ -41,12 +41,13 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from tubelet.config.bounds import POSITIVE, UNIT_OPEN, bounded
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
 from tubelet.core.batch import Batch
@@ -65,13 +66,13 @@ class MaskFeatConfig(MethodConfig):
     """The ``method`` section of MaskFeat pre-training."""
 
     name: str = "maskfeat"
-    mask_ratio: float = 0.4
+    mask_ratio: float = bounded(0.4, UNIT_OPEN)  # 0 would leave nothing to predict, 1 nothing to see
     mask_type: Literal["cube", "tube", "frame", "block"] = "cube"  # block: images (BEiT)
-    mask_unit: list[int] = field(default_factory=lambda: [1, 2, 2])  # output tokens per mask unit (t, h, w)
+    mask_unit: list[int] = bounded([1, 2, 2], POSITIVE, length=3)  # output tokens per mask unit (t, h, w)
     target: Literal["hog", "pixel_norm", "pixel"] = "hog"
-    hog_bins: int = 9
-    hog_cell: int = 8  # pixels per HOG cell side
-    target_frame_stride: int = 2  # targets use frames 0, s, 2s, ... (the first frame of each 2-frame cube)
+    hog_bins: int = bounded(9, POSITIVE)
+    hog_cell: int = bounded(8, POSITIVE)  # pixels per HOG cell side
+    target_frame_stride: int = bounded(2, POSITIVE)  # targets use frames 0, s, 2s, ... (the first frame of each 2-frame cube)
 NORM_PIX_EPS = 1e-6
 Grid = tuple[int, int, int]
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tubelet.config.bounds import PROBABILITY_BELOW_ONE, bounded
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
 from tubelet.core.batch import Batch
@@ -74,8 +75,10 @@ class Supervised(nn.Module):
 
 @dataclass
 class SupervisedConfig(MethodConfig):
+    TRAINS_ON_LABELS = True
+
     name: str = "supervised"
-    head_dropout: float = 0.0
+    head_dropout: float = bounded(0.0, PROBABILITY_BELOW_ONE)
 
 
 @register_method("supervised", SupervisedConfig)

@@ -1,7 +1,11 @@
-"""Label maps: class names <-> integer ids.
+"""Label maps: class names <-> integer ids, and the check that every sample's label is a class.
 
 Accepted files: ``labels.txt`` (one name per line, id = line number from 0; blank lines ignored),
-JSON ``["name0", "name1", ...]`` or JSON ``{"name": id, ...}`` (ids must be 0..K-1, each once).
+JSON ``["name0", "name1", ...]`` or JSON ``{"name": id, ...}`` (integer ids 0..K-1, each once).
+
+A label outside ``[0, K)`` would otherwise surface as an ``IndexError`` inside the loss (or, for a
+one-hot or a confusion matrix, as a silently wrong count) many steps into a run; :func:`label_errors`
+finds every such sample up front, named by where it was written (``train.csv:7``).
 """
 
 from __future__ import annotations
@@ -9,11 +13,38 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
 
 from tubelet.errors import DataError
 
-__all__ = ["LabelMap", "load_label_map"]
+if TYPE_CHECKING:
+    from tubelet.data.datasets.base import Sample
+
+__all__ = ["LabelMap", "check_labels", "label_errors", "label_range_message", "load_label_map"]
+
+
+def label_range_message(where: str, label: int, num_classes: int, what: str) -> str:
+    """``train.csv:7: label 12 is outside [0, 10) (model.num_classes=10)``."""
+    return f"{where}: label {label} is outside [0, {num_classes}) ({what})"
+
+
+def label_errors(samples: Sequence["Sample"], num_classes: int) -> list[int]:
+    """Indices of the samples whose label is outside ``[0, num_classes)``: one pass over a label array, so
+    a manifest of millions of rows costs well under a second."""
+    labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
+    return np.flatnonzero((labels < 0) | (labels >= num_classes)).tolist()
+
+
+def check_labels(samples: Sequence["Sample"], num_classes: int, what: str) -> None:
+    """:class:`DataError` naming the first sample whose label is outside ``[0, num_classes)`` (and how many
+    there are), before any of them reaches a loss."""
+    bad = label_errors(samples, num_classes)
+    if bad:
+        s = samples[bad[0]]
+        more = f" ({len(bad)} of {len(samples)} samples have such labels)" if len(bad) > 1 else ""
+        raise DataError(label_range_message(s.source or s.path, s.label, num_classes, what) + more)
 
 
 class LabelMap:
@@ -74,10 +105,10 @@ def load_label_map(path: str | os.PathLike) -> LabelMap:
         if isinstance(obj, list):
             return LabelMap(obj)
         if isinstance(obj, dict):
-            try:
-                pairs = sorted((int(v), str(k)) for k, v in obj.items())
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"label map '{p}': ids must be integers ({exc})") from exc
+            for k, v in obj.items():
+                if isinstance(v, bool) or not isinstance(v, int):  # int(2.7) would quietly give 2
+                    raise DataError(f"label map '{p}': the id of '{k}' must be an integer, got {json.dumps(v)}")
+            pairs = sorted((v, str(k)) for k, v in obj.items())
             ids = [i for i, _ in pairs]
             if ids != list(range(len(ids))):
                 raise DataError(f"label map '{p}': ids must be 0..{len(ids) - 1}, each once; got {ids[:10]}...")

@@ -5,7 +5,9 @@ decimal or ``num/den``) and ``caption``. JSONL has one object per line with the 
 lists (PyTorchVideo / mmaction2 style) have one ``relative/path.mp4 3`` per line: the path, a space
 and an integer label. The Kinetics CSV names clips by YouTube id and time (``kinetics.py``).
 Labels are integer ids, or class names mapped through ``data.label_map`` (or, without one, sorted
-unique names). Relative paths are resolved under ``data.root`` when set, else next to the manifest.
+unique names). A label that is neither (``3.5``, ``true``), a negative id, an id past the end of the
+label map, or an id among rows that name their classes without a label map (where ids come from the
+names' order, so an id would mean nothing definite) is a bad row named by its line. Relative paths are resolved under ``data.root`` when set, else next to the manifest.
 With ``data.root`` set, no path may lie outside it: symlinks inside the root are followed, and a
 row whose path leads out (``..``, an absolute path elsewhere, a symlink to outside the root) is
 refused with a :class:`~tubelet.errors.DataError` naming it (``datasets/paths.py``).
@@ -17,6 +19,8 @@ import codecs
 import csv
 import json
 import os
+import re
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from tubelet.data.datasets.kinetics import (
     kinetics_candidates,
 )
 from tubelet.data.datasets.folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from tubelet.data.datasets.labels import LabelMap, load_label_map
+from tubelet.data.datasets.labels import LabelMap, label_range_message, load_label_map
 from tubelet.data.datasets.paths import resolve_under_root
 from tubelet.errors import DataError
 
@@ -78,7 +82,38 @@ def _seconds(value: Any, where: str, key: str) -> Fraction | None:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and _INT.fullmatch(v.strip()) is not None)
+
+
+_INT = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _label_token(lab: Any) -> int | str | None:
+    """An integer id (``3``, ``"3"``), a class name (``"walk"``), or None for a value that is neither: a
+    bool, a float, a number that is not whole (``"3.5"``, ``"1e3"``), a JSON list or object."""
+    if isinstance(lab, bool):
+        return None
+    if isinstance(lab, int):
+        return lab
+    if isinstance(lab, str):
+        text = lab.strip()
+        if _INT.fullmatch(text):
+            return int(text)
+        return None if _NUMBER.fullmatch(text) else text
+    return None
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """How a manifest's labels become ids: ``lmap`` for names; ``bound`` (and ``what`` it comes from) for
+    integer ids, None when only negatives can be told wrong; ``named``: ``(name, where)`` of the first
+    class-name label when the map was made from the names themselves (then no id may appear)."""
+
+    lmap: LabelMap | None
+    bound: int | None
+    what: str
+    named: tuple[str, str] | None
 
 
 def _jsonl_rows(path: Path, lines: list[str]) -> list[tuple[str, dict]]:
@@ -172,16 +207,22 @@ def read_manifest(
         raise DataError(bad[0][1])
     lmap = load_label_map(label_map) if isinstance(label_map, (str, os.PathLike)) else label_map
     # class names map to ids from every row, so the ids do not depend on which files are present
-    names = [str(r.get("label")).strip() for _, r in raw if r.get("label") is not None and not _is_int(r.get("label"))]
-    if names and lmap is None:
-        lmap = LabelMap.from_names(names)
+    named = [(tok, where) for where, r in raw if isinstance(tok := _label_token(r.get("label")), str) and tok]
+    if lmap is not None:
+        given = f"label map '{label_map}'" if isinstance(label_map, (str, os.PathLike)) else "the label map"
+        labels = _Labels(lmap, len(lmap), f"the {len(lmap)} classes of {given}", None)
+    elif named:
+        lmap = LabelMap.from_names(n for n, _ in named)
+        labels = _Labels(lmap, len(lmap), "", named[0])
+    else:
+        labels = _Labels(None, None, "", None)
     samples = []
     errors = list(bad)
     for where, r in raw:
         try:
             if fmt == "kinetics":
                 r = dict(r, path=_kinetics_path(where, r, root_p or mpath.parent, row_errors is not None))
-            samples.append(_row_sample(where, r, lmap, root_p, mpath))
+            samples.append(_row_sample(where, r, labels, root_p, mpath))
         except DataError as exc:
             if row_errors is None:
                 raise
@@ -191,6 +232,29 @@ def read_manifest(
     if not samples and row_errors is None:
         raise DataError(f"manifest '{mpath}' has no rows")
     return samples, lmap
+
+
+def _row_label(where: str, lab: Any, labels: _Labels) -> int:
+    """The class id of a row's ``label``; :class:`DataError` naming the row and what would be right."""
+    if lab is None or str(lab).strip() == "":
+        raise DataError(f"{where}: missing 'label'")
+    tok = _label_token(lab)
+    if tok is None:
+        shown = repr(lab) if isinstance(lab, str) else json.dumps(lab)
+        raise DataError(f"{where}: label {shown} is neither an integer class id nor a class name")
+    if isinstance(tok, str):
+        if labels.lmap is None or tok not in labels.lmap:
+            raise DataError(f"{where}: label '{tok}' is not in the label map")
+        return labels.lmap.id(tok)
+    if labels.named is not None:
+        name, at = labels.named
+        raise DataError(f"{where}: label {tok} is an integer id but other rows name their classes ('{name}' at {at}), "
+                        "whose ids come from the sorted names: write every label the same way, or give a label map")
+    if labels.bound is not None and not 0 <= tok < labels.bound:
+        raise DataError(label_range_message(where, tok, labels.bound, labels.what))
+    if tok < 0:
+        raise DataError(f"{where}: label {tok} is negative: class ids count from 0")
+    return tok
 
 
 def _line_of(where: str) -> int:
@@ -206,20 +270,12 @@ def _kinetics_path(where: str, r: dict, folder: Path, must_exist: bool) -> str:
     return rel
 
 
-def _row_sample(where: str, r: dict, lmap: LabelMap | None, root_p: Path | None, mpath: Path) -> Sample:
+def _row_sample(where: str, r: dict, labels: _Labels, root_p: Path | None, mpath: Path) -> Sample:
     """One manifest row as a :class:`Sample`; :class:`DataError` naming the row when it is invalid."""
     p = r.get("path")
     if p is None or str(p).strip() == "":
         raise DataError(f"{where}: missing 'path'")
-    lab = r.get("label")
-    if lab is None or str(lab).strip() == "":
-        raise DataError(f"{where}: missing 'label'")
-    if _is_int(lab):
-        label = int(lab)
-    else:
-        if lmap is None or str(lab).strip() not in lmap:
-            raise DataError(f"{where}: label '{lab}' is not in the label map")
-        label = lmap.id(str(lab).strip())
+    label = _row_label(where, r.get("label"), labels)
     start, end = _seconds(r.get("start"), where, "start"), _seconds(r.get("end"), where, "end")
     if start is not None and end is not None and end <= start:
         raise DataError(f"{where}: end ({end}) must be after start ({start})")
