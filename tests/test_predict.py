@@ -137,12 +137,16 @@ def test_fit_writes_the_train_sets_names_and_never_keeps_stale_ones(tmp_path):
     class Named(ToyVideos):
         class_names = ["a", "b", "c", "d"]
 
+    import dataclasses
+
     run = tmp_path / "run"
-    result = fit(toy_recipe(run, max_steps=2), method=ToyMethod(), datasets={"train": Named(8), "val": None})
+    recipe = toy_recipe(run, max_steps=2)
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, num_classes=4))  # the 4 names
+    result = fit(recipe, method=ToyMethod(), datasets={"train": Named(8), "val": None})
     assert (run / "labels.txt").read_text(encoding="utf-8") == "a\nb\nc\nd\n"
     assert result.paths["labels"] == run / "labels.txt"
     # the same folder reused by a run whose training set has no class names: no labels.txt is left behind
-    result = fit(toy_recipe(run, max_steps=2), method=ToyMethod(), datasets={"train": ToyVideos(8), "val": None})
+    result = fit(recipe, method=ToyMethod(), datasets={"train": ToyVideos(8), "val": None})
     assert not (run / "labels.txt").exists() and "labels" not in result.paths
 
 
