@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -94,6 +95,19 @@ def hflip_label_map(names: list[str]) -> list[int]:
         mirror = HFLIP_MOTION.get(n)
         out.append(index.get(mirror, i) if mirror is not None else i)
     return out
+
+
+def hflip_caption(caption: str) -> str:
+    """The caption of a horizontally flipped clip: the main object's mirrored motion (left <-> right,
+    clockwise <-> counterclockwise); nothing else a caption says changes under a flip."""
+    swaps = {MOTION_PHRASES[a]: MOTION_PHRASES[b] for a, b in HFLIP_MOTION.items()}
+    for phrase, mirrored in swaps.items():
+        # captions name the main object's motion once, right after it: "a red striped disc moves left ..."
+        if f" {phrase}" in caption:
+            head, _, tail = caption.partition(f" {phrase}")
+            if not tail or tail.startswith(" "):
+                return f"{head} {mirrored}{tail}"
+    return caption
 
 
 def flip_is_safe(names: list[str]) -> bool:
@@ -326,6 +340,7 @@ class SyntheticSplit:
     opener: SyntheticSource
     class_names: list[str]
     flip_labels: list[int]
+    flip_caption: Callable[[str], str] = hflip_caption
 
 
 def synthetic_split(data_cfg: DataConfig, videos: str, cache: dict[int, SyntheticClip] | None = None) -> SyntheticSplit:

@@ -125,6 +125,8 @@ class ClipDataset(Dataset):
         flip_labels: ``flip_labels[label]`` is the label of a horizontally flipped training clip, for
             label spaces that know left from right (the synthetic motions: left <-> right, clockwise
             <-> counter-clockwise); ``None``: a flip keeps the label.
+        flip_caption: the caption of a horizontally flipped training clip (the synthetic captions name
+            the motion); ``None``: a flip keeps the caption.
 
     With ``cfg.single_frame`` each clip shows one of its frames repeated over time (a random one in
     training, the middle one otherwise): the still-image baseline with the video's input shape.
@@ -142,6 +144,7 @@ class ClipDataset(Dataset):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         flip_labels: list[int] | None = None,
+        flip_caption: Callable[[str], str] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.cfg = cfg
@@ -166,6 +169,7 @@ class ClipDataset(Dataset):
         self.failures: dict[str, tuple[int, str, str]] = {}  # by path: one record per bad file
         self.single_frame = bool(getattr(cfg, "single_frame", False))
         self.flip_labels = None if flip_labels is None else torch.as_tensor(flip_labels, dtype=torch.int64)
+        self.flip_caption = flip_caption
         flips = self.train and any(getattr(t, "is_flip", False) for t in getattr(transform, "transforms", []))
         if self.flip_labels is not None and flips and not (self.decode_crop and self._crop_steps()):
             # only the crop drawn for the decoder says whether a clip was flipped
@@ -307,7 +311,10 @@ class ClipDataset(Dataset):
             out["video"] = torch.cat(views, dim=0)  # (test_clips * crops, C, T, H, W), clip-major
             out["label"] = label[0]
         if read.caption is not None:
-            out["caption"] = read.caption
+            caption = read.caption
+            if self.flip_caption is not None and read.flips is not None and len(read.flips) == 1 and read.flips[0]:
+                caption = self.flip_caption(caption)  # a mirrored clip is described mirrored, as its label
+            out["caption"] = caption
         return out
 
 

@@ -1,0 +1,245 @@
+"""FLIP (methods/flip.py): masking, the loss, the logit scale, and training over processes."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tubelet.config.loader import from_dict
+from tubelet.errors import ConfigError
+from tubelet.methods import build_method
+from tubelet.methods.flip import FLIP, FLIP_TEMPLATES, flip_loss
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_TEXT = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def tiny_recipe(tmp_path=None, **method):
+    """A video FLIP of a few thousand parameters on 8-frame 32 px synthetic clips (4x4x4 = 64 tokens)."""
+    return {
+        "model": {"name": "vit_tiny", "num_classes": 0, "num_frames": 8, "img_size": 32,
+                  "overrides": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "pos_embed": "sincos",
+                                "class_token": False}},
+        "data": {"kind": "synthetic", "captions": True, "num_frames": 8, "sampling_rate": 4, "target_fps": 32.0,
+                 "crop_size": 32, "test_short_side": 32, "batch_size": 8,
+                 "augment": {"random_resized_crop": False, "short_side": [32, 32], "hflip": 0.5},
+                 "synthetic": {"num_videos": 64, "num_classes": 8, "frames": 8, "size": 32, "max_objects": 1}},
+        "method": {"name": "flip", "mask_ratio": 0.5, "embed_dim": 16, "text_overrides": TINY_TEXT, **method},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "weight_decay": 0.2, "betas": [0.9, 0.95]},
+        "trainer": {"max_steps": 3, "num_threads": 1, "enable_progress_bar": False, "log_every_n_steps": 1,
+                    "accelerator": "cpu", "checkpoint_every_n_steps": 3},
+        "run_dir": str(tmp_path / "run") if tmp_path is not None else "runs/x",
+    }
+
+
+def image_flip(img_size: int, patch: int, ratio: float) -> FLIP:
+    recipe = from_dict({
+        "model": {"name": "vit_base_patch16_image", "num_frames": 1, "img_size": img_size, "num_classes": 0,
+                  "overrides": {"patch_size": patch, "embed_dim": 16, "depth": 1, "num_heads": 2}},
+        "data": {"captions": True},
+        "method": {"name": "flip", "mask_ratio": ratio, "embed_dim": 8, "text_overrides": TINY_TEXT},
+    })
+    return build_method(recipe)
+
+
+def tokens_entering_blocks(method: FLIP, video: torch.Tensor, captions: list[str]) -> int:
+    seen = []
+    hook = method.backbone.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        method({"video": video, "caption": captions})
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("img,patch,ratio,kept", [(224, 16, 0.5, 98), (224, 16, 0.75, 49), (224, 14, 0.5, 128),
+                                                  (224, 14, 0.75, 64), (224, 16, 0.0, 196)])
+def test_kept_tokens_enter_the_encoder_in_training_only(img, patch, ratio, kept):
+    """196 patches at 224/16 keep 98 (50%) and 49 (75%); 256 at 224/14 keep 128 and 64. Only the kept
+    tokens reach the blocks in training; evaluation always sees every token."""
+    torch.manual_seed(0)
+    method = image_flip(img, patch, ratio)
+    image = torch.randn(2, 3, 1, img, img)
+    caps = ["a cat", "a dog"]
+    assert method.num_kept(image) == kept
+    assert tokens_entering_blocks(method.train(), image, caps) == kept
+    assert tokens_entering_blocks(method.eval(), image, caps) == (img // patch) ** 2
+    # the embedding used by zero-shot, retrieval and probing has no masking argument at all
+    assert "keep" not in " ".join(method.encode_video.__code__.co_varnames)
+
+
+def test_video_tubelets_kept():
+    method = build_method(from_dict(tiny_recipe()))
+    video = torch.randn(2, 3, 8, 32, 32)
+    assert tokens_entering_blocks(method.train(), video, ["a", "b"]) == 32  # 4x4x4 = 64 tubelets at 50%
+    assert tokens_entering_blocks(method.eval(), video, ["a", "b"]) == 64
+
+
+def reference_loss(zv: torch.Tensor, zt: torch.Tensor, s: float) -> float:
+    """METHODS.md Sec. 6 step 4 written out with explicit sums over the pair matrix."""
+    B = zv.shape[0]
+    logits = [[s * float(zv[i] @ zt[j]) for j in range(B)] for i in range(B)]
+    rows = sum(math.log(sum(math.exp(logits[i][j]) for j in range(B))) - logits[i][i] for i in range(B)) / B
+    cols = sum(math.log(sum(math.exp(logits[i][j]) for i in range(B))) - logits[j][j] for j in range(B)) / B
+    return 0.5 * (rows + cols)
+
+
+def test_loss_equals_independent_computation_and_is_symmetric():
+    torch.manual_seed(0)
+    zv = F.normalize(torch.randn(6, 5, dtype=torch.float64), dim=-1)
+    zt = F.normalize(torch.randn(6, 5, dtype=torch.float64), dim=-1)
+    s = torch.tensor(14.2857)
+    got = flip_loss(zv, zt, s).item()
+    assert got == pytest.approx(reference_loss(zv, zt, 14.2857), rel=1e-6)
+    assert flip_loss(zt, zv, s).item() == pytest.approx(got, rel=1e-6)  # towers swapped
+    # CLIP's formula with cross entropy agrees too
+    logits = s * zv.float() @ zt.float().t()
+    ce = 0.5 * (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.t(), torch.arange(6)))
+    assert got == pytest.approx(ce.item(), rel=1e-5)
+
+
+def test_loss_is_ln_batch_when_embeddings_are_equal():
+    z = F.normalize(torch.ones(16, 8), dim=-1)
+    for s in (1.0, 14.2857, 100.0):  # float32 logits near 100 round at 1e-5
+        assert flip_loss(z, z.clone(), torch.tensor(s)).item() == pytest.approx(math.log(16), abs=2e-5)
+
+
+def test_loss_is_stable_at_the_largest_scale():
+    torch.manual_seed(0)
+    zv = F.normalize(torch.randn(64, 8), dim=-1)
+    loss = flip_loss(zv, zv.flip(0), torch.tensor(100.0))
+    assert torch.isfinite(loss)  # exp(100) overflows float32; logsumexp does not
+
+
+def test_logit_scale_starts_at_1_over_007_and_never_passes_100():
+    method = build_method(from_dict(tiny_recipe()))
+    assert method.logit_scale().item() == pytest.approx(14.2857, abs=1e-4)
+    assert method.proj.logit_scale.item() == pytest.approx(math.log(1 / 0.07), abs=1e-6)
+    with torch.no_grad():
+        method.proj.logit_scale.fill_(7.0)  # theta beyond ln 100 (as an optimizer step could leave it)
+    assert method.logit_scale().item() == pytest.approx(100.0, rel=1e-6)
+    out = method({"video": torch.randn(4, 3, 8, 32, 32), "caption": ["a", "b", "c", "d"]})
+    assert out["logit_scale"].item() == pytest.approx(100.0, rel=1e-6)
+    out["loss"].backward()
+    assert method.proj.logit_scale.grad.item() == 0.0  # clipped in the forward: no push further out
+
+
+def test_fixed_logit_scale_is_not_a_parameter():
+    """ViCLIP's fixed temperature 1/100: the scale is a buffer, saved with the weights, never trained."""
+    method = build_method(from_dict(tiny_recipe(learn_logit_scale=False, logit_scale_init=100.0)))
+    assert method.logit_scale().item() == pytest.approx(100.0)
+    assert "proj.logit_scale" not in dict(method.named_parameters())
+    assert "proj.logit_scale" in method.state_dict()
+    with pytest.raises(ConfigError, match=r"method.logit_scale_init must be in \[1, 100\], got 1000"):
+        build_method(from_dict(tiny_recipe(logit_scale_init=1000.0)))
+
+
+def test_projections_have_no_bias_and_embeddings_are_unit_norm():
+    method = build_method(from_dict(tiny_recipe())).eval()
+    assert method.proj.vision.bias is None and method.proj.text.bias is None
+    z = method.encode_video(torch.randn(3, 3, 8, 32, 32))
+    t = method.encode_text(["a red disc moves left", "x", "a green square grows"])
+    assert z.shape == (3, 16) and t.shape == (3, 16)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(3)) and torch.allclose(t.norm(dim=-1), torch.ones(3))
+
+
+def test_masks_follow_the_sample_not_the_batch():
+    """A sample's mask comes from its own seed: the same in any batch it is part of, so one process and
+    W processes draw the same masks."""
+    method = build_method(from_dict(tiny_recipe())).train()
+    video = torch.randn(4, 3, 8, 32, 32)
+    seeds = torch.tensor([11, 22, 33, 44])
+    whole = method.train_mask(video, seeds)
+    halves = torch.cat([method.train_mask(video[:2], seeds[:2]), method.train_mask(video[2:], seeds[2:])])
+    assert torch.equal(whole, halves)
+    assert not torch.equal(whole[0], whole[1])
+
+
+def test_no_weight_decay_on_positions_norms_biases_and_scale():
+    from tubelet.engine.optim import build_optimizer
+
+    method = build_method(from_dict(tiny_recipe()))
+    opt = build_optimizer(method, from_dict(tiny_recipe()).optim, 1e-3)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in method.named_parameters() if id(p) in decay}
+    assert "text.pos_embed" not in names and "proj.logit_scale" not in names
+    assert not any(n.endswith(".bias") or "norm" in n for n in names)
+    assert {"proj.vision.weight", "text.token_embed.weight", "text.blocks.0.attn.qkv.weight"} <= names
+
+
+def test_recipe_errors_name_the_key():
+    with pytest.raises(ConfigError, match="set data.captions: true"):
+        build_method(from_dict({**tiny_recipe(), "data": {**tiny_recipe()["data"], "captions": False}}))
+    with pytest.raises(ConfigError, match=r"method.mask_ratio must be in \[0, 1\)"):
+        build_method(from_dict(tiny_recipe(mask_ratio=1.0)))
+    method = build_method(from_dict(tiny_recipe()))
+    with pytest.raises(ConfigError, match="FLIP pairs one clip with one caption"):
+        method({"video": torch.randn(2, 2, 3, 8, 32, 32), "caption": ["a", "b"]})
+
+
+def test_default_templates_are_flips_seven():
+    assert len(FLIP_TEMPLATES) == 7 and all("{}" in t for t in FLIP_TEMPLATES)
+    assert build_method(from_dict(tiny_recipe())).templates == list(FLIP_TEMPLATES)
+
+
+_TWO = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    torch.set_num_threads(1)
+    rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
+    from test_flip import tiny_recipe, one_step
+    if rank >= 0:
+        dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=2)
+    loss, grads = one_step(rank)
+    if rank >= 0:
+        for g in grads.values():  # DDP's gradient average
+            dist.all_reduce(g)
+            g /= 2
+        dist.all_reduce(loss)
+        loss /= 2
+    torch.save({"loss": loss, "grads": grads}, out)
+    print("OK", rank, flush=True)
+    os._exit(0)  # torch 2.13 may abort in gloo teardown after an autograd all_gather (test_distributed)
+""")
+
+
+def one_step(rank: int) -> tuple[torch.Tensor, dict]:
+    """One masked FLIP step on 8 pairs (rank -1), or on rank's half of them; loss and gradients."""
+    torch.manual_seed(0)
+    method = build_method(from_dict(tiny_recipe())).train()
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(8, 3, 8, 32, 32, generator=g)
+    captions = [f"a clip number {i}" for i in range(8)]
+    seeds = torch.arange(100, 108)
+    part = slice(None) if rank < 0 else slice(4 * rank, 4 * rank + 4)
+    out = method({"video": video[part], "caption": captions[part], "sample_seed": seeds[part]})
+    out["loss"].backward()
+    return out["loss"].detach(), {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+
+
+def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
+    """gloo, 2 processes x 4 pairs with masking: the mean of the processes' losses is the one-process loss
+    over the 8 pairs, and the averaged gradients are its gradients (negatives gathered with gradients)."""
+    script = tmp_path / "two.py"
+    script.write_text(_TWO)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "pg"), str(tmp_path / f"{r}.pt"),
+                               str(REPO)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (-1, 0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "OK" in out, out[-3000:]
+    one = torch.load(tmp_path / "-1.pt")
+    two = torch.load(tmp_path / "0.pt")
+    assert two["loss"].item() == pytest.approx(one["loss"].item(), rel=1e-5)
+    assert one["grads"].keys() == two["grads"].keys()
+    for name, g in one["grads"].items():
+        assert torch.allclose(two["grads"][name], g, atol=1e-6, rtol=1e-4), name
