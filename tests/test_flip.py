@@ -243,3 +243,50 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
     assert one["grads"].keys() == two["grads"].keys()
     for name, g in one["grads"].items():
         assert torch.allclose(two["grads"][name], g, atol=1e-6, rtol=1e-4), name
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def test_caption_manifests_csv_and_jsonl(tmp_path):
+    from tubelet.data.datasets import read_manifest
+    from tubelet.errors import DataError
+
+    (tmp_path / "a.mp4").write_bytes(b"")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text('path,caption\na.mp4,"a dog, running"\na.mp4,\n')
+    with pytest.raises(DataError, match=r"pairs.csv:3: empty 'caption': with data.captions: true"):
+        read_manifest(csv, captions=True)
+    csv.write_text('path,caption\na.mp4,"a dog, running"\n')
+    (sample,), _ = read_manifest(csv, captions=True)
+    assert (sample.caption, sample.label) == ("a dog, running", -1)  # a pair needs no class
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"path": "a.mp4", "caption": "a cat", "label": 3}\n{"path": "a.mp4"}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: missing 'caption'"):
+        read_manifest(jsonl, captions=True)
+    # without data.captions a manifest is what it was: a label per row, captions optional
+    with pytest.raises(DataError, match=r"pairs.csv:2: missing 'label'"):
+        read_manifest(csv)
+
+
+def test_synthetic_pairs_carry_captions_mirrored_with_the_clip():
+    """The synthetic set's captions name the main object's motion; a flipped clip (label left -> right)
+    gets the mirrored caption too, or a caption would describe the opposite motion."""
+    from tubelet.data.builder import build_dataset
+    from tubelet.data.synthetic import hflip_caption
+
+    assert hflip_caption("a red striped disc moves left next to a small blue square") == \
+        "a red striped disc moves right next to a small blue square"
+    assert hflip_caption("a red cross rotates counterclockwise") == "a red cross rotates clockwise"
+    assert hflip_caption("a red cross rotates clockwise") == "a red cross rotates counterclockwise"
+    assert hflip_caption("a red cross grows") == "a red cross grows"
+    recipe = from_dict(tiny_recipe())
+    train = build_dataset(recipe.data, "train")
+    phrases = {0: "moves left", 1: "moves right", 2: "moves up", 3: "moves down", 4: "rotates clockwise",
+               5: "rotates counterclockwise", 6: "grows", 7: "shrinks"}
+    flipped = 0
+    for i in range(24):
+        s = train[i]
+        assert phrases[int(s["label"])] in s["caption"], (s["label"], s["caption"])
+        flipped += int(s["label"]) != i % 8
+    assert flipped > 0  # some clips were mirrored, and their captions followed
