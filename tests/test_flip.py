@@ -290,3 +290,84 @@ def test_synthetic_pairs_carry_captions_mirrored_with_the_clip():
         assert phrases[int(s["label"])] in s["caption"], (s["label"], s["caption"])
         flipped += int(s["label"]) != i % 8
     assert flipped > 0  # some clips were mirrored, and their captions followed
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+
+def test_retrieval_recall_on_a_hand_made_matrix():
+    """4 videos x 5 captions (video 3 has two: captions 3 and 4). Ranks worked out by hand:
+    text -> video: caption 0 finds video 0 1st, caption 1 video 1 2nd, caption 2 video 2 3rd, captions 3
+    and 4 video 3 4th; video -> text: video 0 finds caption 0 1st, video 1 caption 1 3rd, video 2
+    caption 2 3rd, video 3 its caption 4 2nd."""
+    from tubelet.eval.retrieval import retrieval_recall
+
+    sim = torch.tensor([
+        # c0   c1   c2   c3   c4
+        [0.9, 0.1, 0.2, 0.3, 0.8],   # v0
+        [0.1, 0.5, 0.6, 0.2, 0.7],   # v1
+        [0.3, 0.9, 0.4, 0.1, 0.6],   # v2
+        [0.2, 0.2, 0.7, 0.0, 0.5],   # v3
+    ])
+    r = retrieval_recall(sim, torch.tensor([0, 1, 2, 3, 3]), ks=(1, 2, 3))
+    assert r["t2v_r1"] == pytest.approx(1 / 5) and r["t2v_r2"] == pytest.approx(2 / 5)
+    assert r["t2v_r3"] == pytest.approx(3 / 5)
+    assert (r["v2t_r1"], r["v2t_r2"], r["v2t_r3"]) == pytest.approx((1 / 4, 2 / 4, 4 / 4))
+    identity = retrieval_recall(torch.eye(12))
+    assert identity["t2v_r1"] == identity["v2t_r1"] == 1.0
+    assert retrieval_recall(-torch.eye(12))["t2v_r10"] == 0.0  # own video ranked last of 12
+
+
+def test_zero_shot_prompts_and_classifier():
+    from tubelet.eval.zero_shot import ZeroShotClassifier, class_prompts
+
+    prompts = class_prompts(["move_left", "grow"], ["a {}.", "an object that {}"], {"grow": "grows"})
+    assert prompts == [["a move left.", "an object that move left"], ["a grows.", "an object that grows"]]
+    with pytest.raises(ConfigError, match="exactly one '{}'"):
+        class_prompts(["a"], ["no slot"])
+    with pytest.raises(ConfigError, match=r"class_texts names classes that are not in the label map: \['fly'\]"):
+        class_prompts(["a"], ["{}"], {"fly": "flies"})
+    method = build_method(from_dict(tiny_recipe())).eval()
+    zs = ZeroShotClassifier(method, ["move_left", "move_right", "grow"])
+    video = torch.randn(2, 3, 8, 32, 32)
+    logits = zs.classify(video)
+    # logits = s * v . mean-of-normalised-prompt-embeddings (renormalised), with the FLIP templates
+    t = F.normalize(method.encode_text([tpl.format("move right") for tpl in FLIP_TEMPLATES]), dim=-1).mean(0)
+    expect = method.logit_scale() * method.encode_video(video) @ F.normalize(t, dim=0)
+    assert torch.allclose(logits[:, 1], expect, atol=1e-5)
+
+
+def test_linear_probe_separates_separable_features():
+    from tubelet.eval.linear_probe import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 3
+    y = torch.arange(300) % 3
+    x = centres[y] + torch.randn(300, 8, generator=g) * 0.3
+    assert linear_probe_accuracy(x[:200], y[:200], x[200:], y[200:], 3, steps=100) == 1.0
+    shuffled = y[torch.randperm(300, generator=g)]
+    assert linear_probe_accuracy(x[:200], shuffled[:200], x[200:], shuffled[200:], 3, steps=100) < 0.6
+
+
+def test_cli_fit_then_test_reports_zero_shot_retrieval_and_probe(tmp_path, capsys):
+    """`tubelet fit` on a FLIP recipe, then `tubelet test` on its method.safetensors: zero-shot top-1
+    from class prompts, retrieval both ways and the linear probe, in the table and test_results.json."""
+    import json
+
+    import yaml
+
+    from tubelet.cli.main import main
+
+    cfg = tmp_path / "flip.yaml"
+    recipe = tiny_recipe(tmp_path, probe_steps=20, templates=["a shape {}"])
+    cfg.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(cfg)]) == 0
+    run = tmp_path / "run"
+    assert main(["test", str(cfg), "--checkpoint", str(run / "method.safetensors")]) == 0
+    table = capsys.readouterr().out
+    assert "zero-shot top-1 (%)" in table and "text->video R@1/5/10 (%)" in table and "linear probe top-1" in table
+    res = json.loads((run / "report" / "test_results.json").read_text())
+    assert res["num_videos"] == 8 and res["num_classes"] == 8 and 0 <= res["top1"] <= 1
+    assert set(res["retrieval"]) == {f"{d}_r{k}" for d in ("t2v", "v2t") for k in (1, 5, 10)}
+    assert res["retrieval"]["t2v_r10"] == 1.0  # 8 test clips: the own video is always in the top 10
+    assert res["linear_probe_train_videos"] == 48

@@ -60,20 +60,10 @@ from tubelet.methods.backbone import build_backbone, load_backbone_weights
 from tubelet.methods.base import RunContext
 from tubelet.methods.registry import register_method
 from tubelet.models.registry import create_model
-from tubelet.models.text import get_tokenizer
+from tubelet.models.text import FLIP_TEMPLATES, get_tokenizer
 
 LOGIT_SCALE_INIT = 1.0 / 0.07  # CLIP and FLIP: theta_0 = ln(1 / 0.07) = 2.6593
 LOGIT_SCALE_MAX = 100.0  # clip theta to [0, ln 100]
-# The 7 of CLIP's 80 ImageNet templates that FLIP's zero-shot uses (CLIP's prompt-engineering notebook).
-FLIP_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 
 
 @dataclass

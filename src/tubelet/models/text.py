@@ -41,11 +41,21 @@ from tubelet.errors import ConfigError
 from tubelet.models.registry import register_model
 from tubelet.models.vit import Block, init_linear_and_norm
 
-__all__ = ["ByteTokenizer", "FileTokenizer", "TextConfig", "TextTransformer", "TOKENIZER_KINDS", "get_tokenizer"]
+__all__ = ["FLIP_TEMPLATES", "ByteTokenizer", "FileTokenizer", "TextConfig", "TextTransformer", "TOKENIZER_KINDS", "get_tokenizer"]
 
 TokenizerKind = Literal["bytes", "wordpiece", "bpe", "json"]
 TOKENIZER_KINDS = ("bytes", "wordpiece", "bpe", "json")
 # CLIP's pre-tokenizer split (open_clip's SimpleTokenizer), as a pattern of the tokenizers library.
+# The 7 of CLIP's 80 ImageNet templates that FLIP's zero-shot uses (CLIP's prompt-engineering notebook).
+FLIP_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
