@@ -371,3 +371,14 @@ def test_cli_fit_then_test_reports_zero_shot_retrieval_and_probe(tmp_path, capsy
     assert set(res["retrieval"]) == {f"{d}_r{k}" for d in ("t2v", "v2t") for k in (1, 5, 10)}
     assert res["retrieval"]["t2v_r10"] == 1.0  # 8 test clips: the own video is always in the top 10
     assert res["linear_probe_train_videos"] == 48
+    # `tubelet zero-shot` on a real file, the recipe found beside the checkpoint
+    video = REPO.parent / "shared" / "data" / "videos" / "video_0.mov"
+    assert main(["zero-shot", str(video), "--checkpoint", str(run / "method.safetensors"), "--classes",
+                 "moves left, grows ,shrinks", "--topk", "2", "--json"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    pred = json.loads(line)
+    assert pred["path"] == str(video) and len(pred["topk"]) == 2
+    assert {t["name"] for t in pred["topk"]} <= {"moves left", "grows", "shrinks"}
+    assert sum(t["score"] for t in pred["topk"]) <= 1.0 + 1e-6
+    assert main(["zero-shot", str(video), "--checkpoint", str(run / "method.safetensors"), "--classes", "dog"]) == 1
+    assert "--classes needs at least two comma-separated names, got 'dog'" in capsys.readouterr().err
