@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "convert": "tubelet.cli.convert",
     "models": "tubelet.cli.models",
     "recipes": "tubelet.cli.recipes",
+    "zero-shot": "tubelet.cli.zero_shot",
 }
 
 

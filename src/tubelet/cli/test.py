@@ -26,6 +26,13 @@ def format_table(results: dict) -> str:
         ("top-5 (%)", f"{100 * results['top5']:.2f}"),
         ("confusion matrix", results["confusion_png"]),
     ]
+    if "retrieval" in results:  # a video-text method: top-1/top-5 above are zero-shot, from class prompts
+        rows[5:7] = [("zero-shot top-1 (%)", rows[5][1]), ("zero-shot top-5 (%)", rows[6][1])]
+        r = results["retrieval"]
+        rows[-1:-1] = [(f"{name} R@1/5/10 (%)", " / ".join(f"{100 * r[f'{key}_r{k}']:.1f}" for k in (1, 5, 10)))
+                       for name, key in (("text->video", "t2v"), ("video->text", "v2t"))]
+        if "linear_probe_top1" in results:
+            rows.insert(-1, ("linear probe top-1 (%)", f"{100 * results['linear_probe_top1']:.2f}"))
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
     return "\n".join([line] + [f"{k:<{width}}  {v}" for k, v in rows] + [line])

@@ -156,6 +156,9 @@ class DataConfig(Checked):
     val: str | None = None
     root: str | None = None  # data root: manifest paths are resolved under it and may not escape it
     label_map: str | None = None
+    # every clip carries a caption (video-text methods): a manifest row without one is an error naming it,
+    # and the label column becomes optional
+    captions: bool = False
     num_frames: int = bounded(16, POSITIVE)
     sampling_rate: int = bounded(4, POSITIVE)  # "T x tau": one frame every tau frames at a 30 fps reference
     target_fps: float = bounded(30.0, POSITIVE_REAL)

@@ -78,12 +78,12 @@ def build_clip_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict |
     transform = build_transforms(cfg, "train" if split == "train" else "test")
     kw = dict(transform=transform, seed=seed)
     if cfg.kind == "synthetic":
-        from tubelet.data.synthetic import mirror_caption, synthetic_split
+        from tubelet.data.synthetic import synthetic_split
 
         syn = synthetic_split(cfg, videos or split, cache)
         return ClipDataset(syn.samples, cfg, split, opener=syn.opener, num_classes=len(syn.class_names),
-                           class_names=syn.class_names, flip_labels=syn.flip_labels,
-                           flip_caption=mirror_caption, **kw)
+                           class_names=syn.class_names, flip_labels=syn.flip_labels, flip_caption=syn.flip_caption,
+                           **kw)
     if videos is not None:  # split's pipeline over the files of split videos
         own = "train" if split == "train" else "val"
         cfg = dataclasses.replace(cfg, **{own: cfg.train if videos == "train" else cfg.val})
@@ -139,7 +139,8 @@ def source_samples(
     if cfg.root and not path.is_absolute() and not path.exists():
         path = Path(cfg.root) / path
     if cfg.kind == "manifest" or path.is_file():
-        return read_manifest(path, root=cfg.root, label_map=cfg.label_map, row_errors=row_errors)
+        return read_manifest(path, root=cfg.root, label_map=cfg.label_map, row_errors=row_errors,
+                             captions=bool(getattr(cfg, "captions", False)))
     accept = {
         "folders": is_video_file,
         "frames": lambda p: p.is_dir(),

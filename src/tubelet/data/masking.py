@@ -92,19 +92,26 @@ def mask_tokens(
     block: Sequence[int] = (2, 2, 2),
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    noise: torch.Tensor | None = None,
 ) -> TokenMask:
     """Draw one independent mask per sample over a ``grid = (T', H', W')`` of tokens.
 
     Returns ``TokenMask(keep (B, K), masked (B, N-K), ids_restore (B, N))``. ``keep`` and ``masked``
     are in shuffled (noise) order, as in MAE; ``cat([keep, masked], 1)`` gathered by ``ids_restore``
-    is ``arange(N)``. The noise is drawn on the generator's device, then moved to ``device``.
+    is ``arange(N)``. The noise is drawn on the generator's device, then moved to ``device``;
+    ``noise (B, units)`` given (e.g. :func:`seeded_noise`) replaces the draw.
     """
     unit_of_token, num_units = _unit_ids(grid, mask_type, block)
     N = unit_of_token.numel()
     unit_size = N // num_units
     K = num_kept(num_units, ratio) * unit_size
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.rand(batch_size, num_units, generator=generator, device=gen_device)  # (B, U)
+    if noise is None:
+        noise = torch.rand(batch_size, num_units, generator=generator, device=gen_device)  # (B, U)
+    elif tuple(noise.shape) != (batch_size, num_units):
+        raise ValueError(f"noise must be (B={batch_size}, units={num_units}), got {tuple(noise.shape)}")
+    else:
+        gen_device = noise.device
     if mask_type != "random":
         noise = noise[:, unit_of_token.to(gen_device)]  # (B, N): tokens share their unit's noise
     # Stable sort: ties (tokens of one unit) keep token order, so whole units are kept or removed.
@@ -113,6 +120,21 @@ def mask_tokens(
     if device is not None:
         ids_shuffle, ids_restore = ids_shuffle.to(device), ids_restore.to(device)
     return TokenMask(ids_shuffle[:, :K], ids_shuffle[:, K:], ids_restore)
+
+
+def seeded_noise(seeds: Sequence[int], num_units: int) -> torch.Tensor:
+    """``(B, num_units)`` uniform noise, row ``b`` a pure function of ``seeds[b]`` (a sample's own seed).
+
+    A mask drawn from it depends on the sample alone, not on which process or batch holds the sample,
+    so training on W processes draws the masks one process draws for the same global batch. One small
+    generator per sample: B draws of ``num_units`` values, negligible beside the encoder.
+    """
+    rows = []
+    for s in seeds:
+        # decorrelate from the sample's own augmentation stream, which starts from the same seed
+        g = torch.Generator().manual_seed((int(s) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & ((1 << 63) - 1))
+        rows.append(torch.rand(num_units, generator=g))
+    return torch.stack(rows) if rows else torch.empty(0, num_units)
 
 
 # --------------------------------------------------------------------------------------------------

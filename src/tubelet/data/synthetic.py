@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -339,6 +340,7 @@ class SyntheticSplit:
     opener: SyntheticSource
     class_names: list[str]
     flip_labels: list[int]
+    flip_caption: Callable[[str], str] = mirror_caption
 
 
 def synthetic_split(data_cfg: DataConfig, videos: str, cache: dict[int, SyntheticClip] | None = None) -> SyntheticSplit:

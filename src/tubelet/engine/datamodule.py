@@ -184,7 +184,11 @@ class SeededCollate:
         if not seeds:
             return self.collate(samples)
         with seeded_rng(sample_seed(seeds[0], 1, 0)):
-            return self.collate(samples)
+            batch = self.collate(samples)
+        if isinstance(batch, dict) and "video" in batch and len(seeds) == int(batch["video"].shape[0]):
+            # the loaded samples' own seeds, for draws a method makes per sample (FLIP's masks)
+            batch["sample_seed"] = torch.tensor(seeds, dtype=torch.int64)
+        return batch
 
 
 class ResumableDataLoader(DataLoader):

@@ -93,7 +93,8 @@ def evaluate(
         from tubelet.methods import build_method
 
         method = build_method(recipe)
-    if not hasattr(method, "classify"):
+    video_text = is_video_text(method)
+    if not hasattr(method, "classify") and not video_text:
         raise ConfigError(f"method '{recipe.method.name}' has no classify(); multi-view testing needs one")
     loaded = load_method_weights(method, checkpoint) if checkpoint is not None else "none"
     if dataset is None:
@@ -104,11 +105,20 @@ def evaluate(
         raise TubeletError("the test dataset is empty")
     from tubelet.data.builder import check_dataset_labels
 
-    # a label past the head would fall outside the confusion matrix: named now, with its row
-    k = int(getattr(method, "num_classes", recipe.model.num_classes))
-    check_dataset_labels(dataset, k, f"model.num_classes={k}")
     method.eval().to(device)
-    out = dataset_view_scores(recipe, method, dataset, device, batch_size)
+    scorer = method
+    if video_text:  # classes from class-name prompts (zero-shot), then retrieval and a linear probe below
+        from tubelet.eval.zero_shot import ZeroShotClassifier
+
+        names = list(getattr(dataset, "class_names", None) or [])
+        scorer = ZeroShotClassifier(method, names)
+        k, what = len(names), f"the test set's {len(names)} class names"
+    else:
+        k = int(getattr(method, "num_classes", recipe.model.num_classes))
+        what = f"model.num_classes={k}"
+    # a label past the classifier would fall outside the confusion matrix: named now, with its row
+    check_dataset_labels(dataset, k, what)
+    out = dataset_view_scores(recipe, scorer, dataset, device, batch_size)
     bad = out["bad"]
     if out["scores"] is None:
         raise TubeletError(f"no test video could be read ({len(bad)} failed)")
@@ -136,5 +146,58 @@ def evaluate(
         "title": f"{recipe.model.name}: {num_views}-view test, top-1 {topk_accuracy(scores, labels, 1):.3f}",
         "bad_samples": [list(b) for b in bad],
     }
+    if video_text:
+        results["title"] = f"{recipe.model.name}: zero-shot {num_views}-view test, top-1 {results['top1']:.3f}"
+        results.update(video_text_results(recipe, method, dataset, device, batch_size))
     (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
+
+
+def is_video_text(method: nn.Module) -> bool:
+    """A language-vision method (FLIP): no classifier of its own, but a video and a text embedding."""
+    return not hasattr(method, "classify") and hasattr(method, "encode_video") and hasattr(method, "encode_text")
+
+
+def video_text_results(recipe: Recipe, method: nn.Module, dataset: Dataset, device: torch.device,
+                       batch_size: int | None = None) -> dict[str, Any]:
+    """Retrieval recall@1/5/10 both ways between the test clips and their captions (a clip's views
+    averaged in the joint space), and the top-1 of a linear probe of the vision tower fitted on the
+    training videos' features (``method.probe_steps``; 0 leaves it out)."""
+    import torch.nn.functional as F
+
+    from tubelet.data.builder import build_eval_views
+    from tubelet.engine.datamodule import default_batch_collate
+    from tubelet.errors import DataError
+    from tubelet.eval.knn import extract_features
+    from tubelet.eval.linear_probe import linear_probe_accuracy
+    from tubelet.eval.retrieval import retrieval_recall
+
+    bs = batch_size or recipe.data.batch_size
+    loader = DataLoader(dataset, batch_size=bs, shuffle=False, num_workers=recipe.data.num_workers,
+                        collate_fn=default_batch_collate(recipe.seed))
+    videos, texts = [], []
+    for batch in loader:
+        if "video" not in batch:
+            continue
+        if "caption" not in batch:
+            raise DataError("retrieval needs a caption per test clip: the test manifest has no 'caption' column")
+        video = batch["video"].to(device)
+        b, v = video.shape[0], (video.shape[1] if video.ndim == 6 else 1)
+        emb = method.encode_video(video.flatten(0, 1) if video.ndim == 6 else video).float().view(b, v, -1)
+        videos.append(F.normalize(emb.mean(dim=1), dim=-1).cpu())
+        texts.append(method.encode_text(batch["caption"]).float().cpu())
+    out: dict[str, Any] = {"retrieval": retrieval_recall(torch.cat(videos) @ torch.cat(texts).t())}
+    steps = int(getattr(recipe.method, "probe_steps", 0))
+    num_classes = len(getattr(dataset, "class_names", None) or [])
+    if steps > 0 and num_classes > 1:
+        backbone = method.backbone
+        train = build_eval_views(recipe.data, "train", seed=recipe.seed)
+        tr, tr_y = extract_features(backbone, train, bs, device)
+        te, te_y = extract_features(backbone, dataset, bs, device)
+        with torch.inference_mode(False):  # the probe trains: tensors made under inference mode are copied out
+            out["linear_probe_top1"] = linear_probe_accuracy(
+                tr.clone(), tr_y.clone(), te.clone(), te_y.clone(), num_classes, steps,
+                float(getattr(recipe.method, "probe_lr", 0.1)), float(getattr(recipe.method, "probe_weight_decay", 0.0)),
+                seed=recipe.seed)
+        out["linear_probe_train_videos"] = int(tr.shape[0])
+    return out

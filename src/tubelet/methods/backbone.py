@@ -60,15 +60,16 @@ def _is_head(key: str) -> bool:
     return key.startswith(HEAD_PREFIXES)
 
 
-def load_backbone_weights(backbone: nn.Module, path: str) -> LoadReport:
-    """Load ``path`` into ``backbone`` by the policy above; a ``CheckpointError`` names what does not fit."""
+def load_backbone_weights(backbone: nn.Module, path: str, prefixes: tuple[str, ...] = METHOD_PREFIXES) -> LoadReport:
+    """Load ``path`` into ``backbone`` by the policy above; a ``CheckpointError`` names what does not fit.
+    ``prefixes``: where a method's file may hold this module (a second tower is ``("text.",)``)."""
     from tubelet.models.weights import filter_checkpoint, read_state_dict
 
     state = read_state_dict(path)
     own = backbone.state_dict()
     prefix = ""
     if not any(k in own for k in state):
-        for p in METHOD_PREFIXES:  # a whole method's weights: keep its backbone's tensors
+        for p in prefixes:  # a whole method's weights: keep its backbone's tensors
             if any(k.startswith(p) for k in state):
                 prefix = p
                 break

@@ -334,3 +334,17 @@ def _variant(dim: int, depth: int, heads: int) -> ViTConfig:
 @register_model("vit_huge", _variant(1280, 32, 16), "space-time ViT-H/16, 2x16x16 tubelets (MAE-ST)")
 def build_vit(cfg: ViTConfig) -> VisionTransformer:
     return VisionTransformer(cfg)
+
+
+def _image_variant(dim: int, depth: int, heads: int, patch: int) -> ViTConfig:
+    # FLIP's image tower (arXiv 2212.00794, Sec. 3): fixed 2-D sin-cos positions, no CLS, average pooling;
+    # an image is a one-frame clip (B, C, 1, H, W).
+    return ViTConfig(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, tubelet_size=1, num_frames=1,
+                     pos_embed="sincos", class_token=False, global_pool="avg", num_classes=0)
+
+
+@register_model("vit_base_patch16_image", _image_variant(768, 12, 12, 16), "image ViT-B/16, sin-cos, no CLS (FLIP)")
+@register_model("vit_large_patch16_image", _image_variant(1024, 24, 16, 16), "image ViT-L/16, sin-cos, no CLS (FLIP)")
+@register_model("vit_huge_patch14_image", _image_variant(1280, 32, 16, 14), "image ViT-H/14, sin-cos, no CLS (FLIP)")
+def build_image_vit(cfg: ViTConfig) -> VisionTransformer:
+    return VisionTransformer(cfg)

@@ -186,8 +186,12 @@ def read_manifest(
     root: str | os.PathLike | None = None,
     label_map: str | os.PathLike | LabelMap | None = None,
     row_errors: list[tuple[str, str]] | None = None,
+    captions: bool = False,
 ) -> tuple[list[Sample], LabelMap | None]:
     """Parse a manifest into :class:`Sample` rows and the label map used (``None`` for integer labels).
+
+    ``captions`` (image-text and video-text pairs): every row needs a non-empty ``caption`` and the
+    ``label`` becomes optional (-1 when absent).
 
     The format is read from the file: JSONL (``.jsonl``/``.json``/``.ndjson``, or lines starting with
     ``{``), CSV with a ``path`` column, the Kinetics CSV (:mod:`~tubelet.data.datasets.kinetics`), or
@@ -222,7 +226,7 @@ def read_manifest(
         try:
             if fmt == "kinetics":
                 r = dict(r, path=_kinetics_path(where, r, root_p or mpath.parent, row_errors is not None))
-            samples.append(_row_sample(where, r, labels, root_p, mpath))
+            samples.append(_row_sample(where, r, labels, root_p, mpath, captions))
         except DataError as exc:
             if row_errors is None:
                 raise
@@ -270,16 +274,24 @@ def _kinetics_path(where: str, r: dict, folder: Path, must_exist: bool) -> str:
     return rel
 
 
-def _row_sample(where: str, r: dict, labels: _Labels, root_p: Path | None, mpath: Path) -> Sample:
+def _row_sample(where: str, r: dict, labels: _Labels, root_p: Path | None, mpath: Path,
+                captions: bool = False) -> Sample:
     """One manifest row as a :class:`Sample`; :class:`DataError` naming the row when it is invalid."""
     p = r.get("path")
     if p is None or str(p).strip() == "":
         raise DataError(f"{where}: missing 'path'")
-    label = _row_label(where, r.get("label"), labels)
+    caption = r.get("caption")
+    if captions and (caption is None or str(caption).strip() == ""):
+        what = "missing 'caption'" if caption is None else "empty 'caption'"
+        raise DataError(f"{where}: {what}: with data.captions: true every row pairs its file with a caption")
+    lab = r.get("label")
+    if captions and (lab is None or str(lab).strip() == ""):
+        label = -1  # an image-text or video-text pair needs no class
+    else:
+        label = _row_label(where, lab, labels)
     start, end = _seconds(r.get("start"), where, "start"), _seconds(r.get("end"), where, "end")
     if start is not None and end is not None and end <= start:
         raise DataError(f"{where}: end ({end}) must be after start ({start})")
-    caption = r.get("caption")
     return Sample(
         path=resolve_under_root(str(p).strip(), root_p, mpath.parent, where),
         label=label,
