@@ -22,7 +22,7 @@ from tubelet.config.loader import dump_recipe
 from tubelet.config.schema import Recipe
 from tubelet.data.datasets.base import FailureTracker
 from tubelet.data.transforms import build_device_transform
-from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete
+from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete, read_training_state
 from tubelet.core.io import save_safetensors
 from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
@@ -52,6 +52,7 @@ def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | N
     path = Path(resume)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint to resume from not found")
+    read_training_state(path, mmap=True)  # says what a file that is no tubelet checkpoint is, and what to do
     if not is_complete(path):
         raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (truncated write?)")
     return path

@@ -42,12 +42,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(
-            f"{path}: cannot be loaded safely (truncated, corrupt, or contains code objects): {exc}"
-        ) from exc
+    from tubelet.core.ckpt_format import safe_torch_load
+
+    obj = safe_torch_load(path)  # never unpickles code; says what a file that is not loadable is
     if isinstance(obj, dict) and isinstance(obj.get("tubelet"), dict) and "weights_file" in obj["tubelet"]:
         return _training_checkpoint_weights(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

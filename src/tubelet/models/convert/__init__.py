@@ -57,12 +57,9 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or unsafe files
-            raise CheckpointError(
-                f"{path}: cannot be loaded safely (corrupt, or it pickles code, which is never run): {exc}"
-            ) from exc
+        from tubelet.core.ckpt_format import safe_torch_load
+
+        obj = safe_torch_load(path, expected="a checkpoint of tensors")  # never unpickles code
     while isinstance(obj, dict):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
         if inner is None:
