@@ -7,6 +7,7 @@ on a real full disk)."""
 import builtins
 import errno
 import io
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from tubelet.core.io import atomic_write, save_safetensors
 from tubelet.errors import TubeletError, WriteError
 
 torch.set_num_threads(1)
+TV_SMALL = Path(__file__).resolve().parent / "fixtures" / "mvit_tv_small.safetensors"
+TV_META = TV_SMALL.with_suffix(".json")
 
 
 class _FullFile:
@@ -117,6 +120,7 @@ def test_fsync_that_finds_the_disk_full(tmp_path, monkeypatch):
 def _writers(tmp_path):
     """(file, write it) for every file of a run folder and report that tubelet writes itself."""
     from tubelet.config.loader import dump_recipe, from_dict
+    from tubelet.models.convert import convert_checkpoint
     from tubelet.data.datasets.base import FailureTracker
     from tubelet.engine.run_dir import write_labels, write_metrics
     from tubelet.report.html import write_report
@@ -132,6 +136,8 @@ def _writers(tmp_path):
         "backbone.safetensors": lambda p: save_safetensors({"w": torch.zeros(3)}, p),
         "report/index.html": lambda p: write_report(p.parent, {}, title="t"),
         "report/results.md": lambda p: write_report(p.parent, {}, results=[{"model": "m", "top1": 0.5}]),
+        "converted.safetensors": lambda p: convert_checkpoint(TV_SMALL, p, "torchvision", model="mvitv2_s",
+                                                              overrides=json.loads(TV_META.read_text())["tubelet_overrides"]),
     }
 
 

@@ -185,17 +185,16 @@ def convert_checkpoint(
     The model name and overrides are stored in the file's metadata (``tubelet_model``,
     ``tubelet_overrides``) so the file says what to build.
     """
-    from safetensors.torch import save_file
+    from tubelet.core.io import save_safetensors
 
     result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables,
                                 origin=str(src))
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "pt",
         "tubelet_model": result.model,
         "tubelet_overrides": json.dumps(result.overrides),
         "converted_from": source,
     }
-    save_file(result.state, str(dst), metadata=meta)
+    save_safetensors(result.state, dst, metadata=meta)  # atomic; a refused write names dst
     return result
