@@ -125,6 +125,20 @@ def foreign(tmp_path):
     return weights, legacy, plain, bare
 
 
+def test_safetensors_under_another_name(tmp_path, foreign):
+    from tubelet.core.io import save_safetensors
+
+    weights = foreign[0]
+    path = save_safetensors(weights, tmp_path / "step=000010.ckpt")
+    for name, load in TRAINING_READER.items():
+        msg = _message(load, path)
+        assert msg == f"{path}: a safetensors weights file, not a tubelet checkpoint (a torch.save file); load its " \
+                      "weights with model.checkpoint or tubelet.load_model", (name, msg)
+    for load in (read_state_dict, read_foreign_state_dict):  # where weights are expected, it is read as what it is
+        got = load(path)
+        assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
+
+
 def test_foreign_files_where_a_tubelet_checkpoint_is_expected(foreign):
     weights, legacy, plain, bare = foreign
     for name, load in TRAINING_READER.items():

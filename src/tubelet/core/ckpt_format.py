@@ -18,6 +18,7 @@ files start with a dot and are never taken for checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import uuid
@@ -116,14 +117,16 @@ def torch_file_kind(path: str | Path) -> str:
     ``"legacy"`` (``torch.save`` before 1.6), ``"pickle"`` (``pickle.dump``), ``"safetensors"`` or ``"unknown"``."""
     with open(path, "rb") as f:
         head = f.read(32)
+        size = os.fstat(f.fileno()).st_size
     if not head:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
+    # safetensors: an 8-byte little-endian header length (which may start with 0x80), then JSON
+    if len(head) > 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
     if head.startswith(b"\x80"):  # pickle protocol 2 or later
         return "legacy" if _LEGACY_MAGIC in head else "pickle"
-    if len(head) > 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
-        return "safetensors"
     return "unknown"
 
 
@@ -161,8 +164,8 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
             "not loaded, because unpickling it could run code")
     if kind == "safetensors":
         raise CheckpointError(
-            f"{path}: a safetensors weights file, not {expected} of torch.save; load its weights with "
-            "model.checkpoint (or tubelet.load_model)")
+            f"{path}: a safetensors weights file, not {expected} (a torch.save file); load its weights with "
+            "model.checkpoint or tubelet.load_model")
     if kind == "unknown":
         raise CheckpointError(
             f"{path}: not {expected}: it starts with neither a zip archive (torch.save) nor a pickle header "

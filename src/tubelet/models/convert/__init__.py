@@ -48,7 +48,9 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
+    from tubelet.core.ckpt_format import safe_torch_load, torch_file_kind
+
+    if path.suffix == ".safetensors" or torch_file_kind(path) == "safetensors":  # the content decides, not the name
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -57,8 +59,6 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     else:
-        from tubelet.core.ckpt_format import safe_torch_load
-
         obj = safe_torch_load(path, expected="a checkpoint of tensors")  # never unpickles code
     while isinstance(obj, dict):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
