@@ -101,7 +101,7 @@ def atomic_write(path: str | Path, write: Any) -> Path:
         with contextlib.suppress(OSError):  # on a read-only folder even the cleanup is refused
             tmp.unlink(missing_ok=True)
         cause = exc if isinstance(exc, OSError) else sink.error if sink is not None else None
-        if cause is not None and not isinstance(exc, TubeletError):
+        if cause is not None and isinstance(exc, Exception) and not isinstance(exc, TubeletError):
             raise write_error(path, cause) from exc
         raise
     _fsync_dir(path.parent)
