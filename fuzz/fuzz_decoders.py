@@ -11,15 +11,17 @@ one bounded run reports all of them.
     mkdir -p /tmp/corpus && cp ../shared/data/videos/{unordered.mov,video_*.mov,frames.webm,corrupted.mp4} /tmp/corpus/
     python fuzz/fuzz_decoders.py /tmp/corpus -runs=2000 -max_total_time=240 -timeout=20 -rss_limit_mb=3072
 
-Single-threaded (decoder threads = 1; torch is not imported). Only tubelet's own code is instrumented. A summary line ``FUZZ SUMMARY`` is printed
-at exit with the number of inputs run and the findings.
+Single-threaded (decoder threads = 1; torch is not imported). Only tubelet's own code is instrumented.
+``FUZZ PROGRESS`` lines come every 250 inputs, and one ``FUZZ SUMMARY`` line (the inputs run and the
+findings) when the process exits.
 """
 
 from __future__ import annotations
 
-import atexit
+import ctypes
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -54,7 +56,7 @@ def _exercise(path: str) -> None:
 def test_one_input(data: bytes) -> None:
     _stats["runs"] += 1
     if _stats["runs"] % 250 == 0:
-        _summary()
+        _summary("FUZZ PROGRESS")
     path = _WORK / "input.bin"
     path.write_bytes(data)
     try:
@@ -74,17 +76,39 @@ def test_one_input(data: bytes) -> None:
             print(f"FINDING {key}: {exc!r} -> {out}", file=sys.stderr, flush=True)
 
 
-def _summary() -> None:
-    print(f"FUZZ SUMMARY runs={_stats['runs']} ok={_stats['ok']} video_errors={_stats['video_errors']} "
+def _summary(label: str = "FUZZ SUMMARY") -> None:
+    print(f"{label} runs={_stats['runs']} ok={_stats['ok']} video_errors={_stats['video_errors']} "
           f"findings={len(_findings)}", flush=True)
     for key, out in _findings.items():
         print(f"  {key} -> {out}", flush=True)
 
 
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _at_c_exit(_: int | None) -> None:
+    _summary()
+    shutil.rmtree(_WORK, ignore_errors=True)
+
+
+def register_exit_summary() -> None:
+    """Print the summary when the process exits. libFuzzer ends it with C ``exit()`` once ``-runs`` or
+    ``-max_total_time`` is reached, which runs C's exit handlers but not Python's ``atexit`` ones (the
+    interpreter is never finalised), so the handler is registered with the C library. A timeout or
+    memory-limit kill (``-timeout``, ``-rss_limit_mb``) ends the process with ``_exit`` and prints none:
+    libFuzzer reports those itself."""
+    ctypes.CDLL(None).__cxa_atexit(_at_c_exit, None, None)
+
+
 def main() -> None:
-    atexit.register(_summary)
+    register_exit_summary()
     atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    try:
+        atheris.Fuzz()
+    except BaseException:
+        # The C handler must not run after the interpreter is finalised: end without finalising.
+        traceback.print_exc()
+        _summary()
+        sys.stdout.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

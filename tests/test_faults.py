@@ -161,8 +161,10 @@ def test_nan_gradient_at_step_k_names_step_and_last_checkpoint(tmp_path, k):
     with pytest.raises(TubeletError) as err:
         fit(recipe, method=method, datasets=_data())
     msg = str(err.value)
-    last = "none saved yet" if k < 2 else str(tmp_path / "run" / "checkpoints" / f"step={k // 2 * 2:06d}.ckpt")
+    # the checkpoint of step k holds the weights that gave the NaN: the one before it is the good one
+    last = "none saved yet" if k < 2 else str(tmp_path / "run" / "checkpoints" / f"step={(k - 1) // 2 * 2:06d}.ckpt")
     assert f"non-finite gradient (norm nan) at step {k} " in msg and f"last good checkpoint: {last}" in msg
+    assert (f"(step={k:06d}.ckpt holds the weights that gave this value)" in msg) == (k % 2 == 0)
     assert all(torch.isfinite(p).all() for p in method.parameters())  # stopped before the update
 
 

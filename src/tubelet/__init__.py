@@ -4,7 +4,7 @@ import os
 
 from torch import nn
 
-from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError
+from tubelet.errors import CheckpointError, ConfigError, DataError, TubeletError, VideoError, WriteError
 
 # The shipped methods register their config sections with the recipe loader on import.
 import tubelet.methods  # noqa: E402,F401,I001
@@ -23,6 +23,6 @@ def load_model(path: str | os.PathLike) -> nn.Module:
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataError", "TubeletError", "VideoError",
+    "CheckpointError", "ConfigError", "DataError", "TubeletError", "VideoError", "WriteError",
     "create_model", "list_models", "load_checkpoint", "load_model", "__version__",
 ]

@@ -26,3 +26,18 @@ class VideoError(TubeletError):
 
 class DataError(TubeletError):
     """A dataset or manifest is invalid, or too many samples failed to load."""
+
+
+class WriteError(TubeletError, OSError):
+    """A file cannot be written: the disk is full, the file system is read-only, or the folder is not
+    writable. An ``OSError`` too (with the original ``errno``), so that code catching ``OSError`` still does;
+    ``path`` names the file."""
+
+    def __init__(self, path: object, reason: str, errno: int | None = None) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+        self.errno = errno
+
+    def __str__(self) -> str:  # OSError's own formatting would print "[Errno ...] None"
+        return f"{self.path}: {self.reason}"

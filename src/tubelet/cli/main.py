@@ -1,7 +1,8 @@
 """The ``tubelet`` command. Each subcommand lives in its own module with ``add_parser`` and ``run``.
 
-An error the user can cause (a :class:`~tubelet.errors.TubeletError`) is printed as the subcommand's
-usage line and one line naming what is wrong, exit status 1; argparse's own usage errors keep status 2.
+An error the user can cause (a :class:`~tubelet.errors.TubeletError`, or a file system that refuses a
+write: disk full, read-only, no permission) is printed as the subcommand's usage line and one line
+naming what is wrong, exit status 1; argparse's own usage errors keep status 2.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     except TubeletError as exc:
         command.print_usage(sys.stderr)
         print(f"{command.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A write that a library made past tubelet's own writers (TensorBoard, Lightning's folders):
+        # a full disk or a read-only folder is the user's to fix, not a traceback.
+        from tubelet.core.io import WRITE_ERRNOS, write_error
+
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        error = write_error(exc.filename if exc.filename is not None else "", exc)
+        command.print_usage(sys.stderr)
+        print(f"{command.prog}: error: {error if exc.filename is not None else error.reason}", file=sys.stderr)
         return 1
 
 

@@ -410,9 +410,6 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write the effective config (after bases and overrides) as YAML; it loads back to the same Recipe."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from tubelet.core.io import atomic_write_text
+
+    return atomic_write_text(Path(path), yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -18,6 +18,7 @@ files start with a dot and are never taken for checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import uuid
@@ -101,20 +102,115 @@ def _weights_files(path: Path) -> list[Path]:
     return [p for p in path.parent.glob("*.safetensors") if pattern.fullmatch(p.name)]
 
 
-def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` with errors that say what is wrong with which file."""
+# The first pickle of a pre-1.6 ``torch.save`` file: the long 0x1950a86a20f9469cfc6c (opcode LONG1, 10 bytes).
+_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+_GLOBAL_RE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*[\w])")
+_OPCODE_RE = re.compile(r"Unsupported operand (\d+)")
+# What a file that is not a tubelet training checkpoint can still be used for.
+_WEIGHTS_HINT = ("to start a run from its weights, set model.checkpoint to it (tensors under tubelet's names) or "
+                 "import it with `tubelet convert` (torchvision, PySlowFast or mae_st names); only a checkpoint "
+                 "written by `tubelet fit` can be resumed or evaluated")
+
+
+def torch_file_kind(path: str | Path) -> str:
+    """What the first bytes of ``path`` say it is: ``"empty"``, ``"zip"`` (``torch.save`` since torch 1.6),
+    ``"legacy"`` (``torch.save`` before 1.6), ``"pickle"`` (``pickle.dump``), ``"safetensors"`` or ``"unknown"``."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+        size = os.fstat(f.fileno()).st_size
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    # safetensors: an 8-byte little-endian header length (which may start with 0x80), then JSON
+    if len(head) > 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head.startswith(b"\x80"):  # pickle protocol 2 or later
+        return "legacy" if _LEGACY_MAGIC in head else "pickle"
+    return "unknown"
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """What torch's weights-only reader met (a global it would import, an opcode), without torch's advice:
+    that advice is to load again without the safety check, which would run the file's code."""
+    text = str(exc)
+    found = _GLOBAL_RE.search(text)
+    if found:
+        return f" (the first object it would import: {found.group(1)})"
+    op = _OPCODE_RE.search(text)
+    if op:
+        return f" (pickle opcode {op.group(1)}, which only an unrestricted unpickler runs)"
+    return ""
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False,
+                    expected: str = "a tubelet checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with which file. ``expected``
+    names what the caller wanted, for the message about a file that is something else."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    kind = torch_file_kind(path)
+    if kind == "empty":
+        raise CheckpointError(f"{path}: the file is empty (0 bytes; an interrupted write or copy?), not {expected}")
+    if kind == "pickle":
+        raise CheckpointError(
+            f"{path}: refused: a pickle, not {expected}: it was written with pickle.dump, not torch.save, and was "
+            "not loaded, because unpickling it could run code")
+    if kind == "safetensors":
+        raise CheckpointError(
+            f"{path}: a safetensors weights file, not {expected} (a torch.save file); load its weights with "
+            "model.checkpoint or tubelet.load_model")
+    if kind == "unknown":
+        raise CheckpointError(
+            f"{path}: not {expected}: it starts with neither a zip archive (torch.save) nor a pickle header "
+            "(another format, or damaged)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        # a pre-1.6 file is one pickle stream, which torch cannot memory-map
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and kind == "zip")
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused to load: it contains objects other than tensors and plain data "
-            f"(loading it would run code): {str(exc).splitlines()[0] if str(exc) else exc!r}"
+            f"{path}: refused: a pickle, not {expected}: besides tensors and plain data it holds Python "
+            f"objects{_unpickling_detail(exc)}, and loading those could run code; it was not loaded"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, zip errors... for bad files
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_sentence(exc)}") from exc
+
+
+def _describe_foreign(state: Any) -> str:
+    """What a loaded file that lacks the 'tubelet' record is, in a few words."""
+    if not isinstance(state, dict):
+        return f"a torch.save file of a {type(state).__name__}"
+    keys = list(state)
+    if "pytorch-lightning_version" in state or {"state_dict", "optimizer_states"} <= set(keys) or (
+            "state_dict" in state and ("global_step" in state or "epoch" in state)):
+        version = state.get("pytorch-lightning_version")
+        return f"a plain Lightning checkpoint{f' (Lightning {version})' if isinstance(version, str) else ''}"
+    if keys and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"a bare state_dict ({len(keys)} tensors, e.g. '{keys[0]}')"
+    shown = ", ".join(repr(k) for k in keys[:4]) + (", ..." if len(keys) > 4 else "")
+    return f"a torch.save file of a dict with keys {shown}" if keys else "a torch.save file of an empty dict"
+
+
+def read_training_state(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """The state file of a tubelet training checkpoint, or a one-line error that says what ``path`` is
+    instead (a legacy torch.save file, a plain Lightning checkpoint, a bare state_dict ...) and what to do."""
+    path = Path(path)
+    if path.is_file() and torch_file_kind(path) == "legacy":
+        raise CheckpointError(
+            f"{path}: a legacy torch.save file (the format before torch 1.6, not a zip archive), not a tubelet "
+            f"training checkpoint; {_WEIGHTS_HINT}")
+    state = safe_torch_load(path, map_location=map_location, mmap=mmap)
+    if isinstance(state, dict) and isinstance(state.get("tubelet"), dict):
+        return state
+    raise CheckpointError(
+        f"{path}: {_describe_foreign(state)}, not a tubelet training checkpoint (it has no 'tubelet' record); "
+        f"{_WEIGHTS_HINT}")
 
 
 def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Tensor]:
@@ -136,9 +232,7 @@ def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Ten
 
 def _state_and_weights(path: Path, map_location: Any = "cpu", mmap: bool = False) -> tuple[dict[str, Any], dict]:
     """The training state of checkpoint ``path`` and the tensors of its weights file, both checked."""
-    state = safe_torch_load(path, map_location=map_location, mmap=mmap)
-    if not isinstance(state, dict) or "tubelet" not in state:
-        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    state = read_training_state(path, map_location=map_location, mmap=mmap)
     info = state["tubelet"]
     return state, _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
 
@@ -172,9 +266,7 @@ def checkpoint_shapes(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple
     from tubelet.core.io import safetensors_shapes
 
     path = Path(path)
-    state = safe_torch_load(path, mmap=True)
-    if not isinstance(state, dict) or "tubelet" not in state:
-        raise CheckpointError(f"{path}: not a tubelet training checkpoint (no 'tubelet' record)")
+    state = read_training_state(path, mmap=True)
     weights = path.parent / state["tubelet"]["weights_file"]
     try:
         shapes = safetensors_shapes(weights)

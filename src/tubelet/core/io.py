@@ -1,14 +1,73 @@
-"""Atomic file writes (temporary file, fsync, ``os.replace``) and safetensors files."""
+"""Atomic file writes (temporary file, fsync, ``os.replace``) and safetensors files.
+
+A write that the file system refuses (disk full, quota, read-only, no permission) raises
+:class:`~tubelet.errors.WriteError` naming the file and what to do, instead of a bare ``OSError``; the
+file that was there before is left as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno as errnos
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+
+from tubelet.errors import TubeletError, WriteError
+
+# What the file system says, put as what the user can do about it.
+_WRITE_REASONS = {
+    errnos.ENOSPC: "no space left on the device (disk full); free space there or write to another disk",
+    errnos.EDQUOT: "disk quota exceeded; free space there or write to another disk",
+    errnos.EROFS: "the file system is read-only; write to a writable folder",
+    errnos.EACCES: "permission denied: the folder is not writable by this user; write to a writable folder",
+    errnos.EPERM: "operation not permitted: the folder is not writable by this user; write to a writable folder",
+    errnos.EFBIG: "the file is too large for this file system; write to another disk",
+}
+WRITE_ERRNOS = frozenset(_WRITE_REASONS)
+
+
+def write_error(path: str | Path, exc: OSError) -> WriteError:
+    """The one-line :class:`WriteError` for ``exc`` raised while writing ``path``."""
+    if isinstance(exc, WriteError):
+        return exc
+    reason = _WRITE_REASONS.get(exc.errno) if exc.errno is not None else None
+    if reason is None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    return WriteError(path, f"cannot write: {reason}", exc.errno)
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` inside the block (a write of ``path``) into a :class:`WriteError` naming it."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
+class _Sink:
+    """The file object handed to a writer callback: it remembers the ``OSError`` of a failed write, because
+    ``torch.save`` turns it into an unrelated ``RuntimeError`` ("unexpected pos ...")."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -24,21 +83,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then ``os.replace``."""
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then ``os.replace``.
+    A refused write raises :class:`WriteError` and leaves ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    sink: _Sink | None = None
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            sink = _Sink(f)
+            write(sink)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # on a read-only folder even the cleanup is refused
+            tmp.unlink(missing_ok=True)
+        cause = exc if isinstance(exc, OSError) else sink.error if sink is not None else None
+        if cause is not None and isinstance(exc, Exception) and not isinstance(exc, TubeletError):
+            raise write_error(path, cause) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """``atomic_write`` of ``text`` as UTF-8."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tubelet.config.schema import Recipe
+from tubelet.core.io import atomic_write_text, writing
 from tubelet.core.runtime import set_threads
 from tubelet.engine.device import autocast_dtype, check_precision, resolve_device
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
@@ -127,7 +128,8 @@ def evaluate(
     preds = scores.argmax(dim=1)
     cm = confusion_matrix(preds, labels, num_classes)
     out_dir = Path(report_dir) if report_dir is not None else Path(recipe.run_dir) / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "top1": topk_accuracy(scores, labels, 1),
         "top5": topk_accuracy(scores, labels, 5),
@@ -149,7 +151,7 @@ def evaluate(
     if video_text:
         results["title"] = f"{recipe.model.name}: zero-shot {num_views}-view test, top-1 {results['top1']:.3f}"
         results.update(video_text_results(recipe, method, dataset, device, batch_size))
-    (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "test_results.json", json.dumps(results, indent=1) + "\n")
     return results
 
 

@@ -23,13 +23,13 @@ from tubelet.config.schema import Recipe
 from tubelet.data.builder import check_run_labels
 from tubelet.data.datasets.base import FailureTracker
 from tubelet.data.transforms import build_device_transform
-from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete
+from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete, read_training_state
 from tubelet.core.io import save_safetensors
 from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.device import check_trainer_device
 from tubelet.engine.module import TubeletModule
-from tubelet.engine.run_dir import merge_csv_log, read_csv_log, scalar_metrics, write_labels, write_metrics
+from tubelet.engine.run_dir import RunCSVLogger, read_csv_log, scalar_metrics, write_labels, write_metrics
 from tubelet.engine.trainer import build_trainer
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.models.weights import describe_model
@@ -53,6 +53,7 @@ def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | N
     path = Path(resume)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint to resume from not found")
+    read_training_state(path, mmap=True)  # says what a file that is no tubelet checkpoint is, and what to do
     if not is_complete(path):
         raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (truncated write?)")
     return path
@@ -240,6 +241,9 @@ def _fit(
 
             step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
             old_rows = read_csv_log(csv_log, step)
+        for logger in trainer.loggers:  # the CSV log keeps these rows in front of the new ones
+            if isinstance(logger, RunCSVLogger):
+                logger.keep_rows(old_rows)
     if trainer.world_size > 1:
         from tubelet.engine.distributed import report_dead_peers
 
@@ -262,9 +266,6 @@ def _fit(
                 f"Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
         raise
-    finally:
-        if trainer.is_global_zero:
-            merge_csv_log(csv_log, old_rows)
 
     paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
              **({"labels": run_dir / "labels.txt"} if class_names else {}),

@@ -22,7 +22,7 @@ from torch import nn
 from lightning.pytorch.utilities import rank_zero_info
 
 from tubelet.config.schema import OptimConfig
-from tubelet.core.ckpt_format import find_latest_checkpoint
+from tubelet.core.ckpt_format import checkpoint_step, find_latest_checkpoint, is_complete
 from tubelet.core.dist import all_gather_objects, all_reduce_sum
 from tubelet.core.rng import capture_rng_state, restore_rng_state
 from tubelet.engine.optim import build_optimizer, resolve_lr
@@ -31,6 +31,47 @@ from tubelet.errors import ConfigError, TubeletError
 from tubelet.eval.multiview import topk_correct, view_scores
 
 NONFINITE = ("stop", "skip")
+
+
+class LossTrend:
+    """A running record of the training loss that says, when a run ends in a non-finite loss or gradient,
+    whether and when the loss began to diverge: the first step of the last unbroken stretch of steps whose
+    loss was above ``factor`` times the median of the ``window`` steps before that stretch (losses inside
+    a stretch do not enter the window, so a slow blow-up is measured against the losses before it). A
+    median of zero or below (losses that are negative by design) judges nothing.
+
+    Device tensors only, updated without any host synchronisation: one ring-buffer write, one median of
+    ``window`` values and a few ``where`` per step. ``onset()`` reads them, once, when the run stops."""
+
+    def __init__(self, window: int = 64, factor: float = 10.0) -> None:
+        self.window, self.factor = window, factor
+        self._pos = 0
+        self._recent: torch.Tensor | None = None  # (window,) the losses of recent normal steps, NaN = empty
+        self._onset: torch.Tensor | None = None  # step where the current stretch began, -1 = none
+        self._onset_loss: torch.Tensor | None = None
+        self._onset_ref: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        x = loss.detach().float().mean()
+        if self._recent is None or self._onset is None or self._onset_loss is None or self._onset_ref is None:
+            self._recent = torch.full((self.window,), float("nan"), device=x.device)
+            self._onset = torch.full((), -1, dtype=torch.long, device=x.device)
+            self._onset_loss = torch.zeros((), device=x.device)
+            self._onset_ref = torch.zeros((), device=x.device)
+        ref = torch.nanmedian(self._recent)  # NaN while the window is empty: nothing is above it
+        above = (ref > 0) & (x > self.factor * ref)
+        first = above & (self._onset < 0)
+        self._onset = torch.where(above, torch.where(first, step, self._onset), -1)
+        self._onset_loss = torch.where(first, x, self._onset_loss)
+        self._onset_ref = torch.where(first, ref, self._onset_ref)
+        self._recent[self._pos] = torch.where(above, self._recent[self._pos], x)
+        self._pos = (self._pos + 1) % self.window
+
+    def onset(self) -> tuple[int, float, float] | None:
+        """``(step, loss there, median before)`` of the stretch the loss is in now, or None."""
+        if self._onset is None or self._onset_loss is None or self._onset_ref is None or int(self._onset) < 0:
+            return None
+        return int(self._onset), float(self._onset_loss), float(self._onset_ref)
 
 
 def count_clips(video: torch.Tensor) -> int:
@@ -71,6 +112,7 @@ class TubeletModule(pl.LightningModule):
         self._pending_rng: dict[str, Any] | None = None
         self._last_batch_time: float | None = None
         self._drop_update = False
+        self.loss_trend = LossTrend()
 
     # ------------------------------------------------------------------------------------------ train
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +143,7 @@ class TubeletModule(pl.LightningModule):
             return self._skip_batch()  # nothing to learn from on some rank: every rank skips this batch
         if n_nonfinite:
             return self._nonfinite(loss, batch_idx)
+        self.loss_trend.update(loss, self.global_step)
         bs = int(batch["video"].shape[0]) if "video" in batch else self.batch_size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         for key, value in out.items():
@@ -182,8 +225,40 @@ class TubeletModule(pl.LightningModule):
         return f" after skipping {self.skipped_steps} steps (trainer.max_skipped_steps={self.max_skipped_steps})"
 
     def _last_good(self) -> str:
+        """The checkpoint to go back to after a non-finite value at this step. The checkpoint of step s
+        holds the weights that step s computed its loss and gradient with, so the one of this step is not
+        named as good; nor, when the loss had been diverging, the ones from the divergence on."""
+        step = self.global_step
         last = find_latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
-        return f"last good checkpoint: {last if last is not None else 'none saved yet'}"
+        trend = self.loss_trend.onset()
+        began = ""
+        bound = step
+        if trend is not None:
+            bound, value, ref = trend
+            began = (f"the loss began to diverge at step {bound} ({value:.4g}, over {self.loss_trend.factor:g}x "
+                     f"the median {ref:.4g} of the steps before, and above that at every step since); ")
+        good = self._newest_checkpoint_before(bound)
+        if good is not None:
+            said = f"last good checkpoint: {good}"
+        elif last is not None:
+            said = f"last good checkpoint: none on disk from before step {bound}"
+        else:
+            said = "last good checkpoint: none saved yet"
+        if last is not None and last != good:
+            last_step = checkpoint_step(last)
+            holds = "the weights that gave this value" if last_step == step else "weights from after the divergence began"
+            said += f" ({last.name} holds {holds})"
+        return began + said
+
+    def _newest_checkpoint_before(self, step: int) -> Path | None:
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return None
+        found = [p for p in self.checkpoint_dir.glob("*.ckpt")
+                 if not p.name.startswith(".") and 0 <= checkpoint_step(p) < step]
+        for p in sorted(found, key=checkpoint_step, reverse=True):
+            if is_complete(p):
+                return p
+        return None
 
     def _report_bad_files(self, records: list) -> None:
         """One console line per newly found bad file, on rank 0."""

@@ -101,11 +101,38 @@ def param_groups(
     return list(groups.values())
 
 
+def check_lr_fits(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> None:
+    """A learning rate whose first update is beyond the parameters' dtype (``optim.lr=1e39`` in float32)
+    would stop the run inside the optimizer with "value cannot be converted to type float without
+    overflow": fail before training instead, naming the key. AdamW's first step divides the LR by
+    ``1 - beta1`` (bias correction), so its bound is that much lower."""
+    name = cfg.name.lower()
+    gain = 1.0 / (1.0 - cfg.betas[0]) if name == "adamw" and len(cfg.betas) == 2 and cfg.betas[0] < 1 else 1.0
+    candidates = [(lr, "optim.lr" if cfg.lr is not None else f"optim.base_lr={cfg.base_lr:g}, scaled to lr"),
+                  (cfg.warmup_lr, "optim.warmup_lr"), (cfg.min_lr, "optim.min_lr")]
+    value, key = max(candidates, key=lambda c: c[0])
+    for g in groups:
+        dtypes = {p.dtype for p in g["params"] if p.is_floating_point()}
+        if not dtypes:
+            continue
+        dtype = min(dtypes, key=lambda d: torch.finfo(d).max)
+        limit = torch.finfo(dtype).max
+        step = value * g["lr_scale"] * gain
+        if not step < limit:
+            first = f" (AdamW's first step is lr / (1 - beta1) = {step:.3g})" if gain != 1.0 else ""
+            scale = f" times the layer scale {g['lr_scale']:g}" if g["lr_scale"] != 1.0 else ""
+            raise ConfigError(
+                f"{key}={value:g} is too large: the update it gives{scale}{first} overflows {str(dtype)[6:]}, "
+                f"whose largest value is {limit:.3g}; it must be below {limit / gain / g['lr_scale']:.3g} (usual learning "
+                "rates are 1e-5 to 1)")
+
+
 def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW or SGD over ``param_groups``; each group's ``lr`` is ``lr * lr_scale`` (its schedule peak)."""
     groups = param_groups(module, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise ConfigError(f"{type(module).__name__} has no trainable parameters")
+    check_lr_fits(groups, cfg, lr)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
         # Optimizers keep unknown group keys (also in state_dict): a tuple of names loads weights_only.

@@ -15,40 +15,100 @@ Layout (``recipe.run_dir``)::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from tubelet.core.io import atomic_write_text, writing
 
 
 def read_csv_log(path: Path, before_step: int) -> list[dict[str, str]]:
     """Rows of an earlier CSV log up to the resumed step (rows past it were logged after the
-    checkpoint by the interrupted run, and are logged again)."""
+    checkpoint by the interrupted run, and are logged again). A row cut short by a failed append (a
+    full disk) is left out."""
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r]
     return [r for r in rows if not r.get("step") or int(float(r["step"])) < before_step]
 
 
-def merge_csv_log(path: Path, old: list[dict[str, str]]) -> None:
-    # Lightning's CSVLogger starts a fresh file; put the rows of the runs before the resume back in front.
-    if not old:
-        return
-    new: list[dict[str, str]] = []
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as f:
-            new = list(csv.DictReader(f))
-    keys: list[str] = []
-    for row in old + new:
-        keys.extend(k for k in row if k not in keys)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted(keys))
-        writer.writeheader()
-        writer.writerows(old + new)
+def _csv_text(keys: list[str], rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is never deleted or rewritten in
+    place: Lightning deletes it when the writer starts and rewrites it in place when the columns change,
+    so a run that fails then (a full disk) would lose the log of the runs before it. Here the file is
+    replaced, with the rows to keep in front, only once the new one is complete (``atomic_write``); later
+    rows are appended."""
+
+    def __init__(self, log_dir: str, keep: list[dict[str, str]]) -> None:
+        self._keep = keep
+        self._own = False  # whether metrics.csv is this run's file yet
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # Lightning deletes metrics.csv here
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        with writing(Path(self.log_dir) / self.NAME_HPARAMS_FILE):
+            super().log_hparams(params)
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        new_keys = self._record_new_keys()
+        path = Path(self.metrics_file_path)
+        with writing(path):
+            if self._own and not new_keys:
+                with open(path, "a", newline="", encoding="utf-8") as f:
+                    csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
+            else:
+                if self._own:
+                    with open(path, newline="", encoding="utf-8") as f:
+                        before: list[dict[str, Any]] = list(csv.DictReader(f))
+                else:
+                    before = self._keep
+                self.metrics_keys = sorted(set(self.metrics_keys).union(*before))
+                atomic_write_text(path, _csv_text(self.metrics_keys, before + self.metrics))
+                self._own, self._keep = True, []
+        self.metrics = []
+
+
+class RunCSVLogger(CSVLogger):
+    """``run_dir/logs/csv/metrics.csv``, kept whole across resumes: the rows given to ``keep_rows`` (those
+    of the runs before the resumed step) stay in front of the new ones, and the file on disk is never
+    deleted or truncated, also when writing fails."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(run_dir, name="logs", version="csv")
+        self._keep: list[dict[str, str]] = []
+
+    def keep_rows(self, rows: list[dict[str, str]]) -> None:
+        """Rows to put in front of this run's; call before training starts."""
+        self._keep = list(rows)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            with writing(self.log_dir):
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _KeepingWriter(self.log_dir, self._keep)
+        return self._experiment
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -67,10 +127,8 @@ def write_labels(path: Path, names: list[str]) -> Path:
     bad = [n for n in names if not str(n).strip() or "\n" in str(n)]
     if bad:
         raise ValueError(f"class names must be non-empty single lines for {path}, got {bad}")
-    path.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    return path
+    return atomic_write_text(path, "".join(f"{n}\n" for n in names))
 
 
 def write_metrics(path: Path, metrics: Mapping[str, float]) -> Path:
-    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n")

@@ -9,13 +9,14 @@ from typing import Any, Iterable
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from tubelet.config.schema import Recipe
 from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO
 from tubelet.engine.console import ProgressBar, quiet_lightning
 from tubelet.engine.device import check_trainer_device
+from tubelet.engine.run_dir import RunCSVLogger
 from tubelet.errors import ConfigError
 
 
@@ -63,7 +64,7 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
         cbs.append(ema_callback(recipe.optim.ema_decay))
     cbs.extend(callbacks)
     loggers = [
-        CSVLogger(run_dir, name="logs", version="csv"),
+        RunCSVLogger(run_dir),  # keeps the rows of the runs before a resume (fit calls keep_rows)
         TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False),
     ]
     val_every: dict[str, Any] = {}

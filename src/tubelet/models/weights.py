@@ -34,7 +34,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
+    from tubelet.core.ckpt_format import safe_torch_load, torch_file_kind
+
+    if path.suffix == ".safetensors" or torch_file_kind(path) == "safetensors":  # the content decides, not the name
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -42,12 +44,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(
-            f"{path}: cannot be loaded safely (truncated, corrupt, or contains code objects): {exc}"
-        ) from exc
+    obj = safe_torch_load(path)  # never unpickles code; says what a file that is not loadable is
     if isinstance(obj, dict) and isinstance(obj.get("tubelet"), dict) and "weights_file" in obj["tubelet"]:
         return _training_checkpoint_weights(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

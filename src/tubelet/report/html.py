@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from tubelet.core.io import atomic_write_text, writing
 from tubelet.report.plots import SampleClip, format_table, plot_confusion, plot_curves, plot_samples
 
 def _html_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -46,14 +47,15 @@ def write_report(
     preformatted text (e.g. the effective config), shown last.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if notes:
         parts.append(f"<p>{html.escape(notes)}</p>")
     if results:
         parts.append("<h2>Results</h2>" + _html_table(results))
-        (out / "results.md").write_text(format_table(results) + "\n", encoding="utf-8")
-        (out / "results.json").write_text(json.dumps(list(results), indent=2, default=str), encoding="utf-8")
+        atomic_write_text(out / "results.md", format_table(results) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(list(results), indent=2, default=str))
     curves = plot_curves(runs, out)
     if curves:
         parts.append("<h2>Training curves</h2>" + "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in curves))
@@ -88,7 +90,7 @@ def write_report(
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
     index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    atomic_write_text(index, page)
     return index
 
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
+from tubelet.core.io import writing
 
 LOSS_KEYS = ("loss",)
 ACC_KEYS = ("acc", "top1", "top5")
@@ -40,9 +40,12 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG (creating the folder) and close it."""
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

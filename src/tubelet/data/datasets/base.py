@@ -105,7 +105,9 @@ class FailureTracker:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write ``bad_files.txt``: one ``path<TAB>reason`` line per failed file."""
-        Path(path).write_text("".join(f"{p}\t{r}\n" for _, p, r in self.failures.values()))
+        from tubelet.core.io import atomic_write_text
+
+        atomic_write_text(Path(path), "".join(f"{p}\t{r}\n" for _, p, r in self.failures.values()))
 
 
 class ClipDataset(Dataset):

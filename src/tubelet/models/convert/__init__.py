@@ -48,7 +48,9 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.suffix == ".safetensors":
+    from tubelet.core.ckpt_format import safe_torch_load, torch_file_kind
+
+    if path.suffix == ".safetensors" or torch_file_kind(path) == "safetensors":  # the content decides, not the name
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -57,12 +59,7 @@ def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or unsafe files
-            raise CheckpointError(
-                f"{path}: cannot be loaded safely (corrupt, or it pickles code, which is never run): {exc}"
-            ) from exc
+        obj = safe_torch_load(path, expected="a checkpoint of tensors")  # never unpickles code
     while isinstance(obj, dict):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -188,17 +185,16 @@ def convert_checkpoint(
     The model name and overrides are stored in the file's metadata (``tubelet_model``,
     ``tubelet_overrides``) so the file says what to build.
     """
-    from safetensors.torch import save_file
+    from tubelet.core.io import save_safetensors
 
     result = convert_state_dict(read_foreign_state_dict(src), source, model, overrides, interpolate_rel_pos_tables,
                                 origin=str(src))
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "pt",
         "tubelet_model": result.model,
         "tubelet_overrides": json.dumps(result.overrides),
         "converted_from": source,
     }
-    save_file(result.state, str(dst), metadata=meta)
+    save_safetensors(result.state, dst, metadata=meta)  # atomic; a refused write names dst
     return result
