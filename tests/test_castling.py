@@ -1,0 +1,223 @@
+"""Castling-ViT (arXiv 2211.10526): the linear-angular kernel, its layers in the ViT and MViTv2 blocks."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tubelet.errors import ConfigError
+from tubelet.models import create_model
+from tubelet.models.layers.angular_attention import (
+    CastlingPoolingAttention,
+    LinearAngularAttention,
+    angular_similarity,
+    arcsin_taylor_coefficients,
+    linear_angular,
+    set_branch_weight,
+    truncated_angular_similarity,
+)
+from tubelet.models.layers.rel_pos import decomposed_rel_pos, rel_pos_bias
+
+VIT = dict(num_frames=4, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5)
+MVIT = dict(depth=4, transitions=(1, 3), embed_dim=16, num_frames=8, img_size=48, kv_stride=(1, 4, 4), num_classes=5)
+
+
+def vit(**kw):
+    torch.manual_seed(0)
+    return create_model("vit_tiny", **{**VIT, "attention": "castling", **kw}).eval()
+
+
+def mvit(**kw):
+    torch.manual_seed(0)
+    return create_model("mvitv2_s", **{**MVIT, "attention": "castling", **kw}).eval()
+
+
+# ------------------------------------------------------------------------------------------ kernel maths
+def test_truncation_error_of_the_linear_and_cubic_terms():
+    x = torch.linspace(-1, 1, 200001, dtype=torch.float64)
+    exact = angular_similarity(x)
+    err1 = (exact - truncated_angular_similarity(x, 0)).abs()
+    err3 = (exact - truncated_angular_similarity(x, 1)).abs()
+    assert float(err1.max()) == pytest.approx(0.5 - 1 / math.pi, abs=1e-9)  # 0.18169
+    assert round(0.5 - 1 / math.pi, 5) == 0.18169
+    assert float(x[err1.argmax()].abs()) == 1.0  # at |x| = 1
+    assert float(err3.max()) == pytest.approx(0.12864, abs=1e-5)
+    assert float(x[err3.argmax()].abs()) == 1.0
+    assert float(angular_similarity(torch.tensor(0.3, dtype=torch.float64))) == pytest.approx(1 - math.acos(0.3) / math.pi)
+
+
+def test_taylor_coefficients():
+    assert arcsin_taylor_coefficients(3) == pytest.approx([1 / 6, 3 / 40, 5 / 112], abs=1e-15)
+    # the series converges to arcsin inside the interval
+    x = 0.6
+    series = x + sum(c * x ** (2 * k + 1) for k, c in enumerate(arcsin_taylor_coefficients(40), start=1))
+    assert series == pytest.approx(math.asin(x), abs=1e-12)
+
+
+def test_linear_form_equals_explicit_quadratic_form():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 3, 50, 8, dtype=torch.float64).unbind(0)
+    qn, kn = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    explicit = (qn @ kn.transpose(-2, -1)) @ v / math.pi  # materialises 50 x 50
+    torch.testing.assert_close(linear_angular(q, k, v), explicit, rtol=1e-12, atol=1e-12)
+    # Nq != Nk (pooled keys)
+    torch.testing.assert_close(linear_angular(q, k[:, :, :7], v[:, :, :7]),
+                               (qn @ kn[:, :, :7].transpose(-2, -1)) @ v[:, :, :7] / math.pi)
+
+
+def _explicit_vit_attention(layer: LinearAngularAttention, x: torch.Tensor, grid) -> torch.Tensor:
+    """The layer written out with the N x N kernel matrix and a hand-made conv."""
+    B, N, C = x.shape
+    h, d = layer.num_heads, layer.head_dim
+    q, k, v = layer.qkv(x).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4)
+    qn, kn = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+    y = 0.5 * v + (qn @ kn.transpose(-2, -1)) / math.pi @ v
+    if layer.branch_weight:
+        a = ((q @ k.transpose(-2, -1)) / math.sqrt(d)).softmax(-1)
+        y = y + layer.branch_weight * torch.where(a > layer.threshold, a, 0) @ v
+    y = y / y.norm(dim=-1, keepdim=True)
+    p = N - math.prod(grid)
+    w = layer.value_conv.conv.weight[:, 0, :, 0]  # (h, k)
+    kk = w.shape[1]
+    vp = F.pad(v[:, :, p:], (0, 0, kk // 2, kk // 2))
+    conv = sum(w[None, :, j, None, None] * vp[:, :, j:j + N - p] for j in range(kk))
+    y = y + F.pad(conv, (0, 0, p, 0))
+    return layer.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+def test_vit_layer_equals_the_explicit_form(weight):
+    torch.manual_seed(0)
+    layer = LinearAngularAttention(32, 4, qkv_bias=True).double()
+    layer.set_branch_weight(weight)
+    x = torch.randn(2, 1 + 4 * 3 * 3, 32, dtype=torch.float64)
+    torch.testing.assert_close(layer(x, grid=(4, 3, 3)), _explicit_vit_attention(layer, x, (4, 3, 3)))
+    if weight:
+        assert 0 < float(layer.kept_mass.detach()) <= 1
+
+
+def test_rows_are_unit_norm_after_the_normalisation():
+    torch.manual_seed(0)
+    layer = LinearAngularAttention(32, 4, dwconv="none")
+    with torch.no_grad():
+        layer.proj.weight.copy_(torch.eye(32))
+        layer.proj.bias.zero_()
+    for weight in (0.0, 1.0):
+        layer.set_branch_weight(weight)
+        y = layer(torch.randn(3, 20, 32) * 5, grid=(5, 2, 2)).reshape(3, 20, 4, 8)
+        torch.testing.assert_close(y.norm(dim=-1), torch.ones(3, 20, 4))
+
+
+@pytest.mark.parametrize("build", [vit, mvit])
+def test_zero_and_constant_inputs_stay_finite(build):
+    m = build(qkv_bias=False)
+    T, S = (VIT if build is vit else MVIT)["num_frames"], (VIT if build is vit else MVIT)["img_size"]
+    for x in (torch.zeros(1, 3, T, S, S), torch.full((1, 3, T, S, S), 0.7)):
+        for weight in (1.0, 0.0):
+            set_branch_weight(m, weight)
+            assert torch.isfinite(m(x)).all()
+    layer = LinearAngularAttention(32, 4, qkv_bias=False)
+    out = layer(torch.zeros(1, 10, 32), grid=(1, 3, 3))
+    assert torch.isfinite(out).all()
+    # the release's normalisation (no epsilon) turns the same zero vectors into NaN
+    zero = torch.zeros(1, 1, 10, 8)
+    assert torch.isnan(zero / zero.norm(dim=-1, keepdim=True)).all()
+
+
+def test_mvit_layer_equals_the_explicit_form_with_pooling_rel_pos_and_residual():
+    """Pooled K/V, decomposed relative positions as a key offset, residual pooling, a query stride."""
+    torch.manual_seed(0)
+    grid = (2, 6, 6)
+    layer = CastlingPoolingAttention(8, 16, 2, input_grid=grid, q_stride=(1, 2, 2), kv_stride=(1, 3, 3),
+                                     num_prefix=1, dwconv="grid").double()
+    with torch.no_grad():
+        for t in (layer.rel_pos_t, layer.rel_pos_h, layer.rel_pos_w):
+            t.normal_(0, 0.3)
+    x = torch.randn(2, 1 + 72, 8, dtype=torch.float64)
+    for weight in (0.0, 0.5):
+        layer.set_branch_weight(weight)
+        out, q_grid = layer(x, grid)
+        assert q_grid == (2, 3, 3) and out.shape == (2, 1 + 18, 16)
+
+        # explicit: the dense (Nq x Nk) kernel matrix with the relative term, per-token terms sliced
+        B, N, _ = x.shape
+        q, k, v_in = layer.qkv(x).reshape(B, N, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        q, _ = layer._pool(q, layer.pool_q, layer.norm_q, grid)
+        k, k_grid = layer._pool(k, layer.pool_k, layer.norm_k, grid)
+        v, _ = layer._pool(v_in, layer.pool_v, layer.norm_v, grid)
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        tables = (layer.rel_pos_t, layer.rel_pos_h, layer.rel_pos_w)
+        xk = qn @ kn.transpose(-2, -1) + rel_pos_bias(*decomposed_rel_pos(qn[:, :, 1:], q_grid, k_grid, *tables),
+                                                      k_grid, 1)
+
+        def at_q(t):  # the query positions: every second token in h and w
+            patch = t[:, :, 1:].reshape(B, 2, *grid, 8)[:, :, :, ::2, ::2].reshape(B, 2, -1, 8)
+            return torch.cat((t[:, :, :1], patch), dim=2)
+
+        y = 0.5 * at_q(v_in) + xk @ v / math.pi
+        if weight:
+            bias = rel_pos_bias(*decomposed_rel_pos(q[:, :, 1:], q_grid, k_grid, *tables), k_grid, 1)
+            a = ((q @ k.transpose(-2, -1)) / math.sqrt(8) + bias).softmax(-1)
+            y = y + weight * torch.where(a > 0.02, a, 0) @ v
+        y = y / y.norm(dim=-1, keepdim=True)
+        vp = v_in[:, :, 1:].reshape(B, 2, *grid, 8).permute(0, 5, 1, 2, 3, 4).reshape(B * 8, 2, *grid)
+        conv = F.conv3d(vp, layer.value_conv.conv.weight, padding=1, groups=2)
+        conv = conv.reshape(B, 8, 2, -1).permute(0, 2, 3, 1)
+        y = y + at_q(F.pad(conv, (0, 0, 1, 0)))
+        y = y + F.pad(q[:, :, 1:], (0, 0, 1, 0))  # residual pooling, patch tokens only
+        ref = layer.proj(y.transpose(1, 2).reshape(B, -1, 16))
+        torch.testing.assert_close(out, ref)
+
+
+def test_value_conv_excludes_cls_and_grid_mode_follows_the_grid():
+    torch.manual_seed(0)
+    layer = LinearAngularAttention(16, 2, dwconv="grid", grid_kernel=(3, 3, 3))
+    v = torch.randn(1, 2, 1 + 2 * 3 * 4, 8)
+    out = layer.value_conv(v, (2, 3, 4))
+    assert torch.equal(out[:, :, 0], torch.zeros(1, 2, 8))
+    ref = F.conv3d(v[:, :, 1:].reshape(1, 2, 2, 3, 4, 8).permute(0, 5, 1, 2, 3, 4).reshape(8, 2, 2, 3, 4),
+                   layer.value_conv.conv.weight, padding=1, groups=2)
+    torch.testing.assert_close(out[:, :, 1:], ref.reshape(1, 8, 2, 24).permute(0, 2, 3, 1))
+
+
+def test_the_blocks_get_the_layer_from_the_config():
+    assert all(type(b.attn) is LinearAngularAttention for b in vit().blocks)
+    assert all(type(b.attn) is CastlingPoolingAttention for b in mvit().blocks)
+    soft = create_model("vit_tiny", **VIT)
+    assert all(type(b.attn).__name__ == "Attention" for b in soft.blocks)
+    with pytest.raises(ConfigError, match=r"^model option attention='linear' is not one of softmax, castling$"):
+        create_model("vit_tiny", **VIT, attention="linear")
+    with pytest.raises(ConfigError, match="castling_dwconv='conv'"):
+        create_model("mvitv2_s", **MVIT, attention="castling", castling_dwconv="conv")
+
+
+def test_softmax_weights_fit_castling_but_for_the_value_convs():
+    for build, name, kw in ((vit, "vit_tiny", VIT), (mvit, "mvitv2_s", MVIT)):
+        soft = create_model(name, **kw).state_dict()
+        cast = build()
+        own = cast.state_dict()
+        assert set(own) - set(soft) == set(cast.init_only_keys())
+        assert set(soft) <= set(own)
+        assert all(own[k].shape == soft[k].shape for k in soft)
+        assert all(k.endswith(".attn.value_conv.conv.weight") for k in cast.init_only_keys())
+
+
+def test_vit_forward_backward_and_token_subsets_are_refused():
+    m = vit().train()
+    x = torch.randn(2, 3, 4, 32, 32)
+    m(x).sum().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="castling attention needs every token of the grid"):
+        m.forward_features(x, keep_idx=torch.arange(8).expand(2, 8))
+
+
+def test_linear_branch_never_materialises_n_by_n():
+    """After the branch is off, the only token-token products are the d x d ones: O(N d^2)."""
+    from tubelet.flops import count_flops
+
+    m = vit(class_token=False, castling_dwconv="none", num_frames=8, img_size=64)
+    set_branch_weight(m, 0.0)
+    n, d, h = 4 * 8 * 8, 8, 4
+    bmm = count_flops(m, torch.randn(1, 3, 8, 64, 64)).by_op["bmm"]
+    assert bmm == 2 * 2 * h * n * d * d  # depth x (K^T V + Q (K^T V))
