@@ -73,9 +73,9 @@ def _explicit_vit_attention(layer: LinearAngularAttention, x: torch.Tensor, grid
     q, k, v = layer.qkv(x).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4)
     qn, kn = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
     y = 0.5 * v + (qn @ kn.transpose(-2, -1)) / math.pi @ v
-    if layer.branch_weight:
+    if layer.current_weight:
         a = ((q @ k.transpose(-2, -1)) / math.sqrt(d)).softmax(-1)
-        y = y + layer.branch_weight * torch.where(a > layer.threshold, a, 0) @ v
+        y = y + layer.current_weight * torch.where(a > layer.threshold, a, 0) @ v
     y = y / y.norm(dim=-1, keepdim=True)
     p = N - math.prod(grid)
     w = layer.value_conv.conv.weight[:, 0, :, 0]  # (h, k)
@@ -200,7 +200,7 @@ def test_softmax_weights_fit_castling_but_for_the_value_convs():
         assert set(own) - set(soft) == set(cast.init_only_keys())
         assert set(soft) <= set(own)
         assert all(own[k].shape == soft[k].shape for k in soft)
-        assert all(k.endswith(".attn.value_conv.conv.weight") for k in cast.init_only_keys())
+        assert all(k.endswith((".attn.value_conv.conv.weight", ".attn.branch_weight")) for k in cast.init_only_keys())
 
 
 def test_vit_forward_backward_and_token_subsets_are_refused():
@@ -221,3 +221,153 @@ def test_linear_branch_never_materialises_n_by_n():
     n, d, h = 4 * 8 * 8, 8, 4
     bmm = count_flops(m, torch.randn(1, 3, 8, 64, 64)).by_op["bmm"]
     assert bmm == 2 * 2 * h * n * d * d  # depth x (K^T V + Q (K^T V))
+
+
+# ------------------------------------------------------------------------------- branch, schedule, switch
+def test_branch_schedule():
+    from tubelet.methods.castling import branch_weight_at
+
+    lin = [branch_weight_at(s, 10, 1.0, 0.2, 0.6, "linear") for s in range(12)]
+    assert lin == pytest.approx([1, 1, 1, 0.75, 0.5, 0.25, 0, 0, 0, 0, 0, 0])
+    cos = [branch_weight_at(s, 10, 0.5, 0.0, 0.5, "cosine") for s in range(7)]
+    assert cos == pytest.approx([0.5] + [0.25 * (1 + math.cos(math.pi * s / 5)) for s in range(1, 5)] + [0.0, 0.0])
+    assert cos[1] == pytest.approx(0.4523, abs=1e-4)
+    assert branch_weight_at(0, 10, 1.0, 0.0, 0.0) == 0.0  # no decay window: no branch at all
+
+
+def test_switch_is_refused_while_the_branch_has_weight():
+    from tubelet.errors import TubeletError
+
+    m = vit()
+    set_branch_weight(m, 0.25)
+    with pytest.raises(TubeletError, match=r"^cannot switch castling attention to inference: the auxiliary softmax "
+                                           r"branch still has weight 0\.25; train until its schedule reaches 0$"):
+        m.switch_to_inference()
+    assert all(b.attn.branch for b in m.blocks)
+    with pytest.raises(TubeletError, match="has no castling attention to switch"):
+        create_model("vit_tiny", **VIT).switch_to_inference()
+
+
+@pytest.mark.parametrize("build", [vit, mvit])
+def test_after_the_schedule_the_switched_model_equals_the_training_model(build):
+    from tubelet.methods.castling import Castling
+
+    cfg = VIT if build is vit else MVIT
+    x = torch.randn(2, 3, cfg["num_frames"], cfg["img_size"], cfg["img_size"])
+    method = Castling(build(), total_steps=10, decay_end=0.5, decay_shape="linear")
+    method.set_step(0)
+    with_branch = method.backbone(x)
+    method.set_step(3)
+    assert method.current_weight == pytest.approx(0.4)
+    assert not torch.allclose(method.backbone(x), with_branch)  # the branch does act while it has weight
+    # another mask threshold changes the model only while the branch has weight
+    other = build(castling_threshold=0.3)
+    other.load_state_dict(method.backbone.state_dict())
+    assert not torch.allclose(other(x), method.backbone(x))
+    method.set_step(5)
+    assert method.current_weight == 0.0
+    training = method.backbone(x)
+    set_branch_weight(other, 0.0)
+    torch.testing.assert_close(other(x), training, rtol=0, atol=0)
+    method.finish_training(10)
+    switched = method.backbone
+    assert not any(layer.branch for layer in castling_layers_of(switched))
+    assert switched.variant.config.castling_branch is False and switched.cfg.castling_branch is False
+    torch.testing.assert_close(switched(x), training, rtol=0, atol=0)
+    # the inference form rebuilt from its own config, with the weights, is the same model
+    rebuilt = create_model(switched.variant.name, **{f: getattr(switched.variant.config, f)
+                                                     for f in switched.variant.config.__dataclass_fields__})
+    rebuilt.load_state_dict(switched.state_dict())
+    rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x), training, rtol=0, atol=0)
+
+
+def castling_layers_of(model):
+    from tubelet.models.layers.angular_attention import castling_layers
+
+    return castling_layers(model)
+
+
+def test_method_logs_the_weight_and_the_l1_penalty():
+    from tubelet.methods.castling import Castling
+
+    method = Castling(vit().train(), total_steps=4, decay_end=0.5, l1=0.5)
+    batch = {"video": torch.randn(2, 3, 4, 32, 32), "label": torch.tensor([1, 3])}
+    method.set_step(0)
+    out = method(batch)
+    assert float(out["branch_weight"]) == 1.0
+    assert 0 < float(out["branch_kept_mass"]) <= 1
+    assert float(out["castling_l1"]) == pytest.approx(0.5 * float(out["branch_kept_mass"]))
+    out["loss"].backward()
+    method.set_step(2)
+    out = method(batch)
+    assert float(out["branch_weight"]) == 0.0 and "castling_l1" not in out and "branch_kept_mass" not in out
+
+
+def test_a_softmax_checkpoint_converts_with_the_new_tensors_named(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from tubelet.config.schema import ModelConfig
+    from tubelet.errors import CheckpointError
+    from tubelet.methods.backbone import build_backbone
+
+    soft = create_model("vit_tiny", **VIT)
+    path = tmp_path / "softmax.safetensors"
+    save_file(soft.state_dict(), str(path))
+    overrides = {k: v for k, v in VIT.items() if k not in ("num_frames", "img_size", "num_classes")}
+    model_cfg = ModelConfig(name="vit_tiny", num_frames=4, img_size=32, num_classes=5, checkpoint=str(path),
+                            overrides={**overrides, "attention": "castling"})
+    with caplog.at_level("WARNING"):
+        cast = build_backbone(model_cfg)
+    report = cast.load_report
+    assert report.loaded == sorted(soft.state_dict())
+    assert report.new == sorted(cast.init_only_keys()) and len(report.new) == 4
+    assert report.head_reinit == []
+    assert "4 tensors new in this model, kept at their initialisation (blocks.0.attn.branch_weight" in caplog.text
+    for k, v in soft.state_dict().items():
+        assert torch.equal(cast.state_dict()[k], v)
+    # a file with some of the castling tensors is not a softmax checkpoint: those missing are an error
+    partial_state = {**soft.state_dict(), "blocks.0.attn.branch_weight": torch.tensor(0.0)}
+    save_file(partial_state, str(tmp_path / "partial.safetensors"))
+    import dataclasses
+
+    with pytest.raises(CheckpointError, match="missing keys"):
+        build_backbone(dataclasses.replace(model_cfg, checkpoint=str(tmp_path / "partial.safetensors")))
+    # and a castling checkpoint does not load into a softmax model
+    save_file(cast.state_dict(), str(tmp_path / "castling.safetensors"))
+    soft_cfg = dataclasses.replace(model_cfg, checkpoint=str(tmp_path / "castling.safetensors"), overrides=overrides)
+    with pytest.raises(CheckpointError, match="has castling attention .* but the model has softmax attention"):
+        build_backbone(soft_cfg)
+
+
+def test_fit_anneals_logs_and_saves_the_switched_model(tmp_path, caplog):
+    """Through the CLI: the weight is logged every step, reaches 0, and the run's files hold the
+    inference form, which tubelet.load_model rebuilds and `tubelet test` evaluates."""
+    import csv
+
+    import yaml
+    from test_engine import TINY_RECIPE
+
+    import tubelet
+    from tubelet.cli.main import main
+    from tubelet.models.weights import file_metadata
+
+    recipe = {**TINY_RECIPE, "run_dir": str(tmp_path / "run"),
+              "method": {"name": "castling", "decay_end": 0.5, "decay_shape": "linear", "l1": 0.1},
+              "trainer": {**TINY_RECIPE["trainer"], "max_steps": 4, "val_check_interval": 4}}
+    cfg = tmp_path / "castling.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    with caplog.at_level("WARNING"):
+        assert main(["fit", "--config", str(cfg)]) == 0
+    assert "switched the backbone to linear-angular attention only" in caplog.text
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "logs" / "csv" / "metrics.csv").open()))
+    weights = [float(r["train/branch_weight"]) for r in rows if r.get("train/branch_weight")]
+    assert weights == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert any(r.get("train/castling_l1") for r in rows)
+    meta = file_metadata(run / "backbone.safetensors")
+    assert '"attention": "castling"' in meta["tubelet_config"] and '"castling_branch": false' in meta["tubelet_config"]
+    model = tubelet.load_model(run)
+    layers = castling_layers_of(model)
+    assert layers and not any(layer.branch for layer in layers)
+    assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "method.safetensors")]) == 0

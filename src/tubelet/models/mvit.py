@@ -31,7 +31,7 @@ from tubelet.models.layers.angular_attention import (
     attention_layer,
     refuse_castling_into_softmax,
     switch_to_inference,
-    value_conv_keys,
+    castling_only_keys,
 )
 from tubelet.models.layers.drop_path import DropPath
 from tubelet.models.layers.mlp import Mlp
@@ -307,9 +307,9 @@ class MViT(nn.Module):
         switch_to_inference(self)
 
     def init_only_keys(self) -> list[str]:
-        """Tensors a softmax checkpoint of this family lacks (castling's value convs): they keep their
+        """Tensors a softmax checkpoint of this family lacks (castling's value convs and branch weights): they keep their
         initialisation when a checkpoint has none of them (``methods/backbone.py``)."""
-        return value_conv_keys(self)
+        return castling_only_keys(self)
 
     # -- the Backbone contract (models/base.py) ------------------------------------------------------------
     @property

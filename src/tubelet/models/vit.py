@@ -30,7 +30,7 @@ from tubelet.models.layers.angular_attention import (
     attention_layer,
     refuse_castling_into_softmax,
     switch_to_inference,
-    value_conv_keys,
+    castling_only_keys,
 )
 from tubelet.models.base import BackboneConfig
 from tubelet.models.registry import register_model
@@ -257,9 +257,9 @@ class VisionTransformer(nn.Module):
         switch_to_inference(self)
 
     def init_only_keys(self) -> list[str]:
-        """Tensors a softmax checkpoint of this family lacks (castling's value convs): they keep their
+        """Tensors a softmax checkpoint of this family lacks (castling's value convs and branch weights): they keep their
         initialisation when a checkpoint has none of them (``methods/backbone.py``)."""
-        return value_conv_keys(self)
+        return castling_only_keys(self)
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes

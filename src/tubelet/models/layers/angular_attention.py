@@ -199,21 +199,35 @@ def prefix_count(n_tokens: int, grid: Grid | None, where: str) -> int:
 
 
 class _BranchState:
-    """What every castling layer shares: the branch's run-time weight, its L1 statistic, the switch."""
+    """What every castling layer shares: the branch's weight, its L1 statistic, the switch.
+
+    The weight is a buffer (``branch_weight``), so every weights file and training checkpoint says
+    where the schedule was and a model loaded from one runs as it was saved; a Python float mirror
+    (``current_weight``) keeps the forward free of device synchronisation."""
 
     branch: bool
-    branch_weight: float
+    current_weight: float
     threshold: float
     kept_mass: torch.Tensor | None
 
     def _init_branch(self, branch: bool, threshold: float) -> None:
         self.branch = bool(branch)
-        self.branch_weight = 1.0 if branch else 0.0
+        self.current_weight = 1.0 if branch else 0.0
         self.threshold = float(threshold)
         self.kept_mass = None  # mean over rows of the kept softmax mass, from the last forward (L1 penalty)
+        self.register_buffer("branch_weight", torch.tensor(self.current_weight))  # type: ignore[attr-defined]
+        self.register_load_state_dict_post_hook(_BranchState._after_load)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _after_load(module: "_BranchState", incompatible: object) -> None:
+        weight = float(module.branch_weight)  # type: ignore[attr-defined]
+        if weight != 0.0 and not module.branch:
+            raise CheckpointError(f"the weights hold castling branch weight {weight:g}, but this model has no branch "
+                                  "(castling_branch=False): build it with castling_branch=True")
+        module.current_weight = weight
 
     def _branch_active(self) -> bool:
-        return self.branch and self.branch_weight != 0.0
+        return self.branch and self.current_weight != 0.0
 
     def set_branch_weight(self, weight: float) -> None:
         if weight < 0:
@@ -221,14 +235,16 @@ class _BranchState:
         if weight > 0 and not self.branch:
             raise TubeletError(f"cannot set castling branch weight {weight:g}: the branch was removed "
                                "(switch_to_inference, or castling_branch=False)")
-        self.branch_weight = float(weight)
+        self.current_weight = float(weight)
+        with torch.no_grad():
+            self.branch_weight.fill_(weight)  # type: ignore[attr-defined]
 
     def switch_to_inference(self) -> None:
-        if self.branch and self.branch_weight != 0.0:
+        if self.branch and self.current_weight != 0.0:
             raise TubeletError(f"cannot switch castling attention to inference: the auxiliary softmax branch "
-                               f"still has weight {self.branch_weight:g}; train until its schedule reaches 0")
+                               f"still has weight {self.current_weight:g}; train until its schedule reaches 0")
         self.branch = False
-        self.branch_weight = 0.0
+        self.set_branch_weight(0.0)
         self.kept_mass = None
 
 
@@ -286,7 +302,7 @@ class LinearAngularAttention(nn.Module, _BranchState):
         self.kept_mass = None
         if self._branch_active():
             a = self.attn_drop(masked_softmax(q, k, self.scale, self.threshold))
-            y = y + self.branch_weight * (a @ v)
+            y = y + self.current_weight * (a @ v)
             self.kept_mass = a.sum(-1).mean()
         y = F.normalize(y, dim=-1, eps=self.eps)  # replaces softmax's row normalisation
         if self.value_conv is not None:
@@ -367,7 +383,7 @@ class CastlingPoolingAttention(PoolingAttention, _BranchState):
                 raw = decomposed_rel_pos(q[:, :, p:], q_grid, k_grid, *tables)
                 bias = rel_pos_bias(*raw, k_grid, p)
             a = masked_softmax(q, k, self.scale, self.threshold, bias)
-            y = y + self.branch_weight * (a @ v)
+            y = y + self.current_weight * (a @ v)
             self.kept_mass = a.sum(-1).mean()
         y = F.normalize(y, dim=-1, eps=self.eps)
         if self.value_conv is not None:
@@ -405,7 +421,7 @@ def switch_to_inference(model: nn.Module) -> None:
     layers = castling_layers(model)
     if not layers:
         raise TubeletError(f"{type(model).__name__} has no castling attention to switch (attention='softmax')")
-    weights = sorted({m.branch_weight for m in layers if m.branch})
+    weights = sorted({m.current_weight for m in layers if m.branch})
     if any(w != 0.0 for w in weights):
         raise TubeletError(f"cannot switch castling attention to inference: the auxiliary softmax branch still has "
                            f"weight {max(weights):g}; train until its schedule reaches 0")
@@ -419,16 +435,21 @@ def switch_to_inference(model: nn.Module) -> None:
         model.variant = dataclasses.replace(variant, config=dataclasses.replace(variant.config, castling_branch=False))
 
 
-def value_conv_keys(model: nn.Module) -> list[str]:
-    """The tensors castling adds to a softmax model of the same family (its value convs)."""
-    return [f"{name}.value_conv.conv.weight" for name, m in model.named_modules()
-            if isinstance(m, CASTLING_LAYERS) and m.value_conv is not None]
+def castling_only_keys(model: nn.Module) -> list[str]:
+    """The tensors castling adds to a softmax model of the same family: its value convs and branch weights."""
+    keys = []
+    for name, m in model.named_modules():
+        if isinstance(m, CASTLING_LAYERS):
+            keys.append(f"{name}.branch_weight")
+            if m.value_conv is not None:
+                keys.append(f"{name}.value_conv.conv.weight")
+    return keys
 
 
 def refuse_castling_into_softmax(state: dict[str, torch.Tensor], model: nn.Module) -> None:
     """A castling checkpoint's value convs have no place in a softmax model: loading the rest would give a
     different (wrong) model, so it is a ``CheckpointError`` rather than ignored tensors."""
-    extra = [k for k in state if k.endswith(".value_conv.conv.weight")]
+    extra = [k for k in state if k.endswith((".attn.value_conv.conv.weight", ".attn.branch_weight"))]
     if extra and not castling_layers(model):
-        raise CheckpointError(f"the checkpoint has castling attention ({extra[0]}, {len(extra)} value convs) but the "
-                              "model has softmax attention; build it with attention='castling'")
+        raise CheckpointError(f"the checkpoint has castling attention ({extra[0]}, ...) but the model has softmax "
+                              "attention; build it with attention='castling'")
