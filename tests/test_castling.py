@@ -371,3 +371,93 @@ def test_fit_anneals_logs_and_saves_the_switched_model(tmp_path, caplog):
     layers = castling_layers_of(model)
     assert layers and not any(layer.branch for layer in layers)
     assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "method.safetensors")]) == 0
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+def test_castling_vit_macs_by_hand():
+    """Linear form: K^T V and Q (K^T V) are 2 N d^2 per head, the token conv 9 (N - 1) d per head; the
+    branch adds the softmax's 2 N^2 D while it is on and nothing after the switch."""
+    from tubelet.flops import count_flops
+
+    from test_flops import vit_macs
+
+    x = torch.randn(1, 3, 8, 48, 48)
+    n, D, depth, d = 4 * 6 * 6 + 1, 32, 2, 8
+    soft = count_flops(create_model("vit_tiny", **{**VIT, "num_frames": 8, "img_size": 48}).eval(), x).macs
+    assert soft == vit_macs(32, 2, 5, n - 1, 384)
+    m = vit(num_frames=8, img_size=48)
+    linear = depth * (2 * n * d * D + 9 * (n - 1) * D)
+    with_branch = count_flops(m, x).macs
+    assert with_branch == soft + linear
+    set_branch_weight(m, 0.0)
+    m.switch_to_inference()
+    assert count_flops(m, x).macs == soft - depth * 2 * n * n * D + linear
+
+
+def test_mvitv2_s_castling_at_16x224_builds_runs_and_costs_fewer_gmacs(capsys):
+    from tubelet.cli.main import main
+    from tubelet.flops import count_flops
+
+    with torch.device("meta"):  # the full size, counted without computing
+        m = create_model("mvitv2_s", attention="castling").train()
+        both = count_flops(m, torch.empty(1, 3, 16, 224, 224), backward=True)
+    assert both.macs > 0
+    # a real forward and backward, batch 1, at 224 (4 frames keep it light on a CPU; 16 frames took
+    # 12.5 s forward and 17 s backward on one contended core)
+    torch.manual_seed(0)
+    m = create_model("mvitv2_s", attention="castling", castling_dwconv="grid", num_frames=4).train()
+    y = m(torch.randn(1, 3, 4, 224, 224))
+    assert y.shape == (1, 400)
+    y.sum().backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert float(m.blocks[0].attn.value_conv.conv.weight.grad.abs().sum()) > 0
+
+    def gmacs(*options):
+        assert main(["flops", "--model", "mvitv2_s", *options]) == 0
+        out = capsys.readouterr().out
+        return float(next(ln for ln in out.splitlines() if ln.startswith("GMACs")).split()[1]), out
+
+    softmax, _ = gmacs()
+    inference, out = gmacs("attention=castling", "castling_branch=false")
+    assert "attention  castling, inference form" in out
+    training, out = gmacs("attention=castling")
+    assert "auxiliary softmax branch on" in out
+    assert softmax == 64.22 and inference < softmax - 10 and training > inference + 10
+    assert main(["flops", "--model", "mvitv2_s", "attention=castlin"]) == 1
+    assert "attention='castlin' is not one of softmax, castling" in capsys.readouterr().err
+    assert main(["flops", "--model", "mvitv2_s", "atention=castling"]) == 1
+    assert "did you mean 'attention'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+def test_shipped_castling_recipes(tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from tubelet.config import load_recipe
+    from tubelet.methods import build_method
+    from tubelet.methods.castling import Castling
+
+    quick, scratch, convert = (load_recipe(n) for n in ("quickstart", "castling_synthetic", "castling_synthetic_convert"))
+    assert scratch.method.name == convert.method.name == "castling"
+    assert scratch.trainer.max_steps == quick.trainer.max_steps == convert.trainer.max_steps  # one budget
+    assert convert.model.checkpoint == "runs/quickstart/backbone.safetensors"
+    assert {k: v for k, v in scratch.model.overrides.items() if not k.startswith(("attention", "castling"))} \
+        == quick.model.overrides
+    # the converted recipe loads a quickstart (softmax) backbone
+    soft = build_method(quick).backbone
+    path = tmp_path / "backbone.safetensors"
+    save_file(soft.state_dict(), str(path))
+    method = build_method(dataclasses.replace(convert, model=dataclasses.replace(convert.model, checkpoint=str(path))))
+    assert isinstance(method, Castling) and method.current_weight == 1.0
+    assert method.backbone.load_report.loaded == sorted(soft.state_dict())
+    assert len(method.backbone.load_report.new) == 2 * quick.model.overrides["depth"]
+    for name in ("castling_mvitv2_s_k400", "castling_mvitv2_s_k400_convert"):
+        r = load_recipe(name)
+        assert r.method.name == "castling" and r.model.overrides["castling_dwconv"] == "grid"
+        with torch.device("meta"):
+            m = build_method(dataclasses.replace(r, model=dataclasses.replace(r.model, checkpoint=None)))
+        assert type(m.backbone.blocks[0].attn).__name__ == "CastlingPoolingAttention"
+    assert load_recipe("castling_mvitv2_s_k400_convert").model.checkpoint == "runs/mvitv2_s_k400/backbone.safetensors"
