@@ -1,6 +1,6 @@
 """Castling-ViT training (You et al., arXiv 2211.10526, CVPR 2023): supervised classification with
 linear-angular attention (``models/layers/angular_attention.py``) beside an auxiliary masked softmax
-branch whose weight a schedule drives to zero, after which the branch is removed ("castling", Sec. 3.3).
+branch whose weight a schedule drives to zero, after which the branch is removed ("castling"; docs/castling.md).
 
 The release has no schedule (only the fixed 0.02 mask threshold), so it is configurable here
 (METHODS.md section 8, UNVERIFIED against the paper's own runs):

@@ -1,7 +1,7 @@
 """Linear-angular attention of Castling-ViT (You et al., "Castling-ViT: Compressing Self-Attention via
 Switching Towards Linear-Angular Attention at Vision Transformer Inference", arXiv 2211.10526, CVPR 2023).
 
-**Kernel** (Sec. 3.2, Eq. 3-5). With ``q^ = q/|q|``, ``k^ = k/|k|`` and ``x = q^ . k^`` the angular
+**Kernel** (docs/castling.md Eq. 1-2). With ``q^ = q/|q|``, ``k^ = k/|k|`` and ``x = q^ . k^`` the angular
 similarity is ``sim(x) = 1 - arccos(x)/pi = 1/2 + arcsin(x)/pi``; its Taylor expansion is
 ``1/2 + (x + sum_{n>=1} c_n x^(2n+1))/pi`` with ``c_n = (2n)! / (4^n (n!)^2 (2n+1))`` = 1/6, 3/40, 5/112.
 Keeping the constant and the linear term makes attention linear in the number of tokens N:
@@ -10,7 +10,7 @@ Keeping the constant and the linear term makes attention linear in the number of
 
 ``K^^T V`` is ``d x d`` per head, so the cost is O(N d^2), never O(N^2 d). The depthwise conv on V and
 the training-only masked softmax branch (``A = softmax(q k^T / sqrt(d))`` on the raw q, k, ``M = A >
-threshold``, Sec. 3.3) stand in for the dropped higher-order terms. The branch has a weight ``w`` that a
+threshold``, Eq. 3) stand in for the dropped higher-order terms. The branch has a weight ``w`` that a
 schedule drives to 0 (``tubelet.methods.castling``); ``switch_to_inference`` then removes it.
 
 Decisions (METHODS.md section 8):
