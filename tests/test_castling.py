@@ -210,6 +210,13 @@ def test_vit_forward_backward_and_token_subsets_are_refused():
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="castling attention needs every token of the grid"):
         m.forward_features(x, keep_idx=torch.arange(8).expand(2, 8))
+    # activation checkpointing passes the grid through: same outputs and gradients
+    ref = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.set_grad_checkpointing(True)
+    m(x).sum().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n])
 
 
 def test_linear_branch_never_materialises_n_by_n():
@@ -461,3 +468,13 @@ def test_shipped_castling_recipes(tmp_path):
             m = build_method(dataclasses.replace(r, model=dataclasses.replace(r.model, checkpoint=None)))
         assert type(m.backbone.blocks[0].attn).__name__ == "CastlingPoolingAttention"
     assert load_recipe("castling_mvitv2_s_k400_convert").model.checkpoint == "runs/mvitv2_s_k400/backbone.safetensors"
+    with pytest.raises(ConfigError, match=r"^optim.ema_decay=0.99 cannot be combined with method castling"):
+        build_method(dataclasses.replace(scratch, optim=dataclasses.replace(scratch.optim, ema_decay=0.99)))
+    with pytest.raises(ConfigError, match=r"^method.decay_start=0.8 and method.decay_end=0.5 must satisfy"):
+        build_method(dataclasses.replace(scratch, method=dataclasses.replace(scratch.method, decay_start=0.8,
+                                                                             decay_end=0.5)))
+    softmax = dataclasses.replace(scratch, model=dataclasses.replace(
+        scratch.model, overrides={**scratch.model.overrides, "attention": "softmax"}))
+    with pytest.raises(ConfigError, match=r"^method castling trains castling attention; "
+                                          r"model.overrides.attention='softmax'"):
+        build_method(softmax)

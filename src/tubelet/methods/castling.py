@@ -91,7 +91,7 @@ class Castling(Supervised):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = super().forward(batch)
-        out["branch_weight"] = torch.tensor(self.current_weight)
+        out["branch_weight"] = torch.tensor(self.current_weight, device=out["loss"].device)
         kept = branch_kept_mass(self.backbone)
         if kept is not None:
             out["branch_kept_mass"] = kept.detach()
@@ -154,6 +154,11 @@ def build(recipe: Recipe, context: RunContext) -> Castling:
     if not 0.0 <= cfg.decay_start <= cfg.decay_end <= 1.0:
         raise ConfigError(f"method.decay_start={cfg.decay_start} and method.decay_end={cfg.decay_end} must satisfy "
                           "0 <= decay_start <= decay_end <= 1 (fractions of the run's steps)")
+    if recipe.optim.ema_decay is not None:
+        # the average would blend the branch-weight buffers too: the saved model would keep a small,
+        # non-zero branch weight long after the schedule reached 0, and could not be switched
+        raise ConfigError(f"optim.ema_decay={recipe.optim.ema_decay} cannot be combined with method castling "
+                          "(the weight average would keep the branch weight above 0); remove optim.ema_decay")
     if cfg.branch_weight < 0 or cfg.l1 < 0:
         raise ConfigError(f"method.branch_weight={cfg.branch_weight} and method.l1={cfg.l1} must be >= 0")
     if context.num_classes is not None and recipe.model.num_classes != context.num_classes:
