@@ -478,3 +478,17 @@ def test_shipped_castling_recipes(tmp_path):
     with pytest.raises(ConfigError, match=r"^method castling trains castling attention; "
                                           r"model.overrides.attention='softmax'"):
         build_method(softmax)
+
+
+def test_the_schedule_follows_the_trainers_step_so_a_resumed_run_continues_it():
+    from types import SimpleNamespace
+
+    from tubelet.methods.castling import Castling
+
+    method = Castling(vit(), total_steps=8, decay_end=0.5, decay_shape="linear")
+    (callback,) = method.callbacks()
+    callback.on_train_batch_start(SimpleNamespace(global_step=3), None, None, 0)  # e.g. the first batch after resuming
+    assert method.current_weight == pytest.approx(0.25)
+    assert all(float(layer.branch_weight) == pytest.approx(0.25) for layer in castling_layers_of(method.backbone))
+    callback.on_train_end(SimpleNamespace(global_step=8), None)
+    assert method.current_weight == 0.0 and method.backbone.cfg.castling_branch is False
