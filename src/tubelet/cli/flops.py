@@ -13,6 +13,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "operation (the papers' 'GFLOPs'); torch.utils.flop_counter's FLOPs are twice that.",
     )
     p.add_argument("--model", required=True, help="registered model name (see `tubelet models`)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="model options (fields of the variant's config, values as YAML), e.g. attention=castling "
+        "castling_branch=false (Castling-ViT's inference form, without the auxiliary softmax branch)",
+    )
     p.add_argument("--frames", type=int, default=16, help="clip length T (default 16; 1 for image models)")
     p.add_argument("--size", type=int, default=224, help="spatial size H = W (default 224)")
     p.add_argument("--classes", type=int, default=None, help="number of classes (default: the variant's)")
@@ -33,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "GMACs for MViTv2-S at 16x224^2)",
     )
     p.add_argument("--by-op", action="store_true", help="also print GMACs per operator")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, overrides_anywhere=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,11 +56,18 @@ def run(args: argparse.Namespace) -> int:
 
     from tubelet.models.registry import get_model_config
 
-    fields = {f.name for f in dataclasses.fields(get_model_config(args.model))}
+    base = get_model_config(args.model)
+    fields = {f.name for f in dataclasses.fields(base)}
     # Build position tables for the requested grid (when the model has them), so that no
     # interpolation enters the count.
     wanted = {"num_frames": args.frames, "img_size": args.size, "num_classes": args.classes}
     overrides = {k: v for k, v in wanted.items() if k in fields and v is not None}
+    options = model_options(args.overrides, base)
+    clash = sorted(set(options) & set(wanted))
+    if clash:
+        raise ConfigError(f"{clash[0]}=...: give the clip size and classes with --frames, --size and --classes")
+    get_model_config(args.model, **options)  # names a misspelt option before anything is built
+    overrides.update(options)
     if args.classes is not None and "num_classes" not in fields:
         raise ConfigError(f"model '{args.model}' has no num_classes option")
     try:
@@ -72,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     passes = "forward + backward" if args.backward else "forward"
     if args.executed:
         passes += ", executed attention formulation"
-    print(f"model      {args.model}")
+    print(f"model      {args.model}" + (f" ({' '.join(args.overrides)})" if args.overrides else ""))
+    if getattr(model.cfg if hasattr(model, "cfg") else None, "attention", "softmax") == "castling":
+        form = ("auxiliary softmax branch on (the training form; castling_branch=false counts the inference "
+                "form)" if model.cfg.castling_branch else "inference form (no auxiliary branch)")
+        print(f"attention  castling, {form}")
     print(f"input      {args.batch} x 3 x {args.frames} x {args.size} x {args.size} ({passes})")
     print(f"params     {result.params:,} ({result.params / 1e6:.2f} M)")
     print(
@@ -83,3 +101,25 @@ def run(args: argparse.Namespace) -> int:
         for op, macs in sorted(result.by_op.items(), key=lambda kv: -kv[1]):
             print(f"  {op:56s} {macs / 1e9:10.3f}")
     return 0
+
+
+def model_options(pairs: list[str], base: object) -> dict[str, object]:
+    """``KEY=VALUE`` words as model overrides, values parsed as YAML (a list becomes a tuple where the
+    variant's field is one). A word without ``=`` is a one-line error."""
+    import yaml
+
+    from tubelet.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"'{pair}': model options are KEY=VALUE (e.g. attention=castling)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{pair}: the value is not valid YAML ({exc.__class__.__name__})") from exc
+        if isinstance(value, list) and isinstance(getattr(base, key, None), tuple):
+            value = tuple(value)
+        out[key] = value
+    return out

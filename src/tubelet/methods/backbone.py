@@ -11,6 +11,10 @@ and drop path (where the variant has those fields; ``model.overrides`` win), and
 - every backbone tensor must be in the file with its shape, except the classifier (``head.``,
   ``fc_norm.``), which keeps its fresh initialisation when missing or of another shape;
 - tensors of the file with no place in the backbone (an MAE decoder, a mask token) are ignored;
+- tensors the backbone names in ``init_only_keys()`` (what an option adds to the family's other
+  checkpoints, e.g. castling attention's value convs in a softmax-trained file) keep their
+  initialisation when the file has *none* of them, and are listed as new; a file with only some of them
+  is an error like any missing tensor;
 - a file that fits no tensor at all is an error, as is any missing tensor: the error names them.
 
 What was loaded is returned as a ``LoadReport`` (kept as ``backbone.load_report``) and logged.
@@ -44,6 +48,7 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)  # backbone tensors taken from the file
     head_reinit: list[str] = field(default_factory=list)  # classifier tensors left at their initialisation
     ignored: list[str] = field(default_factory=list)  # file tensors with no place in the backbone
+    new: list[str] = field(default_factory=list)  # backbone tensors the file's model did not have (init_only_keys)
     prefix: str = ""  # the method prefix stripped from the file's keys, if any
 
     def summary(self) -> str:
@@ -51,9 +56,13 @@ class LoadReport:
         if self.ignored:
             ignored = f" ({', '.join(self.ignored[:4])}{', ...' if len(self.ignored) > 4 else ''})"
         under = f" under '{self.prefix}'" if self.prefix else ""
+        new = ""
+        if self.new:
+            new = (f"; {len(self.new)} tensors new in this model, kept at their initialisation "
+                   f"({', '.join(self.new[:4])}{', ...' if len(self.new) > 4 else ''})")
         return (f"loaded {len(self.loaded)} tensors{under} from {self.path}; head re-initialised "
                 f"({', '.join(self.head_reinit) or 'none'}); ignored {len(self.ignored)} tensors not in the "
-                f"backbone{ignored}")
+                f"backbone{ignored}{new}")
 
 
 def _is_head(key: str) -> bool:
@@ -85,7 +94,10 @@ def load_backbone_weights(backbone: nn.Module, path: str, prefixes: tuple[str, .
         )
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state.items() if k in own and own[k].shape != v.shape and not _is_head(k)]
-    missing = [k for k in own if k not in state and not _is_head(k)]
+    init_only = getattr(backbone, "init_only_keys", None)
+    optional = set(init_only()) if callable(init_only) else set()
+    new = sorted(optional) if optional and not optional & set(state) else []
+    missing = [k for k in own if k not in state and not _is_head(k) and k not in new]
     if bad or missing:
         lines = [f"{path}: weights do not fit {type(backbone).__name__}"]
         if bad:
@@ -97,8 +109,9 @@ def load_backbone_weights(backbone: nn.Module, path: str, prefixes: tuple[str, .
     report = LoadReport(
         path=str(path),
         loaded=sorted(fits),
-        head_reinit=sorted(k for k in result.missing_keys),
+        head_reinit=sorted(k for k in result.missing_keys if k not in new),
         ignored=sorted(ignored + [k for k in state if k not in own]),
+        new=new,
         prefix=prefix,
     )
     log.warning("%s", report.summary())

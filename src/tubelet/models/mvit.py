@@ -19,11 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tubelet.models.layers.angular_attention import (
+    AttentionChoice,
+    CastlingPoolingAttention,
+    attention_layer,
+    refuse_castling_into_softmax,
+    switch_to_inference,
+    castling_only_keys,
+)
 from tubelet.models.layers.drop_path import DropPath
 from tubelet.models.layers.mlp import Mlp
 from tubelet.models.layers.pool_attention import Grid, PoolingAttention, conv_out_size, pool_grid, pool_tokens
@@ -35,8 +44,10 @@ HEAD_POOLS = ("cls", "mean", "mean_norm")
 
 
 @dataclass(frozen=True)
-class MViTConfig(BackboneConfig):
-    """One MViTv2 variant. Defaults are MViTv2-S 16x4 (Kinetics-400) as in PySlowFast's config."""
+class MViTConfig(BackboneConfig, AttentionChoice):
+    """One MViTv2 variant. Defaults are MViTv2-S 16x4 (Kinetics-400) as in PySlowFast's config.
+    ``attention`` and ``castling_*`` (``AttentionChoice``): softmax pooling attention or Castling-ViT's
+    linear-angular form of it in every block."""
 
     depth: int = 16
     embed_dim: int = 96  # stage-1 width
@@ -160,6 +171,7 @@ class MultiScaleBlock(nn.Module):
         cfg: MViTConfig,
         drop_path: float,
         norm_layer,
+        attn_layer: Callable[..., nn.Module] = PoolingAttention,
     ) -> None:
         super().__init__()
         self.dim, self.dim_out = spec.dim, spec.dim_out
@@ -168,7 +180,7 @@ class MultiScaleBlock(nn.Module):
         self.spatial_only = not cfg.video
         att_dim = spec.dim_out if cfg.dim_mul_in_att else spec.dim
         self.norm1 = norm_layer(spec.dim)
-        self.attn = PoolingAttention(
+        self.attn = attn_layer(
             spec.dim,
             att_dim,
             spec.num_heads,
@@ -215,6 +227,7 @@ class MultiScaleBlock(nn.Module):
 def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Resample relative-position tables whose length follows another token grid (e.g. MaskFeat
     pre-trains without the last stage's query stride) linearly to the model's, as the reference does."""
+    refuse_castling_into_softmax(state, model)
     own = model.state_dict()
     out = dict(state)
     for k, v in state.items():
@@ -246,7 +259,9 @@ class MViT(nn.Module):
         self.specs = block_specs(cfg)
         # Linear rise from 0 to the configured rate (plain floats: the model may be built on the meta device).
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(MultiScaleBlock(s, cfg, dpr[i], norm_layer) for i, s in enumerate(self.specs))
+        attn_layer = attention_layer(cfg, PoolingAttention, CastlingPoolingAttention)
+        self.blocks = nn.ModuleList(
+            MultiScaleBlock(s, cfg, dpr[i], norm_layer, attn_layer) for i, s in enumerate(self.specs))
         self.embed_dim = self.specs[-1].dim_out
         self.norm = norm_layer(self.embed_dim)
         self.head_drop = nn.Dropout(cfg.head_dropout)
@@ -286,6 +301,15 @@ class MViT(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def switch_to_inference(self) -> None:
+        """Castling attention: remove the auxiliary softmax branch (refused while its weight is not 0)."""
+        switch_to_inference(self)
+
+    def init_only_keys(self) -> list[str]:
+        """Tensors a softmax checkpoint of this family lacks (castling's value convs and branch weights): they keep their
+        initialisation when a checkpoint has none of them (``methods/backbone.py``)."""
+        return castling_only_keys(self)
 
     # -- the Backbone contract (models/base.py) ------------------------------------------------------------
     @property

@@ -24,6 +24,14 @@ from torch.utils.checkpoint import checkpoint
 from tubelet.errors import CheckpointError
 from tubelet.models.heads import ClassifierHead, pool_tokens
 from tubelet.models.layers import Attention, DropPath, Mlp, PatchEmbed3d, SeparablePosEmbed
+from tubelet.models.layers.angular_attention import (
+    AttentionChoice,
+    LinearAngularAttention,
+    attention_layer,
+    refuse_castling_into_softmax,
+    switch_to_inference,
+    castling_only_keys,
+)
 from tubelet.models.base import BackboneConfig
 from tubelet.models.registry import register_model
 
@@ -31,9 +39,10 @@ __all__ = ["Block", "ViTConfig", "VisionTransformer"]
 
 
 @dataclass(frozen=True)
-class ViTConfig(BackboneConfig):
+class ViTConfig(BackboneConfig, AttentionChoice):
     """One space-time ViT variant. ``img_size``/``num_frames`` only size the position tables at build
-    time; other inputs work too (tables are interpolated)."""
+    time; other inputs work too (tables are interpolated). ``attention`` and ``castling_*``
+    (``AttentionChoice``): softmax or Castling-ViT's linear-angular attention in every block."""
 
     patch_size: int = 16
     tubelet_size: int = 2
@@ -69,24 +78,30 @@ class Block(nn.Module):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         fused_attn: bool = True,
+        attn_layer: Callable[..., nn.Module] = Attention,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, fused_attn)
+        self.attn = attn_layer(dim, num_heads, qkv_bias, attn_drop, proj_drop, fused_attn)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, query_idx: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        query_idx: torch.Tensor | None = None,
+        grid: tuple[int, int, int] | None = None,
     ) -> torch.Tensor:
-        """``(B, N, D) -> (B, N, D)``; with ``query_idx (B, M)`` only those tokens' outputs, ``(B, M, D)``."""
+        """``(B, N, D) -> (B, N, D)``; with ``query_idx (B, M)`` only those tokens' outputs, ``(B, M, D)``.
+        ``grid``: the (T, H, W) grid of the patch tokens, for attention layers that need it."""
         if query_idx is None:
-            x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask))
+            x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask, grid=grid))
         else:
             kept = torch.gather(x, 1, query_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, M, D)
-            x = kept + self.drop_path1(self.attn(self.norm1(x), attn_mask, query_idx=query_idx))
+            x = kept + self.drop_path1(self.attn(self.norm1(x), attn_mask, query_idx=query_idx, grid=grid))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
@@ -119,6 +134,7 @@ def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> di
     """
     from tubelet.models.layers.pos_embed import resample_separable
 
+    refuse_castling_into_softmax(state, model)
     own = model.state_dict()
     out = dict(state)
     key = "patch_embed.proj.weight"
@@ -193,6 +209,7 @@ class VisionTransformer(nn.Module):
 
         # Stochastic depth rises linearly from 0 (first block) to drop_path_rate (last block).
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        attn_layer = attention_layer(cfg, Attention, LinearAngularAttention)
         self.blocks = nn.ModuleList(
             Block(
                 cfg.embed_dim,
@@ -204,6 +221,7 @@ class VisionTransformer(nn.Module):
                 drop_path=rates[i],
                 norm_layer=norm_layer,
                 fused_attn=cfg.fused_attn,
+                attn_layer=attn_layer,
             )
             for i in range(cfg.depth)
         )
@@ -233,6 +251,15 @@ class VisionTransformer(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def switch_to_inference(self) -> None:
+        """Castling attention: remove the auxiliary softmax branch (refused while its weight is not 0)."""
+        switch_to_inference(self)
+
+    def init_only_keys(self) -> list[str]:
+        """Tensors a softmax checkpoint of this family lacks (castling's value convs and branch weights): they keep their
+        initialisation when a checkpoint has none of them (``methods/backbone.py``)."""
+        return castling_only_keys(self)
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -306,12 +333,13 @@ class VisionTransformer(nn.Module):
 
         ``token_mask``/``mask_token``: masked-token replacement after the embedding (see ``embed``).
         """
+        grid = tuple(int(g) for g in self.patch_embed.grid_size(*x.shape[-3:]))
         x = self.embed(x, keep_idx, token_mask, mask_token)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if use_ckpt else blk(x)
+            x = checkpoint(blk, x, grid=grid, use_reentrant=False) if use_ckpt else blk(x, grid=grid)
         return self.norm(x)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -38,9 +38,15 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, query_idx: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        query_idx: torch.Tensor | None = None,
+        grid: tuple[int, int, int] | None = None,
     ) -> torch.Tensor:
         """``attn_mask``: bool (True = attend) or additive float, broadcastable to ``(B, heads, N, N)``.
+        ``grid``: the token grid, unused here (softmax attention does not depend on token order; attention
+        layers that do, e.g. castling's value conv, take it through the same blocks).
 
         ``query_idx (B, M)``: compute the outputs of those tokens only, ``-> (B, M, D)``; every token
         is still a key and value. Equal to the full output gathered at ``query_idx``, for M/N of the

@@ -199,7 +199,7 @@ class PoolingAttention(nn.Module):
         q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
-        Nq, Nk = q.shape[2], k.shape[2]
+        Nk = k.shape[2]
 
         if not (self.rel_pos_spatial or self.rel_pos_temporal):
             out = F.scaled_dot_product_attention(q, k, v)
@@ -231,6 +231,13 @@ class PoolingAttention(nn.Module):
                     attn = (q * self.scale) @ k.transpose(-2, -1) + bias
                     out = attn.softmax(dim=-1) @ v
 
+        return self._output(out, q), q_grid
+
+    def _output(self, out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Residual pooling (``+ Q`` on the patch tokens), heads merged, output projection:
+        ``(B, heads, Nq, d) -> (B, Nq, dim_out)``."""
+        B, _, Nq, _ = out.shape
+        p = self.num_prefix
         if self.residual_pooling:
             if p:
                 # Residual pooling skips CLS (the reference adds Q to patch tokens only).
@@ -239,7 +246,7 @@ class PoolingAttention(nn.Module):
             else:
                 out = out + q
         out = out.transpose(1, 2).reshape(B, Nq, self.dim_out)
-        return self.proj_drop(self.proj(out)), q_grid
+        return self.proj_drop(self.proj(out))
 
 
 @contextlib.contextmanager
