@@ -52,8 +52,8 @@ def test_concealed_frames_are_flagged(copies):
     assert n == 240
     d = r.damage
     assert d.flagged == (115, 187, 192, 201) and d.missing == ()
-    assert d.signals == ("corrupt-frame flag", "decoder errors") and d.n_errors == 7
-    assert d.describe().startswith("frames 115, 187, 192, 201 concealed (corrupt-frame flag); decoder errors: "
+    assert d.signals == ("corrupt-frame flag", "error log") and d.n_errors == 7
+    assert d.describe().startswith("frames 115, 187, 192, 201 concealed (corrupt-frame flag); errors logged: "
                                    "'P cbpy damaged at 12 7' (mpeg4)")
     # a read examines the frames it decodes: from the keyframe before the clip to its last frame
     r.get_frames(np.arange(110, 120))

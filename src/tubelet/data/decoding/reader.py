@@ -65,14 +65,14 @@ class Damage:
 
     @property
     def signals(self) -> tuple[str, ...]:
-        """Which signals fired: ``corrupt-frame flag``, ``missing frames``, ``decoder errors``."""
+        """Which signals fired: ``corrupt-frame flag``, ``missing frames``, ``error log``."""
         fired = [("corrupt-frame flag", self.flagged), ("missing frames", self.missing),
-                 ("decoder errors", self.n_errors)]  # fmt: skip
+                 ("error log", self.n_errors)]  # fmt: skip
         return tuple(name for name, hit in fired if hit)
 
     def describe(self) -> str:
         """One line: which frames and which signal, e.g. ``frames 118, 119 concealed (corrupt-frame
-        flag); decoder errors: 'error while decoding MB 0 10, bytestream -5' (h264) and 3 more``."""
+        flag); errors logged: 'error while decoding MB 0 10, bytestream -5' (h264) and 3 more``."""
         parts = []
         if self.flagged:
             parts.append(f"{_count(self.flagged)} concealed (corrupt-frame flag)")
@@ -80,7 +80,7 @@ class Damage:
             parts.append(f"{_count(self.missing)} never produced by the decoder (missing frames)")
         if self.n_errors:
             more = f" and {self.n_errors - len(self.errors)} more" if self.n_errors > len(self.errors) else ""
-            parts.append(f"decoder errors: {'; '.join(self.errors)}{more}")
+            parts.append(f"errors logged: {'; '.join(self.errors)}{more}")
         return "; ".join(parts)
 
 
