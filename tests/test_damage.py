@@ -224,3 +224,48 @@ def test_on_damaged_is_checked_at_load():
     with pytest.raises(ConfigError, match="on_damaged"):
         load_recipe(None, ["data.on_damaged=drop"])
     assert load_recipe(None, ["data.on_damaged=keep"]).data.on_damaged == "keep"
+
+
+@pytest.mark.parametrize("policy, workers", [("skip", 0), ("keep", 0), ("fail", 2)])
+def test_fit_follows_on_damaged(tmp_path, videos_dir, copies, caplog, policy, workers):
+    """A tiny run over 5 good rows and one damaged one (a range around its concealed frame 115) for
+    several epochs: skipped and listed, trained on and reported once, or stopped on in one line."""
+    from test_engine import TINY_RECIPE
+
+    from tubelet.config import from_dict
+    from tubelet.data.builder import build_dataset
+    from tubelet.data.datasets.base import damaged_fail_message
+    from tubelet.engine import fit
+
+    damaged, _ = copies(0)
+    good = ["WUzgd7C1pWA.mp4", "unordered.mov", "video_0.mov", "RATRACE_wave_f_nm_np1_fr_goo_37.avi", CLIP]
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("path,label,start,end\n" + "".join(f"{videos_dir / p},{i % 2},,\n" for i, p in enumerate(good))
+                        + f"{damaged},1,3.7,4.0\n")
+    recipe = from_dict({
+        **TINY_RECIPE, "run_dir": str(tmp_path / "run"),
+        "data": {"kind": "manifest", "train": str(manifest), "num_frames": 4, "crop_size": 16, "batch_size": 3,
+                 "num_workers": workers, "max_failure_fraction": 0.5, "on_damaged": policy,
+                 "augment": {"short_side": [16, 20]}},
+        "model": {**TINY_RECIPE["model"], "num_classes": 2},
+        "trainer": {**TINY_RECIPE["trainer"], "max_steps": 6, "val_check_interval": None},
+    })
+    datasets = {"train": build_dataset(recipe.data, "train", seed=recipe.seed)}
+    if policy == "fail":
+        with pytest.raises(DataError) as err:
+            fit(recipe, datasets=datasets)
+        assert str(err.value).startswith(f"{damaged}: damaged: frame 115 concealed (corrupt-frame flag)")
+        assert str(err.value) == damaged_fail_message(str(damaged), str(err.value).split(": damaged: ", 1)[1].split(
+            "; data.on_damaged=fail")[0])
+        assert "\n" not in str(err.value)
+        return
+    fit(recipe, datasets=datasets)  # 2 steps an epoch: 3 epochs, the damaged row read 3 times
+    console = caplog.text
+    bad = tmp_path / "run" / "bad_files.txt"
+    if policy == "skip":
+        assert bad.read_text().startswith(f"{damaged}\tdamaged: frame 115 concealed (corrupt-frame flag)")
+        assert console.count(f"skipping unreadable file {damaged}: damaged: frame 115") == 1
+    else:
+        assert not bad.exists()
+        assert console.count(f"training on damaged file {damaged} (data.on_damaged=keep, reported once): "
+                             "damaged: frame 115 concealed (corrupt-frame flag)") == 1
