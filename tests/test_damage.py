@@ -269,3 +269,23 @@ def test_fit_follows_on_damaged(tmp_path, videos_dir, copies, caplog, policy, wo
         assert not bad.exists()
         assert console.count(f"training on damaged file {damaged} (data.on_damaged=keep, reported once): "
                              "damaged: frame 115 concealed (corrupt-frame flag)") == 1
+
+
+def test_ffmpeg_log_settings_are_restored_and_user_logging_still_gets_its_lines(copies, videos_dir, caplog):
+    import logging
+
+    import av.logging as avlog
+
+    path, _ = copies(0)
+    assert avlog.get_level() is None and avlog.get_skip_repeated()
+    PyAVReader(path).decode_all()
+    assert avlog.get_level() is None and avlog.get_skip_repeated()  # PyAV's defaults, as before the read
+    avlog.set_level(avlog.VERBOSE)  # a user who logs FFmpeg
+    try:
+        with caplog.at_level(logging.DEBUG, logger="libav"):
+            r = PyAVReader(videos_dir / "WUzgd7C1pWA.mp4")
+            r.get_frames([0, 1])
+        assert avlog.get_level() == avlog.VERBOSE
+        assert any(rec.name == "libav.h264" and "Reinit context to 352x256" in rec.getMessage() for rec in caplog.records)
+    finally:
+        avlog.set_level(None)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -46,8 +47,13 @@ def _ffmpeg_reason(exc: BaseException) -> str:
 class _ErrorLog:
     """The error messages FFmpeg logs in this thread for one stream (its decoder's and its demuxer's)
     while entered. PyAV drops FFmpeg's log unless a level is set and merges a line repeated from
-    the previous one (which may belong to another file); both are switched for the read and
-    restored after, so a user's logging setup is left as it was."""
+    the previous one (which may belong to another file); both are switched while any read holds a
+    log and restored when the last one ends. Under a level the user set, what a read captured that
+    is not its own is passed on to Python's logging, where PyAV would have sent it."""
+
+    _lock = threading.Lock()
+    _holders = 0
+    _saved: tuple = (None, True)  # the user's level and repeat-merging, while reads hold a log
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
@@ -56,22 +62,35 @@ class _ErrorLog:
     def __enter__(self) -> "_ErrorLog":
         import av.logging as avlog
 
-        self._level = avlog.get_level()
-        if self._level is None or self._level < avlog.ERROR:
-            avlog.set_level(avlog.ERROR)
-        self._skip = avlog.get_skip_repeated()
-        avlog.set_skip_repeated(False)
+        with _ErrorLog._lock:
+            if _ErrorLog._holders == 0:
+                _ErrorLog._saved = (avlog.get_level(), avlog.get_skip_repeated())
+                level = _ErrorLog._saved[0]
+                if level is None or level < avlog.ERROR:
+                    avlog.set_level(avlog.ERROR)
+                avlog.set_skip_repeated(False)
+            _ErrorLog._holders += 1
         self._capture = avlog.Capture()
         self.logs = self._capture.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import logging
+
         import av.logging as avlog
 
         self._capture.__exit__(*exc)
-        avlog.set_skip_repeated(self._skip)
-        if self._level is None or self._level < avlog.ERROR:
-            avlog.set_level(self._level)
+        with _ErrorLog._lock:
+            _ErrorLog._holders -= 1
+            user_level, skip = _ErrorLog._saved
+            if _ErrorLog._holders == 0:
+                avlog.set_skip_repeated(skip)
+                if user_level is None or user_level < avlog.ERROR:
+                    avlog.set_level(user_level)
+        if user_level is not None:
+            for level, name, msg in self.logs:
+                if level <= user_level and not (level <= avlog.ERROR and name in self.names):
+                    logging.getLogger(f"libav.{name or 'generic'}").log(avlog.adapt_level(level), msg.strip())
 
     def errors(self) -> list[str]:
         """``'message' (context)`` for each error-level line of this stream, in order."""
@@ -549,14 +568,16 @@ class PyAVReader(VideoReader):
         pts = []
         self.damage = None
         detect = self.detect_damage
-        flagged: list[int] = []  # output positions of flagged frames
+        flagged: list[tuple[int, int | None]] = []  # (output position, PTS) of the flagged frames
+        outputs = 0
         log = self._error_log() if detect else _NO_LOG
         log.__enter__()  # left in the finally clause below
         try:
             container.seek(0, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 if detect and frame.is_corrupt:
-                    flagged.append(len(pts))
+                    flagged.append((outputs, frame.pts))
+                outputs += 1
                 if frame.pts is not None:
                     pts.append(int(frame.pts))
         except Exception as exc:
@@ -569,13 +590,13 @@ class PyAVReader(VideoReader):
             raise VideoError(self.path, "no frame could be decoded")
         ix = self._index
         if detect:
-            out, at = np.asarray(pts, dtype=np.int64), np.asarray(flagged, dtype=np.int64)
             if ix.output_order:  # frames are named by their place in the decoder's output
+                at = np.asarray([i for i, _ in flagged], dtype=np.int64)
                 flagged_pts = ix.pts[np.minimum(at, len(ix.pts) - 1)].tolist()
-                missing_pts = ix.pts[len(pts):].tolist()
+                missing_pts = ix.pts[outputs:].tolist()
             else:
-                flagged_pts = out[at].tolist()
-                missing_pts = ix.pts[~np.isin(ix.pts, out)].tolist()
+                flagged_pts = [int(p) for _, p in flagged if p is not None]
+                missing_pts = ix.pts[~np.isin(ix.pts, np.asarray(pts, dtype=np.int64))].tolist()
             self.damage = self._damage(flagged_pts, missing_pts, log.errors())
         pts.sort()
         tb = ix.time_base
