@@ -223,17 +223,19 @@ def data_check(name: str, n: int, out_dir: Path) -> None:
     out = buf.getvalue().splitlines()
     bad_lines = [line for line in out if line.startswith("BAD ")]
     print(f"\n`tubelet data check` on {n} copies of {name}: {out[-1]}\n")
-    print("| copy | frames differ | reported by data check | missed: why |")
+    print("| copy | frames differ, from frame | reported by data check | missed: why |")
     print("|---|---|---|---|")
     missed = 0
     for path, offsets in copies:
-        differs = frame_digests(path) != ref
-        if not differs:
+        got = frame_digests(path)
+        if got == ref:
             continue
+        # decoders output frames in display order, so the first differing digest is a display index
+        first = next((i for i, (a, b) in enumerate(zip(got or [], ref)) if a != b), min(len(got or []), len(ref)))
         hit = any(f" {path}: " in line for line in bad_lines)
         missed += not hit
         why = "" if hit else miss_reason(offsets, packets, display, codec)
-        print(f"| {path.name} | yes | {'yes' if hit else 'no'} | {why} |")
+        print(f"| {path.name} | {first} | {'yes' if hit else 'no'} | {why} |")
     print(f"\n{missed} differing copies missed, each with its reason above.")
 
 
