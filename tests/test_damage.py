@@ -234,7 +234,6 @@ def test_fit_follows_on_damaged(tmp_path, videos_dir, copies, caplog, policy, wo
 
     from tubelet.config import from_dict
     from tubelet.data.builder import build_dataset
-    from tubelet.data.datasets.base import damaged_fail_message
     from tubelet.engine import fit
 
     damaged, _ = copies(0)
@@ -252,6 +251,8 @@ def test_fit_follows_on_damaged(tmp_path, videos_dir, copies, caplog, policy, wo
     })
     datasets = {"train": build_dataset(recipe.data, "train", seed=recipe.seed)}
     if policy == "fail":
+        from tubelet.data.datasets.base import damaged_fail_message
+
         with pytest.raises(DataError) as err:
             fit(recipe, datasets=datasets)
         assert str(err.value).startswith(f"{damaged}: damaged: frame 115 concealed (corrupt-frame flag)")
