@@ -187,7 +187,7 @@ def test_kinetics_bad_rows_in_data_check(tmp_path, capsys):
     assert out[0] == (f"BAD {csv_path}:6: no video for this row under '{root}' (tried gone_000001_000011, "
                       f"abseiling/gone_000001_000011 with .mp4/.mkv/.webm/.avi)")
     assert out[1] == f"BAD {csv_path}:7: 'time_start' must be whole seconds (e.g. 14), got 'x'"
-    assert out[-1] == "checked 5 rows: 3 ok, 2 bad (2 invalid rows, 0 unreadable files, 0 time ranges past the video's end)"
+    assert out[-1] == "checked 5 rows: 3 ok, 2 bad (2 invalid rows, 0 unreadable files, 0 damaged files, 0 time ranges past the video's end)"
 
 
 # -- tubelet data check: class folders, frame folders, images, time ranges -----------------------
@@ -214,7 +214,7 @@ def test_data_check_class_folders(tmp_path, videos_dir, capsys):
                       f"outside data.root '{root}'")
     assert out[1].startswith(f"BAD {root / 'walk'}: {root / 'walk' / 'b.mp4'}: cannot open")
     assert out[2] == f"BAD {root / 'walk'}: {root / 'walk' / 'd.mov'}: file not found"  # a dangling link is not skipped
-    assert out[-1] == "checked 4 rows: 1 ok, 3 bad (1 invalid rows, 2 unreadable files, 0 time ranges past the video's end)"
+    assert out[-1] == "checked 4 rows: 1 ok, 3 bad (1 invalid rows, 2 unreadable files, 0 damaged files, 0 time ranges past the video's end)"
     # frame folders and images: the kinds build_dataset reads, through its scanning
     _frames(tmp_path / "fr" / "push" / "v1", 3)
     (tmp_path / "fr" / "push" / "empty").mkdir()

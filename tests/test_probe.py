@@ -19,7 +19,9 @@ def test_probe_good_files(capsys, videos_dir):
     a, b = recs
     assert a["ok"] and a["rotation"] == 90 and (a["width"], a["height"]) == (320, 568) and a["frames"] == 3
     assert b["ok"] and b["frames"] == 83 and b["fps"] == 30.0 and b["codec"] == "mpeg4" and b["error"] is None
-    assert set(a) == {"path", "ok", "frames", "fps", "duration", "width", "height", "rotation", "codec", "error"}
+    assert set(a) == {"path", "ok", "frames", "fps", "duration", "width", "height", "rotation", "codec", "error",
+                      "damaged", "damaged_frames", "damage"}
+    assert (a["damaged"], a["damaged_frames"], a["damage"]) == (0, [], None)
 
 
 def test_probe_bad_files(capsys, videos_dir, tmp_path):
@@ -39,6 +41,7 @@ def test_probe_bad_files(capsys, videos_dir, tmp_path):
 def test_probe_fast_skips_full_decode(capsys, videos_dir):
     rc, recs = _probe(capsys, "--fast", videos_dir / "corrupted.mp4")
     assert rc == 0 and recs[0]["ok"] and recs[0]["frames"] == 50  # the index alone cannot see the corruption
+    assert recs[0]["damaged"] is None  # nor concealed damage: not looked for
 
 
 def test_data_check_reports_every_bad_row(capsys, videos_dir, tmp_path):

@@ -144,19 +144,24 @@ def run_check(args: argparse.Namespace) -> int:
     for _where, msg in row_errors:
         print(f"BAD {msg}", flush=True)
     opener = _opener(args, kind)
-    bad_files = bad_ranges = 0
+    bad_files = bad_ranges = damaged = 0
     for s in samples:
         rec, duration = probe_reader(s.path, opener, full=not args.fast)
         if not rec["ok"]:
             bad_files += 1
             print(f"BAD {s.source}: {s.path}: {rec['error']}", flush=True)
+        elif rec["damage"] is not None:  # decodes, but FFmpeg concealed damage (data.on_damaged decides)
+            damaged += 1
+            print(f"BAD {s.source}: {s.path}: damaged: {rec['damage']}", flush=True)
         elif (late := _past_end(s, duration)) is not None:
             bad_ranges += 1
             print(f"BAD {s.source}: {s.path}: {late}", flush=True)
     total = len(samples) + len(row_errors)
-    n_bad = len(row_errors) + bad_files + bad_ranges
+    n_bad = len(row_errors) + bad_files + damaged + bad_ranges
+    # damage is looked for in decoded videos only: not with --fast, nor in frame folders or images
+    looked = "" if args.fast or kind in ("frames", "images") else f"{damaged} damaged files, "
     print(f"checked {total} rows: {total - n_bad} ok, {n_bad} bad ({len(row_errors)} invalid rows, {bad_files} "
-          f"unreadable files, {bad_ranges} time ranges past the video's end)")
+          f"unreadable files, {looked}{bad_ranges} time ranges past the video's end)")
     return 1 if n_bad else 0
 
 

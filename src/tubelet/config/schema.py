@@ -182,6 +182,9 @@ class DataConfig(Checked):
     # train clips of one video lie within this many seconds (rho-SSL)
     clip_max_span: float | None = bounded(None, POSITIVE_REAL)
     max_failure_fraction: float = bounded(0.01, FRACTION)
+    # A clip read whose frames FFmpeg concealed damage in: skip it like an unreadable file (counted
+    # against max_failure_fraction), keep it (reported once), or fail (stop, naming the file).
+    on_damaged: Literal["skip", "keep", "fail"] = "skip"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     rho: RhoConfig = field(default_factory=RhoConfig)

@@ -16,6 +16,7 @@ class Batch(TypedDict, total=False):
     label: torch.Tensor  # (B,) int64, (B, r) per clip, or (B, K) soft targets after Mixup/CutMix
     index: torch.Tensor  # (B,) dataset indices
     bad_samples: list[tuple[int, str, str]]  # (index, path, reason) of the samples left out
+    damaged_samples: list[tuple[int, str, str]]  # (index, path, damage) of damaged samples kept (data.on_damaged)
     mix_lambda: float  # Mixup/CutMix's lambda for this batch
     target: torch.Tensor  # AsymAug: the target views, shaped as ``video``
     small: torch.Tensor  # MultiCrop: (B, V, n, C, T, s, s) small source crops

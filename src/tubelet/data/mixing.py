@@ -107,7 +107,9 @@ class ClipCollate:
     """Stack samples into a batch, dropping :class:`BadSample` / ``None`` entries.
 
     The batch gets ``"bad_samples"``: a list of ``(index, path, reason)`` for the dropped ones, so
-    the training loop (in the main process, also with worker processes) can count and report them.
+    the training loop (in the main process, also with worker processes) can count and report them,
+    and ``"damaged_samples"`` (the same triples) for samples kept although their decoder concealed
+    damage (``data.on_damaged: keep``; a sample's ``"damage"`` entry), when there are any.
     When every sample of a batch failed, the result is ``{"bad_samples": [...]}`` with no video.
     With ``mixup`` set, ``"label"`` becomes the soft ``(B, K)`` target (``(B, r, K)`` with repeated
     sampling); the generator is seeded from ``seed`` and the batch's sample indices, so a batch mixes
@@ -119,12 +121,15 @@ class ClipCollate:
         self.seed = int(seed)
 
     def __call__(self, samples: Sequence[Any]) -> dict:
-        good, bad = [], []
+        good, bad, damaged = [], [], []
         for s in samples:
             if s is None:
                 bad.append((-1, "", "sample is None"))
             elif isinstance(s, BadSample):
                 bad.append((s.index, s.path, s.reason))
+            elif "damage" in s:  # a damaged file trained on (data.on_damaged=keep): reported, not collated
+                damaged.append((int(s["index"]), *s["damage"]))
+                good.append({k: v for k, v in s.items() if k != "damage"})
             else:
                 good.append(s)
         if not good:
@@ -134,6 +139,8 @@ class ClipCollate:
         for k in strings:
             batch[k] = [s[k] for s in good]
         batch["bad_samples"] = bad
+        if damaged:
+            batch["damaged_samples"] = damaged
         if self.mixup is not None and "video" in batch:
             mix_batch(self.mixup, batch, self.seed)
         return batch

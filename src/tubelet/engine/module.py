@@ -124,6 +124,9 @@ class TubeletModule(pl.LightningModule):
         new_bad = []
         if self.failure_tracker is not None and is_dict and batch.get("bad_samples"):
             new_bad = self.failure_tracker.add(batch)
+        new_damaged = []  # damaged files trained on (data.on_damaged=keep), first seen here
+        if self.failure_tracker is not None and is_dict and batch.get("damaged_samples"):
+            new_damaged = self.failure_tracker.add_damaged(batch)
         out = None
         if not empty:
             out = self.method(batch)
@@ -133,7 +136,12 @@ class TubeletModule(pl.LightningModule):
         nonfinite = loss is not None and not bool(torch.isfinite(loss.detach()).all())
         # One small all-reduce per step makes these decisions identical on every process: a rank that
         # stopped or skipped alone would leave the others waiting in the gradient all-reduce.
-        n_bad, n_empty, n_nonfinite = all_reduce_sum([len(new_bad), float(empty), float(nonfinite)])
+        n_bad, n_empty, n_nonfinite, n_damaged = all_reduce_sum(
+            [len(new_bad), float(empty), float(nonfinite), len(new_damaged)])
+        if n_damaged and self.failure_tracker is not None:
+            for _, path, reason in new_damaged + self.failure_tracker.add_damaged(
+                    {"damaged_samples": all_gather_objects(new_damaged)}):  # fmt: skip
+                rank_zero_info(f"training on damaged file {path} (data.on_damaged=keep, reported once): {reason}")
         if n_bad and self.failure_tracker is not None:
             found = new_bad + self.failure_tracker.merge(all_gather_objects(new_bad))
             self._report_bad_files(found)

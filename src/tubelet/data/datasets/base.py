@@ -15,12 +15,21 @@ once is not decoded again in this process (later reads return its recorded failu
 :class:`~tubelet.errors.DataError` with the list of bad files once they exceed it;
 :class:`FailureTracker` does the same in the main process from the batches' ``"bad_samples"``
 (and tells the training sampler which files not to hand to any worker again).
+
+Damaged files: a read whose frames the decoder concealed damage in (``reader.damage``, PyAV only;
+only the frames decoded for that read are examined) follows ``data.on_damaged``: ``skip`` makes it a
+bad file as above, with the reason ``damaged: ...``; ``keep`` trains on it and hands the batch its
+``(index, path, reason)`` under ``"damaged_samples"``, which :class:`FailureTracker` reports once
+per file; ``fail`` raises a one-line :class:`~tubelet.errors.DataError` naming the file (from a
+training loader worker, the sample comes back as a bad sample whose reason starts with
+:data:`DAMAGED_FAIL`, and :class:`FailureTracker` raises it in the main process, on every rank).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -44,7 +53,17 @@ from tubelet.data.sampling import (
 )
 from tubelet.errors import ConfigError, DataError, VideoError
 
-__all__ = ["Sample", "ClipDataset", "FailureTracker", "failure_report"]
+__all__ = ["Sample", "ClipDataset", "FailureTracker", "failure_report", "DAMAGED_FAIL", "damaged_fail_message"]
+
+# Start of the reason of a damaged training sample under data.on_damaged=fail that a loader worker
+# hands back as a bad sample, for the main process to stop on (FailureTracker.check).
+DAMAGED_FAIL = "damaged (data.on_damaged=fail)"
+
+
+def damaged_fail_message(path: str, damage: str) -> str:
+    """The one-line error of ``data.on_damaged: fail``."""
+    return (f"{path}: damaged: {damage}; data.on_damaged=fail stops at the first damaged file "
+            "(data.on_damaged=skip leaves such files out, keep trains on them)")
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,8 @@ class FailureTracker:
         # dataset index -> (path, reason) of every failed file: the training sampler marks these
         # indices so that no worker decodes them again (tubelet.engine.datamodule.ResumableSampler)
         self.by_index: dict[int, tuple[str, str]] = {}
+        # damaged files trained on (data.on_damaged=keep), by path: each is reported once
+        self.damaged: dict[str, tuple[int, str, str]] = {}
 
     def observe(self, batch: dict) -> None:
         self.add(batch)
@@ -98,8 +119,21 @@ class FailureTracker:
                 new.append(self.failures[key])
         return new
 
+    def add_damaged(self, batch: dict) -> list[tuple[int, str, str]]:
+        """Record a batch's ``"damaged_samples"`` (kept damaged files); return those of files not seen before."""
+        new = []
+        for i, p, r in batch.get("damaged_samples", []):
+            if p not in self.damaged:
+                self.damaged[p] = (int(i), str(p), str(r))
+                new.append(self.damaged[p])
+        return new
+
     def check(self) -> None:
-        """:class:`DataError` listing the failures once they exceed the budget."""
+        """:class:`DataError` naming a damaged file under ``data.on_damaged=fail``, else listing the
+        failures once they exceed the budget."""
+        for _, p, r in self.failures.values():
+            if r.startswith(DAMAGED_FAIL):
+                raise DataError(damaged_fail_message(p, r[len(DAMAGED_FAIL) + 2 :]))
         if len(self.failures) > self.max_failure_fraction * self.total:
             raise DataError(failure_report(list(self.failures.values()), self.total, self.max_failure_fraction))
 
@@ -166,7 +200,8 @@ class ClipDataset(Dataset):
         self.num_classes = num_classes
         self.class_names = class_names
         threads = int(getattr(cfg, "decode_threads", 1))
-        backend = str(cfg.decoder)
+        self.on_damaged = str(getattr(cfg, "on_damaged", "skip"))
+        backend = _damage_backend(str(cfg.decoder), self.on_damaged) if opener is None else str(cfg.decoder)
         # functools.partial, not a lambda: the dataset must pickle for spawn-started workers.
         self.opener = opener or functools.partial(open_video, backend=backend, threads=threads)
         self.failures: dict[str, tuple[int, str, str]] = {}  # by path: one record per bad file
@@ -257,8 +292,9 @@ class ClipDataset(Dataset):
                     return crops
 
                 clips = [torch.from_numpy(c) for c in reader.get_resized_clips(per_clip, plan)]
-                return _Read(clips, gens, [c.flip for c in crops], caption)
+                return _Read(clips, gens, [c.flip for c in crops], caption, _described(reader))
             frames = reader.get_frames(np.concatenate(per_clip))  # one decode of the union
+            damage = _described(reader)
         finally:
             reader.close()
         if planar:
@@ -268,7 +304,7 @@ class ClipDataset(Dataset):
                 raise ValueError(f"expected frames (T, H, W, C), got shape {tuple(frames.shape)}")
             whole = torch.from_numpy(frames).permute(3, 0, 1, 2)
         clips = list(whole.split(self.num_frames, dim=1))
-        return _Read(clips, [torch_generator(rng) for _ in clips], None, caption)  # each clip its own draws
+        return _Read(clips, [torch_generator(rng) for _ in clips], None, caption, damage)  # each clip its own draws
 
     # -- items -----------------------------------------------------------------------------------
     def _fail(self, index: int, sample: Sample, exc: VideoError) -> BadSample:
@@ -297,6 +333,8 @@ class ClipDataset(Dataset):
             read = self._read(sample, rng, cropped=bool(steps), planar=self.transform is None)
         except VideoError as exc:
             return self._fail(index, sample, exc)
+        if read.damage is not None and self.on_damaged != "keep":
+            return self._damaged(index, sample, read.damage)
         clips, gens = read.clips, read.generators
         if steps:
             views = [self.transform.apply_from(steps, c, g) for c, g in zip(clips, gens)]
@@ -320,14 +358,55 @@ class ClipDataset(Dataset):
                 captions = [self.flip_caption(c) if f else c for c, f in zip(captions, read.flips)]
             # one caption per sample; with repeated sampling one per clip, as the labels
             out["caption"] = captions if self.train and self.repeats > 1 else captions[0]
+        if read.damage is not None:  # data.on_damaged=keep: trained on, reported once (ClipCollate, FailureTracker)
+            out["damage"] = (sample.path, f"damaged: {read.damage}")
         return out
+
+    def _damaged(self, index: int, sample: Sample, damage: str) -> BadSample:
+        """A damaged read under ``data.on_damaged`` skip (a bad file) or fail (stop)."""
+        if self.on_damaged == "fail":
+            if torch.utils.data.get_worker_info() is None or not self.train:
+                raise DataError(damaged_fail_message(sample.path, damage))
+            # in a training loader worker: the main process stops on it, on every rank at once
+            return BadSample(index, sample.path, f"{DAMAGED_FAIL}: {damage}")
+        return self._fail(index, sample, VideoError(sample.path, f"damaged: {damage}"))
+
+
+def _described(reader: VideoReader) -> str | None:
+    """The one-line description of the damage the reader's last request found, if any."""
+    damage = getattr(reader, "damage", None)
+    return damage.describe() if damage is not None else None
+
+
+def _damage_backend(decoder: str, on_damaged: str) -> str:
+    """The video backend for ``data.decoder`` under ``data.on_damaged``. torchcodec exposes neither
+    FFmpeg's corrupt-frame flag nor its log, so it cannot see damage FFmpeg conceals: ``auto``
+    takes PyAV when the policy needs to see it, and ``torchcodec`` is refused for ``skip``/``fail``."""
+    if decoder == "pyav":
+        return decoder
+    if on_damaged == "keep":
+        from tubelet.data.decoding import torchcodec_available
+
+        if decoder == "torchcodec" or torchcodec_available():
+            warnings.warn(f"data.decoder={decoder} reads with torchcodec, which cannot see damage that FFmpeg "
+                          "conceals: damaged files are trained on unreported (data.decoder: pyav reports them)",
+                          stacklevel=3)
+        return decoder
+    if decoder == "auto":
+        return "pyav"
+    raise ConfigError(
+        f"data.on_damaged={on_damaged} needs data.decoder pyav (or auto): torchcodec cannot see damage that "
+        "FFmpeg conceals; set data.decoder: pyav, or data.on_damaged: keep to train on torchcodec's frames unchecked"
+    )
 
 
 class _Read(NamedTuple):
     """One sample's decoded clips, a generator per clip, whether the decoder flipped each clip (None:
-    the decoder cropped nothing) and its caption."""
+    the decoder cropped nothing), its caption and the damage the decoder concealed in the read (one
+    line; None: none seen)."""
 
     clips: list[torch.Tensor]
     generators: list[torch.Generator]
     flips: list[bool] | None
     caption: str | None
+    damage: str | None = None

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,8 +22,18 @@ from tubelet.data.decoding.index import (
     _ROTATION_CACHE,
     _Index,
 )
-from tubelet.data.decoding.reader import VideoMetadata, VideoReader, _check_file, _rotate
+from tubelet.data.decoding.reader import Damage, VideoMetadata, VideoReader, _check_file, _rotate
 from tubelet.errors import VideoError
+
+# Checks FFmpeg's decoders make only when asked (AVCodecContext.err_detect). ``bitstream`` has the
+# MPEG-4 Part 2 decoder check marker bits and DC/level ranges, so some damage it would otherwise
+# decode as valid becomes concealed, flagged macroblocks; ``crccheck`` verifies the checksums a
+# format carries. Both cost nothing measurable and flag no clean clip (benchmarks/damage.py).
+# ``explode`` is not used: it turns concealment into errors, which loses the frames that
+# ``data.on_damaged: keep`` trains on, and catches nothing the corrupt-frame flag misses.
+ERR_DETECT = "crccheck+bitstream"
+# Error messages kept per read for the report (all are counted).
+_KEEP_ERRORS = 3
 
 
 def _ffmpeg_reason(exc: BaseException) -> str:
@@ -31,6 +42,77 @@ def _ffmpeg_reason(exc: BaseException) -> str:
     if ": '" in msg:
         msg = msg.split(": '")[0]
     return f"{type(exc).__name__}: {msg}"
+
+
+class _ErrorLog:
+    """The error messages FFmpeg logs in this thread for one stream (its decoder's and its demuxer's)
+    while entered. PyAV drops FFmpeg's log unless a level is set and merges a line repeated from
+    the previous one (which may belong to another file); both are switched while any read holds a
+    log and restored when the last one ends. Under a level the user set, what a read captured that
+    is not its own is passed on to Python's logging, where PyAV would have sent it."""
+
+    _lock = threading.Lock()
+    _holders = 0
+    _saved: tuple = (None, True)  # the user's level and repeat-merging, while reads hold a log
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.logs: list = []
+
+    def __enter__(self) -> "_ErrorLog":
+        import av.logging as avlog
+
+        with _ErrorLog._lock:
+            if _ErrorLog._holders == 0:
+                _ErrorLog._saved = (avlog.get_level(), avlog.get_skip_repeated())
+                level = _ErrorLog._saved[0]
+                if level is None or level < avlog.ERROR:
+                    avlog.set_level(avlog.ERROR)
+                avlog.set_skip_repeated(False)
+            _ErrorLog._holders += 1
+        self._capture = avlog.Capture()
+        self.logs = self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        import av.logging as avlog
+
+        self._capture.__exit__(*exc)
+        with _ErrorLog._lock:
+            _ErrorLog._holders -= 1
+            user_level, skip = _ErrorLog._saved
+            if _ErrorLog._holders == 0:
+                avlog.set_skip_repeated(skip)
+                if user_level is None or user_level < avlog.ERROR:
+                    avlog.set_level(user_level)
+        if user_level is not None:
+            for level, name, msg in self.logs:
+                if level <= user_level and not (level <= avlog.ERROR and name in self.names):
+                    logging.getLogger(f"libav.{name or 'generic'}").log(avlog.adapt_level(level), msg.strip())
+
+    def errors(self) -> list[str]:
+        """``'message' (context)`` for each error-level line of this stream, in order."""
+        import av.logging as avlog
+
+        return [f"'{msg.strip()}' ({name})" for level, name, msg in self.logs if level <= avlog.ERROR and name in self.names]
+
+
+class _NoLog:
+    """The error log of a reader that does not look for damage: nothing is captured."""
+
+    def __enter__(self) -> "_NoLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def errors(self) -> list[str]:
+        return []
+
+
+_NO_LOG = _NoLog()
 
 
 class _RGBWriter:
@@ -72,14 +154,23 @@ class PyAVReader(VideoReader):
             core); 0 lets FFmpeg choose.
         thread_type: FFmpeg threading, ``"SLICE"``, ``"FRAME"`` or ``"AUTO"``. Frame threading adds
             latency per seek, so slice threading is the default.
+        detect_damage: look for damage the decoder conceals in every frame decoded (``damage``
+            after each request): FFmpeg's corrupt-frame flag, frames of the index it never produced,
+            its error messages for the stream, and the extra checks of :data:`ERR_DETECT`.
+            ``False`` leaves FFmpeg's defaults and ``damage`` at ``None`` (for measuring its cost).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1, thread_type: str = "SLICE") -> None:
+    def __init__(
+        self, path: str | os.PathLike, threads: int = 1, thread_type: str = "SLICE", detect_damage: bool = True
+    ) -> None:
         p = Path(path)
         _check_file(p)
         self.path = str(p)
         self.threads = int(threads)
         self.thread_type = thread_type
+        self.detect_damage = bool(detect_damage)
+        self.detects_damage = self.detect_damage
+        self.damage: Damage | None = None
         self._container = None
         self._stream = None
         self._pid: int | None = None
@@ -119,6 +210,8 @@ class PyAVReader(VideoReader):
             cc = self._stream.codec_context
             cc.thread_count = self.threads
             cc.thread_type = self.thread_type
+            if self.detect_damage and ERR_DETECT:
+                cc.options = {**cc.options, "err_detect": ERR_DETECT}  # read when the decoder opens, at the first packet
             try:
                 from av.stream import Discard
 
@@ -342,6 +435,7 @@ class PyAVReader(VideoReader):
         targets = [order[bounds[i] : bounds[i + 1]] for i in range(len(unique_sorted))]
         out = None
         self.frames_decoded = 0
+        self.damage = None
         if ix.output_order:  # packed: the last keyframe shown at or before the first wanted frame
             j = int(np.searchsorted(ix.key_pos, unique_sorted[0], side="right")) - 1
             if j > 0:
@@ -380,6 +474,14 @@ class PyAVReader(VideoReader):
         got_any = False
         ix = self._index
         base = 1 if from_start else None  # output count at the frame named start_pos (packed streams)
+        detect = self.detect_damage
+        flagged: list[int] = []  # PTS (index time) of the frames FFmpeg flagged as concealed
+        # Leading pictures of an open GOP are shown before the keyframe sought and predicted from frames
+        # before it that a seek never decodes. FFmpeg's H.264 decoder drops them; a decoder that outputs
+        # them conceals what it lacks, which is no damage of the file (and never a wanted frame here).
+        lead_pts = -(2**62) if from_start else seek_pts
+        log = self._error_log() if detect else _NO_LOG
+        log.__enter__()  # left in the finally clause below
         try:
             container.seek(0 if from_start else seek_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
@@ -399,6 +501,8 @@ class PyAVReader(VideoReader):
                     pts = int(ix.pts[pos]) if pos < len(ix.pts) else int(ix.pts[-1]) + 1 + pos - len(ix.pts)
                 if pts is None:
                     continue
+                if detect and frame.is_corrupt and pts >= lead_pts:
+                    flagged.append(int(pts))
                 if not got_any:
                     got_any = True
                     if self._rotation is None:  # read from the display matrix of the first decoded frame
@@ -424,15 +528,35 @@ class PyAVReader(VideoReader):
                 f"corrupt data while decoding (after {decoded} frames from pts {seek_pts}): {_ffmpeg_reason(exc)}",
             ) from exc
         finally:
+            log.__exit__(None, None, None)
             self.frames_decoded += decoded
+        missing_pts: list[int] = []
         if remaining:
-            missing = [int(p) for p, i in wanted.items() if not done[i]]
+            missing_pts = [int(p) for p, i in wanted.items() if not done[i]]
             if writer.out is None:
-                raise VideoError(self.path, f"no frame decoded for pts {missing[:5]} (truncated or corrupt stream)")
-            # A frame listed in the index that the decoder never produced (rare): use the nearest
-            # decoded neighbour in presentation order rather than fail the whole clip.
+                raise VideoError(self.path, f"no frame decoded for pts {missing_pts[:5]} (truncated or corrupt stream)")
+            # A frame listed in the index that the decoder never produced: its slots get the nearest
+            # decoded neighbour in presentation order, and the read reports it as damage.
             writer.fill_missing(targets, done)
+        if detect:
+            self.damage = self._damage(flagged, missing_pts, log.errors())
         return writer
+
+    def _error_log(self) -> _ErrorLog:
+        """The error log of this stream: its decoder's messages and its demuxer's."""
+        return _ErrorLog((self._index.codec, self._container.format.name))
+
+    def _damage(self, flagged_pts: list[int], missing_pts: list[int], errors: list[str]) -> Damage | None:
+        """The read's :class:`Damage` from the PTS of its flagged and missing frames (``None``: none)."""
+        if not (flagged_pts or missing_pts or errors):
+            return None
+        ix = self._index
+
+        def frames(pts: list[int]) -> tuple[int, ...]:
+            at = np.searchsorted(ix.pts, np.asarray(pts, dtype=np.int64))
+            return tuple(int(i) for i in np.unique(np.minimum(at, len(ix.pts) - 1)))
+
+        return Damage(frames(flagged_pts), frames(missing_pts), tuple(errors[:_KEEP_ERRORS]), len(errors))
 
     def decode_all(self) -> tuple[int, list[Fraction]]:
         """Decode the whole stream once (probing): number of frames decoded and their sorted times.
@@ -442,19 +566,40 @@ class PyAVReader(VideoReader):
         """
         container, stream = self._ensure_open()
         pts = []
+        self.damage = None
+        detect = self.detect_damage
+        flagged: list[tuple[int, int | None]] = []  # (output position, PTS) of the flagged frames
+        outputs = 0
+        log = self._error_log() if detect else _NO_LOG
+        log.__enter__()  # left in the finally clause below
         try:
             container.seek(0, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
+                if detect and frame.is_corrupt:
+                    flagged.append((outputs, frame.pts))
+                outputs += 1
                 if frame.pts is not None:
                     pts.append(int(frame.pts))
         except Exception as exc:
             raise VideoError(
                 self.path, f"corrupt data while decoding (after {len(pts)} frames): {_ffmpeg_reason(exc)}"
             ) from exc
+        finally:
+            log.__exit__(None, None, None)
         if not pts:
             raise VideoError(self.path, "no frame could be decoded")
+        ix = self._index
+        if detect:
+            if ix.output_order:  # frames are named by their place in the decoder's output
+                at = np.asarray([i for i, _ in flagged], dtype=np.int64)
+                flagged_pts = ix.pts[np.minimum(at, len(ix.pts) - 1)].tolist()
+                missing_pts = ix.pts[outputs:].tolist()
+            else:
+                flagged_pts = [int(p) for _, p in flagged if p is not None]
+                missing_pts = ix.pts[~np.isin(ix.pts, np.asarray(pts, dtype=np.int64))].tolist()
+            self.damage = self._damage(flagged_pts, missing_pts, log.errors())
         pts.sort()
-        tb = self._index.time_base
+        tb = ix.time_base
         return len(pts), [(p - pts[0]) * tb for p in pts]
 
     def close(self) -> None:

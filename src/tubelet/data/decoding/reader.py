@@ -35,6 +35,65 @@ class VideoMetadata:
     codec: str
 
 
+@dataclass(frozen=True)
+class Damage:
+    """Damage in the frames of one read that the decoder concealed instead of raising an error.
+
+    FFmpeg's decoders hide most damage: a macroblock that fails to parse is filled in from its
+    neighbours or the previous frame, and the frame comes out looking whole. What they do say:
+
+    ``flagged``: display indices of decoded frames carrying FFmpeg's corrupt-frame flag
+    (``AV_FRAME_FLAG_CORRUPT``, set when error concealment ran on the frame);
+    ``missing``: frames of the index table the decoder never produced (a frame too damaged to
+    output, or lost packets; the reader fills their slots from the nearest decoded frame);
+    ``errors``: the first of the error messages the decoder or demuxer logged for the stream, and
+    ``n_errors`` how many there were.
+
+    Frames predicted from a damaged frame inherit its damage until the next keyframe without being
+    flagged themselves, so the flagged frames are where damage starts, not all it touches.
+    """
+
+    flagged: tuple[int, ...] = ()
+    missing: tuple[int, ...] = ()
+    errors: tuple[str, ...] = ()
+    n_errors: int = 0
+
+    @property
+    def frames(self) -> tuple[int, ...]:
+        """The frames named as damaged (flagged or missing), sorted."""
+        return tuple(sorted(set(self.flagged) | set(self.missing)))
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """Which signals fired: ``corrupt-frame flag``, ``missing frames``, ``error log``."""
+        fired = [("corrupt-frame flag", self.flagged), ("missing frames", self.missing),
+                 ("error log", self.n_errors)]  # fmt: skip
+        return tuple(name for name, hit in fired if hit)
+
+    def describe(self) -> str:
+        """One line: which frames and which signal, e.g. ``frames 118, 119 concealed (corrupt-frame
+        flag); errors logged: 'error while decoding MB 0 10, bytestream -5' (h264) and 3 more``."""
+        parts = []
+        if self.flagged:
+            parts.append(f"{_count(self.flagged)} concealed (corrupt-frame flag)")
+        if self.missing:
+            parts.append(f"{_count(self.missing)} never produced by the decoder (missing frames)")
+        if self.n_errors:
+            more = f" and {self.n_errors - len(self.errors)} more" if self.n_errors > len(self.errors) else ""
+            parts.append(f"errors logged: {'; '.join(self.errors)}{more}")
+        return "; ".join(parts)
+
+
+def _count(frames: tuple[int, ...], show: int = 8) -> str:
+    """``frame 7`` / ``frames 7, 8, 9`` / ``12 frames (7, 8, ... 31)``: short enough for one line."""
+    if len(frames) == 1:
+        return f"frame {frames[0]}"
+    if len(frames) <= show:
+        return "frames " + ", ".join(map(str, frames))
+    head = ", ".join(map(str, frames[: show - 1]))
+    return f"{len(frames)} frames ({head}, ... {frames[-1]})"
+
+
 def to_cthw(frames: np.ndarray):
     """``(T, H, W, C)`` uint8 numpy frames -> ``(C, T, H, W)`` uint8 torch tensor (contiguous)."""
     import torch
@@ -75,6 +134,11 @@ class VideoReader(ABC):
     """
 
     path: str
+    # Whether this reader sees damage its decoder conceals (``damage``); readers that cannot leave it
+    # ``None`` and say so here, so that a policy on damage is not applied on nothing.
+    detects_damage: bool = False
+    # The damage in the frames decoded by the last request (``None``: none seen, or not detectable).
+    damage: Damage | None = None
 
     @property
     @abstractmethod

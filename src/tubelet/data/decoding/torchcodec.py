@@ -30,10 +30,18 @@ class TorchCodecReader(PyAVReader):
     wanted frames in one batched call (``get_frames_played_at`` at each frame's own PTS). Whether
     this torchcodec build applies the display rotation itself is checked once per file against
     PyAV's first frame. It needs FFmpeg's shared libraries on the system.
+
+    torchcodec (0.13) exposes neither FFmpeg's corrupt-frame flag nor its decoder options or log, so
+    the frames it decodes are not examined for concealed damage (``detects_damage`` is false and
+    ``damage`` stays ``None``); it raises only where FFmpeg itself fails. Packed-B-frame AVIs, which
+    PyAV decodes here, and :meth:`decode_all` (PyAV's full decode, what ``tubelet probe`` runs) are.
     """
+
+    detects_damage = False
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
         super().__init__(path, threads=threads)
+        self.detects_damage = False
         self._decoder = None
         self._tc_pid: int | None = None
         self._ensure_decoder()  # a file torchcodec cannot open fails here, as with PyAV
@@ -85,6 +93,7 @@ class TorchCodecReader(PyAVReader):
         frames = self._play(self._index.pts[unique_sorted])
         if not self._applies_rotation():
             frames = _rotate(frames, self.rotation)
+        self.damage = None  # not examined (the rotation check may have decoded frame 0 with PyAV)
         return frames[inverse]
 
     def get_resized_clips(self, clips, crops) -> list[np.ndarray]:
