@@ -274,3 +274,13 @@ def test_cli_overwrite_and_refusal_are_one_line(tmp_path, capsys):
     assert main(["fit", "--config", str(cfg), "--resume", "auto", "optim.lr=0.02"]) == 1
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "checkpoint of another run: optim.lr recorded 0.01, now 0.02" in lines[0]
+
+
+def test_resume_with_another_method_under_the_same_recipe_names_the_tensor(tmp_path):
+    """From Python a method the recipe does not describe can be passed: its shapes are checked against the
+    checkpoint before anything loads."""
+    run = tmp_path / "run"
+    _train(_run(run, max_steps=4))
+    with pytest.raises(CheckpointError, match=r"first mismatched tensor 'method\.backbone\.head\.weight': "
+                                              r"checkpoint \(4, 8\) vs run \(5, 8\)"):
+        fit(_run(run, max_steps=4), method=ToyMethod(num_classes=5), datasets=_data(), resume="auto")
