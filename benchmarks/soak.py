@@ -2,9 +2,10 @@
 again, then let finish; the final weights must be bitwise those of an uninterrupted run.
 
 For each seed, ``--cycles`` times: start ``tubelet fit RECIPE run_dir=... --resume auto`` (the same command
-every time, as a SLURM requeue would), wait a random delay (one in five uniform over the start-up, the
-others uniform over ``--window`` seconds after it, so that kills land during start-up, training,
-validation and checkpoint writes while the run lasts for all the cycles), SIGKILL it.
+every time, as a SLURM requeue would), wait a random delay (one in five uniform over the start-up time of
+the uninterrupted run, the others uniform over ``--window`` seconds after the process began training,
+so that kills land during start-up, training, validation and checkpoint writes while the run lasts for
+all the cycles), SIGKILL it.
 Then one last start runs to the end. Checked:
 
 - ``method.safetensors`` bitwise equal to the uninterrupted run's (same command without kills);
@@ -37,7 +38,7 @@ from pathlib import Path
 CHILD = "--child"
 PHASE = "soak-phase "
 
-MAX_STEPS = 120
+MAX_STEPS = 300
 RECIPE = {
     "model": {"name": "vit_tiny", "num_frames": 4, "img_size": 16, "num_classes": 4,
               "overrides": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, "drop_path_rate": 0.1}},
@@ -136,39 +137,47 @@ def leftovers(run_dir: Path) -> tuple[int, int]:
     return len(temp), len(orphans)
 
 
-def run_once(cmd: list[str], kill_after: float | None, poll: Path, limit: int = 900) -> tuple[bool, str, int, float]:
-    """Start ``cmd``; SIGKILL it after ``kill_after`` s (None: let it end). Returns (killed, last phase,
-    most complete checkpoints seen in ``poll``, seconds)."""
+def run_once(cmd: list[str], kill: tuple[str, float] | None, poll: Path, limit: int = 900) -> tuple[bool, str, int, float]:
+    """Start ``cmd``; ``kill = ("start", t)``: SIGKILL it ``t`` s after it started, ``("training", t)``: ``t`` s
+    after it began training (however long its start-up took on a busy machine); None: let it end.
+    Returns (killed, the phase it was killed in or ended in, most complete checkpoints seen in ``poll``,
+    seconds)."""
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     phase = ["interpreter start"]  # before the child has imported anything
+    trained_at: list[float] = []
 
     def read() -> None:
         for line in proc.stdout:  # type: ignore[union-attr]
             if line.startswith(PHASE):
                 phase[0] = line[len(PHASE):].strip()
+                if not trained_at and phase[0] == "training":
+                    trained_at.append(time.perf_counter())
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     t0 = time.perf_counter()
     seen = 0
     killed = False
+    at = phase[0]
     while proc.poll() is None:
         seen = max(seen, complete_checkpoints(poll))
-        elapsed = time.perf_counter() - t0
-        if kill_after is not None and elapsed >= kill_after:
-            at = phase[0]
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            killed = True
-            break
-        if elapsed > limit:
+        now = time.perf_counter()
+        if kill is not None:
+            since = t0 if kill[0] == "start" else (trained_at[0] if trained_at else None)
+            if since is not None and now - since >= kill[1]:
+                at = phase[0]
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed = True
+                break
+        if now - t0 > limit:
             proc.kill()
             raise RuntimeError(f"{' '.join(cmd)} ran past {limit} s")
         time.sleep(0.005)
     reader.join(timeout=10)
     if not killed:
         at = phase[0]
-        if kill_after is None and proc.returncode != 0:
+        if kill is None and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
     seen = max(seen, complete_checkpoints(poll))
     return killed, at, seen, time.perf_counter() - t0
@@ -183,10 +192,10 @@ def soak_seed(cfg: Path, root: Path, seed: int, cycles: int, startup_s: float, w
     result = SeedResult(seed)
     t0 = time.perf_counter()
     for _ in range(cycles):
-        # a fifth of the kills during start-up, the rest over a training window: the run must last for
-        # all the cycles, so each one may only take a short step forward
-        delay = rng.uniform(0.0, startup_s) if rng.random() < 0.2 else startup_s + rng.uniform(0.0, window_s)
-        killed, phase, seen, _ = run_once(_command(cfg, run_dir), delay, run_dir / "checkpoints")
+        # a fifth of the kills during start-up, the rest over a window after training began: the run must
+        # last for all the cycles, so each one may only take a short step forward
+        kill = ("start", rng.uniform(0.0, startup_s)) if rng.random() < 0.2 else ("training", rng.uniform(0.0, window_s))
+        killed, phase, seen, _ = run_once(_command(cfg, run_dir), kill, run_dir / "checkpoints")
         result.max_checkpoints = max(result.max_checkpoints, seen)
         if killed:
             result.kills += 1
@@ -256,8 +265,8 @@ def main() -> int:
     t0 = time.perf_counter()
     cfg, reference, startup = prepare(root, args.max_steps)
     total = time.perf_counter() - t0
-    print(f"uninterrupted run: {total:.1f} s, of which start-up {startup:.1f} s; kills at 0-{startup:.1f} s (1 in 5) "
-          f"or {startup:.1f}-{startup + args.window:.1f} s", flush=True)
+    print(f"uninterrupted run: {total:.1f} s, of which start-up {startup:.1f} s; kills at 0-{startup:.1f} s after the "
+          f"start (1 in 5) or 0-{args.window:.1f} s after training began", flush=True)
     results = []
     for seed in args.seeds:
         results.append(soak_seed(cfg, root, seed, args.cycles, startup, args.window, reference))

@@ -284,3 +284,29 @@ def test_resume_with_another_method_under_the_same_recipe_names_the_tensor(tmp_p
     with pytest.raises(CheckpointError, match=r"first mismatched tensor 'method\.backbone\.head\.weight': "
                                               r"checkpoint \(4, 8\) vs run \(5, 8\)"):
         fit(_run(run, max_steps=4), method=ToyMethod(num_classes=5), datasets=_data(), resume="auto")
+
+
+def test_a_resume_first_brings_the_folder_back_to_keep_last_k(tmp_path, console):
+    """Killed between a checkpoint's rename and the removal of the oldest, a run leaves keep_last_k + 1: the
+    next start removes the oldest before training, so its first save never makes keep_last_k + 2."""
+    from lightning.pytorch.callbacks import Callback
+
+    run = tmp_path / "run"
+    _train(_run(run, keep_last_k=3), crash=7)  # steps 2, 4, 6: as a kill before the removal of step 2 leaves them
+
+    class Count(Callback):
+        def __init__(self):
+            self.at_start, self.after_saves = None, []
+
+        def on_train_start(self, *args):
+            self.at_start = _complete(run)
+
+        def on_train_batch_end(self, *args):
+            self.after_saves.append(len(_complete(run)))
+
+    count = Count()
+    torch.manual_seed(0)
+    fit(_run(run, keep_last_k=2), method=ToyMethod(), datasets=_data(), resume="auto", callbacks=[count])
+    assert count.at_start == ["step=000004.ckpt", "step=000006.ckpt"]
+    assert f"removed {run / 'checkpoints' / 'step=000002.ckpt'}: older than the newest trainer.keep_last_k=2" in console.text
+    assert max(count.after_saves) == 2

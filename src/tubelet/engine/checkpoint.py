@@ -17,6 +17,7 @@ from typing import Any
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from tubelet.core.ckpt_format import (
+    checkpoint_step,
     checkpoints_newest_first,
     incomplete_reason,
     load_checkpoint,
@@ -52,10 +53,16 @@ class SafeCheckpointIO(CheckpointIO):
     def remove_checkpoint(self, path: Any) -> None:
         remove_checkpoint(path)
 
-    def prune(self, folder: Path) -> list[Path]:
-        """Remove this run's checkpoints older than its newest ``keep_last_k`` complete ones."""
+    def prune(self, folder: Path, start: Path | None = None) -> list[Path]:
+        """Remove this run's checkpoints older than its newest ``keep_last_k`` complete ones. ``start``:
+        count from that checkpoint (the one a run resumes from) and leave the newer ones, which the
+        resume passed over as damaged and which training writes again under the same names."""
         kept, removed = 0, []
-        for path in checkpoints_newest_first(folder):
+        candidates = checkpoints_newest_first(folder)
+        if start is not None:
+            step = checkpoint_step(start)
+            candidates = [p for p in candidates if checkpoint_step(p) <= step]
+        for path in candidates:
             ours, complete = self._inspect(path)
             if not ours:
                 continue

@@ -203,6 +203,15 @@ def prepare_run_dir(recipe: Recipe, resume: str | os.PathLike | None, overwrite:
                        else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
     if chosen.changed:
         rank_zero_info(describe_changes(chosen.changed))
+    if chosen.path is not None and _is_rank_zero():
+        # a run killed between a checkpoint's rename and the removal of the oldest left keep_last_k + 1:
+        # back to keep_last_k, so that the next save never makes it keep_last_k + 2
+        from tubelet.config.identity import run_identity
+        from tubelet.engine.checkpoint import SafeCheckpointIO
+
+        keeper = SafeCheckpointIO(recipe.trainer.keep_last_k, run_identity(recipe))
+        for path in keeper.prune(run_dir / "checkpoints", start=chosen.path):
+            rank_zero_info(f"removed {path}: older than the newest trainer.keep_last_k={recipe.trainer.keep_last_k}")
     return chosen
 
 
