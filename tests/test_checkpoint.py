@@ -186,3 +186,70 @@ def test_training_checkpoint_feeds_model_weight_loading(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-4])
     with pytest.raises(CheckpointError, match="truncated"):
         read_state_dict(ckpt)
+
+
+def test_weights_checksum_is_recorded_and_verified_when_loading(tmp_path):
+    """A weights file changed in place (same size, one bit flipped: bit rot, a copy gone wrong) is refused
+    with one line naming it, instead of loading other weights than the checkpoint was written with."""
+    import hashlib
+
+    ckpt = save_checkpoint(_state(), tmp_path / "step=000003.ckpt")
+    (weights,) = tmp_path.glob("step=000003-*.safetensors")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor's data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(ckpt)
+    msg = str(err.value)
+    assert msg.startswith(f"{weights}: ") and "sha256" in msg and "\n" not in msg
+    assert torch.load(ckpt, weights_only=True)["tubelet"]["weights_sha256"] == sha
+    from tubelet.core.ckpt_format import checkpoint_problem
+
+    assert is_complete(ckpt)  # the cheap check sees a whole file...
+    assert checkpoint_problem(ckpt).startswith("checksum mismatch")  # ...the full one does not
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "/ABS/outside.safetensors", "sub/x.safetensors", ".."])
+def test_weights_file_name_must_be_a_file_in_the_checkpoint_folder(tmp_path, name):
+    """A crafted state naming a weights file elsewhere would make loading read any file: refused, naming the
+    checkpoint and the name it gave."""
+    from tubelet.core.ckpt_format import checkpoint_shapes, checkpoint_weights
+
+    inner = tmp_path / "ckpts"
+    inner.mkdir()
+    ckpt = save_checkpoint(_state(), inner / "step=000003.ckpt")
+    (weights,) = inner.glob("step=000003-*.safetensors")
+    outside = tmp_path / "outside.safetensors"
+    weights.rename(outside)  # a readable weights file, outside the checkpoint's folder
+    name = name.replace("/ABS", str(tmp_path))
+    state = torch.load(ckpt, weights_only=True)
+    state["tubelet"]["weights_file"] = name
+    torch.save(state, ckpt)
+    for load in (load_checkpoint, checkpoint_weights, checkpoint_shapes):
+        with pytest.raises(CheckpointError) as err:
+            load(ckpt)
+        msg = str(err.value)
+        assert msg.startswith(f"{ckpt}: refused") and repr(name) in msg and str(inner) in msg, msg
+    assert not is_complete(ckpt) and find_latest_checkpoint(inner) is None
+
+
+def test_stale_files_of_killed_writes_are_found_and_removed(tmp_path):
+    """Temporary files and weights files without their checkpoint go; a checkpoint's own weights and a
+    weights file beside an unreadable .ckpt stay."""
+    from tubelet.core.ckpt_format import remove_stale_files
+
+    good = save_checkpoint(_state(2), tmp_path / "step=000002.ckpt")
+    (own,) = tmp_path.glob("step=000002-*.safetensors")
+    stale = [tmp_path / ".step=000004.ckpt.0123abcd.tmp", tmp_path / ".step=000004-89abcdef.safetensors.deadbeef.tmp",
+             tmp_path / "step=000004-89abcdef.safetensors",  # its .ckpt never landed
+             tmp_path / "step=000002-00000000.safetensors"]  # beside a .ckpt that names another file
+    for p in stale:
+        p.write_bytes(b"partial")
+    (tmp_path / "step=000006.ckpt").write_bytes(b"garbage")
+    kept = [tmp_path / "step=000006-11111111.safetensors", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for p in kept:
+        p.write_bytes(b"x")
+    assert sorted(remove_stale_files(tmp_path)) == sorted(stale)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept + [good, own])
+    assert load_checkpoint(good)["global_step"] == 2

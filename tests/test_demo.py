@@ -48,3 +48,22 @@ def test_demo_quick_writes_table_and_report(tmp_path, capsys):
         assert (run / "backbone.safetensors").is_file() and (run / "config.yaml").is_file()
         assert (run / "logs" / "csv" / "metrics.csv").is_file()
     assert load_recipe(str(tmp_path / "single_frame" / "config.yaml")).data.single_frame
+
+
+def test_demo_twice_into_the_same_folder_replaces_its_runs(tmp_path, monkeypatch, capsys):
+    """`make demo` twice: the demo owns its stage folders, so the second run replaces the first instead of
+    being refused as a fresh run into a folder with another run's checkpoints."""
+    import torch
+
+    from tubelet.cli import demo
+
+    monkeypatch.setattr(demo, "STAGES", [demo.Stage("video", "ViT, 8 frames", "demo")])
+    args = ["demo", "--quick", "--threads", "1", "--out", str(tmp_path), "--set", "trainer.max_steps=2",
+            "--set", "trainer.checkpoint_every_n_steps=1", "--set", "data.synthetic.num_videos=32",
+            "--set", "trainer.val_check_interval=2"]
+    assert main(args) == 0
+    assert main(args + ["--set", "seed=1"]) == 0
+    run = tmp_path / "video"
+    assert load_recipe(str(run / "config.yaml")).seed == 1
+    for ckpt in sorted((run / "checkpoints").glob("*.ckpt")):
+        assert torch.load(ckpt, weights_only=True)["tubelet_run"]["recipe"]["seed"] == 1  # none of the first run's

@@ -163,9 +163,8 @@ def test_resume_explicit_path_and_missing(tmp_path):
     recipe = toy_recipe(tmp_path / "run", max_steps=4)
     fit(recipe, method=ToyMethod(), datasets=_data())
     ckpt = tmp_path / "run" / "checkpoints" / "step=000002.ckpt"
-    recipe.trainer.max_steps = 6
-    result = fit(recipe, method=ToyMethod(), datasets=_data(), resume=ckpt)
-    assert result.metrics["global_step"] == 6
+    result = fit(recipe, method=ToyMethod(), datasets=_data(), resume=ckpt)  # the same run, from step 2
+    assert result.metrics["global_step"] == 4
     with pytest.raises(TubeletError, match="not found"):
         fit(recipe, method=ToyMethod(), datasets=_data(), resume=tmp_path / "nope.ckpt")
     # resume="auto" without any checkpoint starts fresh
@@ -286,11 +285,12 @@ def test_recipe_path_end_to_end(tmp_path, capsys):
     method_sd = read_state_dict(run / "method.safetensors")
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, method_sd[f"backbone.{k}"]), k
-    # resume=auto continues from step 4 to 6
-    assert main(["fit", "--config", str(cfg), "trainer.max_steps=6", "--resume", "auto"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["global_step"] == 6
+    # resume=auto from the final checkpoint: nothing left to train, and metrics.json still says all it said
+    final = json.loads((run / "metrics.json").read_text())
+    assert main(["fit", "--config", str(cfg), "--resume", "auto"]) == 0
+    assert json.loads((run / "metrics.json").read_text()) == final and final["global_step"] == 4
     capsys.readouterr()
-    assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "checkpoints" / "step=000006.ckpt")]) == 0
+    assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "checkpoints" / "step=000004.ckpt")]) == 0
     table = capsys.readouterr().out
     rows = {line[:22].strip(): line[22:].strip() for line in table.splitlines() if not line.startswith("-")}
     assert rows["views per video"] == "6" and "top-1 (%)" in rows and rows["top-5 (%)"] == "100.00"
@@ -315,9 +315,10 @@ def test_trainer_settings_come_from_the_recipe(tmp_path):
     torch.use_deterministic_algorithms(deterministic)  # the Trainer set it process-wide
     assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 3
     ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert len(ckpt) == 1 and ckpt[0]._every_n_train_steps == 7 and ckpt[0].save_top_k == 4
+    assert len(ckpt) == 1 and ckpt[0]._every_n_train_steps == 7
     assert any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks)
     assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    assert trainer.strategy.checkpoint_io.keep_last_k == 4  # the plugin keeps keep_last_k, across resumes too
     assert {lg.log_dir for lg in trainer.loggers} == {str(tmp_path / "run" / "logs" / "csv"),
                                                     str(tmp_path / "run" / "logs" / "tensorboard")}
 

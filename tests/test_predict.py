@@ -146,7 +146,7 @@ def test_fit_writes_the_train_sets_names_and_never_keeps_stale_ones(tmp_path):
     assert (run / "labels.txt").read_text(encoding="utf-8") == "a\nb\nc\nd\n"
     assert result.paths["labels"] == run / "labels.txt"
     # the same folder reused by a run whose training set has no class names: no labels.txt is left behind
-    result = fit(recipe, method=ToyMethod(), datasets={"train": ToyVideos(8), "val": None})
+    result = fit(recipe, method=ToyMethod(), datasets={"train": ToyVideos(8), "val": None}, overwrite=True)
     assert not (run / "labels.txt").exists() and "labels" not in result.paths
 
 

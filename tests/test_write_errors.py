@@ -176,14 +176,15 @@ TINY = {
              "synthetic": {"num_videos": 16, "num_classes": 4, "size": 16, "frames": 8}},
     "method": {"name": "supervised"},
     "optim": {"lr": 1.0e-3, "warmup_steps": 1},
-    "trainer": {"max_steps": 4, "checkpoint_every_n_steps": 2, "keep_last_k": 3, "num_threads": 1,
+    "trainer": {"max_steps": 6, "checkpoint_every_n_steps": 2, "keep_last_k": 3, "num_threads": 1,
                 "enable_progress_bar": False, "log_every_n_steps": 1, "accelerator": "cpu"},
 }
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    """A finished 4-step run, whose folder the tests copy for the second start."""
+    """A finished 6-step run, whose folder the tests copy for the second start (from its step-4
+    checkpoint, as after a kill between the last two saves: a resume may not change max_steps)."""
     from tubelet.cli.main import main
 
     tmp = tmp_path_factory.mktemp("first")
@@ -205,10 +206,13 @@ def _second_start(tmp_path, first_run, monkeypatch, capsys, disk):
     cfg, run0 = first_run
     run = tmp_path / "run"
     shutil.copytree(run0, run)
+    from tubelet.core.ckpt_format import remove_checkpoint
+
+    remove_checkpoint(run / "checkpoints" / "step=000006.ckpt")  # the resume continues from step 4
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert b"train/loss" in before[run / "logs" / "csv" / "metrics.csv"]
     full_disk(monkeypatch, **disk(run))
-    rc = main(["fit", "--config", str(cfg), f"run_dir={run}", "trainer.max_steps=6", "--resume", "auto"])
+    rc = main(["fit", "--config", str(cfg), f"run_dir={run}", "--resume", "auto"])
     monkeypatch.undo()
     return rc, error_lines(capsys.readouterr().err), run, before
 
@@ -259,7 +263,7 @@ def test_read_only_run_folder(tmp_path, first_run, capsys):
     shutil.copytree(run0, run)
     run.chmod(0o555)
     try:
-        rc = main(["fit", "--config", str(cfg), f"run_dir={run}", "trainer.max_steps=6", "--resume", "auto"])
+        rc = main(["fit", "--config", str(cfg), f"run_dir={run}", "--resume", "auto"])
     finally:
         run.chmod(0o755)
     lines = error_lines(capsys.readouterr().err)

@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         # Methods that reconstruct (MAE-ST) leave report/reconstructions.png in their run folder.
         recon = ReconstructionCallback(datasets["val"], recipe.data.mean, recipe.data.std)
-        fit(recipe, method=method, datasets={"train": datasets["train"], "val": datasets["val"]}, callbacks=[recon])
+        # the demo owns its stage folders: a second `tubelet demo` replaces the first one's runs
+        fit(recipe, method=method, datasets={"train": datasets["train"], "val": datasets["val"]}, callbacks=[recon],
+            overwrite=True)
         train_s = time.perf_counter() - t0
         runs[stage.label] = Path(recipe.run_dir)
         if not stage.test:

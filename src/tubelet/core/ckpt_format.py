@@ -7,7 +7,8 @@ A training checkpoint ``NAME.ckpt`` is two files side by side:
 * ``NAME.ckpt``: everything else Lightning keeps (optimizer and LR-scheduler state, loop progress
   (step/epoch), callback states, the data-loader position) plus the RNG states of torch, numpy and
   Python, saved with ``torch.save`` so that it loads with ``torch.load(weights_only=True)``. It
-  names its weights file and that file's byte size.
+  names its weights file (a plain name in its own folder; anything else is refused) and that file's
+  byte size and sha256, which loading checks.
 
 Each file is written to a temporary file in the same folder, flushed, ``fsync``-ed and moved into
 place with ``os.replace``; the weights go first and ``NAME.ckpt`` last, so a checkpoint exists only
@@ -17,6 +18,7 @@ files start with a dot and are never taken for checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -24,12 +26,12 @@ import re
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from tubelet.core.io import atomic_write, save_safetensors
+from tubelet.core.io import atomic_write, remove_temp_files, safetensors_bytes, sha256_file
 from tubelet.errors import CheckpointError
 
 FORMAT = "tubelet-checkpoint-1"
@@ -75,25 +77,33 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
             if not isinstance(t, torch.Tensor):
                 raise CheckpointError(f"checkpoint '{section}.{name}' is not a tensor")
             tensors[f"{section}/{name}"] = t
-    weights_path = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.safetensors")
-    save_safetensors(tensors, weights_path, metadata={"format": FORMAT})
+    wpath = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.safetensors")
+    size, sha = _write_weights(tensors, wpath)
     rest = _plain(rest, "checkpoint")
     rest["tubelet"] = {
         "format": FORMAT,
-        "weights_file": weights_path.name,
-        "weights_bytes": weights_path.stat().st_size,
+        "weights_file": wpath.name,
+        "weights_bytes": size,
+        "weights_sha256": sha,
         "weight_sections": sections,
     }
     try:
         atomic_write(path, lambda f: torch.save(rest, f))
     except BaseException:
-        weights_path.unlink(missing_ok=True)
+        wpath.unlink(missing_ok=True)
         raise
     # An overwritten checkpoint leaves its old weights file behind: remove it now that the new one is in place.
     for old in _weights_files(path):
-        if old.name != weights_path.name:
+        if old.name != wpath.name:
             old.unlink(missing_ok=True)
     return path
+
+
+def _write_weights(tensors: dict[str, torch.Tensor], path: Path) -> tuple[int, str]:
+    """Write the weights file; its size and sha256 (hashed from the bytes written, before they are freed)."""
+    data = safetensors_bytes(tensors, metadata={"format": FORMAT})
+    atomic_write(path, lambda f: f.write(data))
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _weights_files(path: Path) -> list[Path]:
@@ -213,10 +223,23 @@ def read_training_state(path: str | Path, map_location: Any = "cpu", mmap: bool 
         f"{_WEIGHTS_HINT}")
 
 
-def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Tensor]:
+def weights_path(path: str | Path, info: Mapping[str, Any]) -> Path:
+    """The weights file a checkpoint's ``tubelet`` record names, which must be a plain file name in the
+    checkpoint's own folder: a crafted record naming ``../x`` or ``/etc/x`` could otherwise read any file."""
+    path = Path(path)
+    name = info.get("weights_file")
+    plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    if not plain:
+        raise CheckpointError(f"{path}: refused: the weights file it names, {name!r}, is not a file name in the "
+                              f"checkpoint's own folder {path.parent}")
+    return path.parent / name
+
+
+def _read_weights(path: Path, info: Mapping[str, Any], ckpt: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    expected_bytes = info.get("weights_bytes")
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file of the checkpoint is missing")
     if expected_bytes is not None and path.stat().st_size != expected_bytes:
@@ -224,6 +247,10 @@ def _read_weights(path: Path, expected_bytes: int | None) -> dict[str, torch.Ten
             f"{path}: weights file has {path.stat().st_size} bytes, the checkpoint recorded {expected_bytes} "
             "(truncated or replaced)"
         )
+    expected_sha = info.get("weights_sha256")  # absent in checkpoints written before it was recorded
+    if expected_sha is not None and sha256_file(path) != expected_sha:
+        raise CheckpointError(f"{path}: weights file's sha256 does not match the one {ckpt.name} recorded "
+                              "(corrupt or replaced)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -234,7 +261,7 @@ def _state_and_weights(path: Path, map_location: Any = "cpu", mmap: bool = False
     """The training state of checkpoint ``path`` and the tensors of its weights file, both checked."""
     state = read_training_state(path, map_location=map_location, mmap=mmap)
     info = state["tubelet"]
-    return state, _read_weights(path.parent / info["weights_file"], info.get("weights_bytes"))
+    return state, _read_weights(weights_path(path, info), info, path)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -267,7 +294,7 @@ def checkpoint_shapes(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple
 
     path = Path(path)
     state = read_training_state(path, mmap=True)
-    weights = path.parent / state["tubelet"]["weights_file"]
+    weights = weights_path(path, state["tubelet"])
     try:
         shapes = safetensors_shapes(weights)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -285,25 +312,92 @@ def remove_checkpoint(path: str | Path) -> None:
 
 def is_complete(path: str | Path) -> bool:
     """Cheap completeness check: a readable zip with its weights file present at the recorded size."""
+    return incomplete_reason(path) is None
+
+
+def incomplete_reason(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (a killed or damaged write, a file that is no tubelet
+    checkpoint), or None when it is; the weights' checksum is not read (see :func:`checkpoint_problem`)."""
     path = Path(path)
     if path.name.startswith(".") or not path.is_file():
-        return False
+        return "not a checkpoint file"
     try:
         with zipfile.ZipFile(path) as zf:
             if zf.testzip() is not None:
-                return False
+                return "incomplete write (damaged archive)"
         state = safe_torch_load(path, mmap=True)
+        if not isinstance(state, dict) or "tubelet" not in state:
+            return "not a tubelet training checkpoint"
         info = state["tubelet"]
-        weights = path.parent / info["weights_file"]
-        if not weights.is_file() or weights.stat().st_size != info["weights_bytes"]:
-            return False
+        weights = weights_path(path, info)
+        if not weights.is_file():
+            return f"incomplete write (its weights file {weights.name} is missing)"
+        size = weights.stat().st_size
+        if size != info["weights_bytes"]:
+            return f"incomplete write (its weights file {weights.name} has {size} bytes, recorded {info['weights_bytes']})"
         with open(weights, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return 8 + n + end == weights.stat().st_size
-    except (CheckpointError, zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError):
-        return False
+        if 8 + n + end != size:
+            return f"incomplete write (its weights file {weights.name} is truncated)"
+        return None
+    except CheckpointError as exc:
+        return "unreadable (" + str(exc).split(": ", 1)[-1] + ")"
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError):
+        return "incomplete write (not a complete archive)"
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """:func:`incomplete_reason`, then the weights' sha256 against the recorded one (reads the whole file)."""
+    path = Path(path)
+    reason = incomplete_reason(path)
+    if reason is not None:
+        return reason
+    info = safe_torch_load(path, mmap=True)["tubelet"]
+    expected = info.get("weights_sha256")
+    weights = weights_path(path, info)
+    if expected is not None and sha256_file(weights) != expected:
+        return f"checksum mismatch (the sha256 of {weights.name} is not the recorded one)"
+    return None
+
+
+def checkpoints_newest_first(folder: str | Path) -> list[Path]:
+    """The ``*.ckpt`` files of ``folder``, newest first by the step in their name, then modification time."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".")]
+    candidates.sort(key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True)
+    return candidates
+
+
+_WEIGHTS_RE = re.compile(r"(.+)-[0-9a-f]{8}\.safetensors")
+
+
+def remove_stale_files(folder: str | Path) -> list[Path]:
+    """Remove what killed writes leave in a checkpoint folder: temporary files, and weights files whose
+    ``.ckpt`` never landed or names another weights file. A weights file beside an unreadable ``.ckpt``
+    stays (it is not known to be unused). Call it only when nothing writes into ``folder``."""
+    folder = Path(folder)
+    removed = remove_temp_files(folder)
+    if not folder.is_dir():
+        return removed
+    for weights in sorted(folder.glob("*.safetensors")):
+        m = _WEIGHTS_RE.fullmatch(weights.name)
+        if m is None:
+            continue
+        ckpt = folder / f"{m.group(1)}.ckpt"
+        if ckpt.is_file():
+            try:
+                named = safe_torch_load(ckpt, mmap=True)["tubelet"]["weights_file"]
+            except (CheckpointError, KeyError, TypeError):
+                continue
+            if named == weights.name:
+                continue
+        weights.unlink(missing_ok=True)
+        removed.append(weights)
+    return removed
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -313,12 +407,7 @@ def checkpoint_step(path: str | Path) -> int:
 
 def find_latest_checkpoint(folder: str | Path) -> Path | None:
     """The newest complete ``*.ckpt`` in ``folder`` (by the step in its name, then modification time)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    candidates = [p for p in folder.glob("*.ckpt") if not p.name.startswith(".")]
-    candidates.sort(key=lambda p: (checkpoint_step(p), p.stat().st_mtime), reverse=True)
-    for p in candidates:
+    for p in checkpoints_newest_first(folder):
         if is_complete(p):
             return p
     return None

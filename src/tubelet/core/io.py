@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno as errnos
+import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -114,12 +116,42 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write a flat ``name -> tensor`` mapping as safetensors."""
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A flat ``name -> tensor`` mapping serialised as a safetensors file."""
     from safetensors.torch import save
 
-    data = save(_plain_tensors(tensors), metadata=metadata)
+    return save(_plain_tensors(tensors), metadata=metadata)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a flat ``name -> tensor`` mapping as safetensors."""
+    data = safetensors_bytes(tensors, metadata)
     return atomic_write(path, lambda f: f.write(data))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints may be larger than memory allows twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ``atomic_write``'s temporary files: ``.<target name>.<8 hex>.tmp``
+TEMP_FILE_RE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary files that writes killed before their rename left in ``folder``; call it only
+    when no write into ``folder`` is under way."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir() if TEMP_FILE_RE.fullmatch(p.name) and p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:

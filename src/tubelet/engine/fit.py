@@ -6,6 +6,7 @@ The run folder's layout is described in ``engine/run_dir.py``; the Trainer is as
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,23 @@ from tubelet.config.schema import Recipe
 from tubelet.data.builder import check_run_labels
 from tubelet.data.datasets.base import FailureTracker
 from tubelet.data.transforms import build_device_transform
-from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete, read_training_state
-from tubelet.core.io import save_safetensors
+from tubelet.core.ckpt_format import find_latest_checkpoint, is_complete, remove_stale_files
+from tubelet.core.io import remove_temp_files, save_safetensors
 from tubelet.core.runtime import set_threads
 from tubelet.engine.datamodule import TubeletDataModule
 from tubelet.engine.device import check_trainer_device
 from tubelet.engine.module import TubeletModule
-from tubelet.engine.run_dir import RunCSVLogger, read_csv_log, scalar_metrics, write_labels, write_metrics
+from tubelet.engine.resume import Resume, choose_checkpoint, describe_changes, run_record
+from tubelet.engine.run_dir import (
+    RunCSVLogger,
+    clear_run,
+    holds_checkpoints,
+    read_csv_log,
+    read_metrics,
+    scalar_metrics,
+    write_labels,
+    write_metrics,
+)
 from tubelet.engine.trainer import build_trainer
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.models.weights import describe_model
@@ -44,19 +55,9 @@ class FitResult:
 
 
 def resolve_resume(recipe: Recipe, resume: str | os.PathLike | None) -> Path | None:
-    """``None``: fresh start; ``"auto"``: newest complete checkpoint in run_dir/checkpoints (or none);
-    a path: that checkpoint, which must be complete."""
-    if resume is None:
-        return None
-    if str(resume) == "auto":
-        return find_latest_checkpoint(Path(recipe.run_dir) / "checkpoints")
-    path = Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint to resume from not found")
-    read_training_state(path, mmap=True)  # says what a file that is no tubelet checkpoint is, and what to do
-    if not is_complete(path):
-        raise CheckpointError(f"{path}: checkpoint is incomplete or corrupt (truncated write?)")
-    return path
+    """``None``: fresh start; ``"auto"``: newest complete checkpoint of this run in run_dir/checkpoints (or
+    none); a path: that checkpoint, which must be complete and of this run (``engine/resume.py``)."""
+    return choose_checkpoint(recipe, resume).path
 
 
 def check_resume_fits(path: Path, method: nn.Module) -> None:
@@ -156,17 +157,110 @@ def fit(
     method: nn.Module | None = None,
     datasets: Mapping[str, Dataset | None] | None = None,
     callbacks: Iterable[Callback] = (),
+    overwrite: bool = False,
 ) -> FitResult:
     """Train ``method`` (default ``build_method(recipe)``) on ``datasets`` (default
     ``build_dataset(recipe.data, "train"/"val")``) as the recipe says; ``resume`` is None, ``"auto"``
-    (newest complete checkpoint in ``run_dir/checkpoints``, fresh start when there is none) or a path."""
+    (newest complete checkpoint of this run in ``run_dir/checkpoints``, fresh start when there is none)
+    or a path. A fresh start into a ``run_dir`` that holds checkpoints is refused unless ``overwrite``
+    removes the earlier run's checkpoints, logs and results first."""
     # Trainer(deterministic=True) switches PyTorch to deterministic algorithms process-wide; put the
     # previous setting back afterwards for whatever the caller runs next.
     deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        return _fit(recipe, resume, method, datasets, callbacks)
+        return _fit(recipe, resume, method, datasets, callbacks, overwrite)
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _is_rank_zero() -> bool:
+    """Rank 0 before the Trainer exists (Lightning reads RANK, LOCAL_RANK, SLURM_PROCID at import)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def prepare_run_dir(recipe: Recipe, resume: str | os.PathLike | None, overwrite: bool) -> Resume:
+    """Choose the checkpoint to resume from, after removing the files killed writes left; a fresh start
+    into a folder with checkpoints is refused unless ``overwrite`` (then :func:`_start_run_dir` removes
+    them)."""
+    run_dir = Path(recipe.run_dir)
+    if overwrite and resume is not None:
+        raise ConfigError(f"--overwrite starts a new run in {run_dir} and --resume {resume} continues one: pass one of them")
+    if _is_rank_zero():  # nothing writes into the folder yet (the other ranks only read it)
+        for path in remove_stale_files(run_dir / "checkpoints") + remove_temp_files(run_dir):
+            rank_zero_info(f"removed {path}: left by a write that was killed")
+    existing = holds_checkpoints(run_dir)
+    if resume is None and existing and not overwrite:
+        raise CheckpointError(
+            f"{run_dir / 'checkpoints'} holds the checkpoints of an earlier run (newest {existing[-1].name}): pass "
+            f"--resume auto (fit(..., resume='auto')) to continue it, or --overwrite (fit(..., overwrite=True)) to "
+            f"remove its checkpoints, logs and results first")
+    chosen = choose_checkpoint(recipe, resume)
+    for line in chosen.skipped:
+        rank_zero_info(line)
+    if resume is not None:
+        rank_zero_info(f"resuming from {chosen.path}" if chosen.path is not None
+                       else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
+    if chosen.changed:
+        rank_zero_info(describe_changes(chosen.changed))
+    if chosen.path is not None and _is_rank_zero():
+        # a run killed between a checkpoint's rename and the removal of the oldest left keep_last_k + 1:
+        # back to keep_last_k, so that the next save never makes it keep_last_k + 2
+        from tubelet.config.identity import run_identity
+        from tubelet.engine.checkpoint import SafeCheckpointIO
+
+        keeper = SafeCheckpointIO(recipe.trainer.keep_last_k, run_identity(recipe))
+        for path in keeper.prune(run_dir / "checkpoints", start=chosen.path):
+            rank_zero_info(f"removed {path}: older than the newest trainer.keep_last_k={recipe.trainer.keep_last_k}")
+    return chosen
+
+
+def _start_run_dir(run_dir: Path, chosen: Resume, overwrite: bool) -> None:
+    """Rank 0, once everything is built: ``overwrite`` removes the earlier run; a fresh start removes the
+    logs and results of an earlier run (one that wrote no checkpoint, or only damaged ones, which stay),
+    so that none sits beside this run's."""
+    if overwrite:
+        clear_run(run_dir)
+    elif chosen.path is None:
+        clear_run(run_dir, checkpoints=False)
+
+
+def _same_run_metrics(recipe: Recipe, step: int) -> dict[str, float]:
+    """The ``metrics.json`` of this run's end at ``step``, when the folder's ``config.yaml`` (written at the
+    last start, before this one overwrites it) is this run's; else {}."""
+    from tubelet.config.identity import recipe_differences
+    from tubelet.config.loader import load_recipe, to_dict
+
+    run_dir = Path(recipe.run_dir)
+    try:
+        before = load_recipe(run_dir / "config.yaml")
+    except (TubeletError, OSError):
+        return {}
+    if recipe_differences(to_dict(before), recipe)[0]:
+        return {}
+    metrics = read_metrics(run_dir / "metrics.json")
+    return metrics if metrics.get("global_step") == float(step) else {}
+
+
+class _BudgetInMainProcess:
+    """While training, the failure budget is the main process's (``FailureTracker``, which writes
+    ``bad_files.txt`` before it stops the run): a dataset that kept its own budget would stop the run
+    from inside a loader worker, with files the list never got."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.targets = [d for d in {id(d): d for d in (dataset, getattr(dataset, "base", None))}.values()
+                        if isinstance(getattr(d, "max_failure_fraction", None), float) and hasattr(d, "failures")]
+        self.saved: list[float] = []
+
+    def __enter__(self) -> None:
+        self.saved = [d.max_failure_fraction for d in self.targets]
+        for d in self.targets:
+            d.max_failure_fraction = math.inf
+
+    def __exit__(self, *exc: Any) -> None:
+        for d, v in zip(self.targets, self.saved):
+            d.max_failure_fraction = v
 
 
 def _fit(
@@ -175,13 +269,13 @@ def _fit(
     method: nn.Module | None,
     datasets: Mapping[str, Dataset | None] | None,
     callbacks: Iterable[Callback],
+    overwrite: bool = False,
 ) -> FitResult:
     check_trainer_device(recipe.trainer.accelerator, recipe.trainer.precision)  # before building anything
     run_dir = Path(recipe.run_dir)
-    ckpt_path = resolve_resume(recipe, resume)
-    if resume is not None:
-        rank_zero_info(f"resuming from {ckpt_path}" if ckpt_path is not None
-                       else f"no complete checkpoint in {run_dir / 'checkpoints'}: starting from step 0")
+    chosen = prepare_run_dir(recipe, resume, overwrite)
+    ckpt_path = chosen.path
+    earlier_metrics = _same_run_metrics(recipe, chosen.step) if ckpt_path is not None and _is_rank_zero() else {}
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     set_threads(recipe.trainer.num_threads, recipe.data.num_workers)
     built = datasets is None
@@ -222,6 +316,7 @@ def _fit(
         max_skipped_steps=recipe.trainer.max_skipped_steps,
         checkpoint_dir=run_dir / "checkpoints",
         bad_files_path=run_dir / "bad_files.txt",
+        run_record=run_record(recipe),
     )
     if ckpt_path is not None:
         check_resume_fits(ckpt_path, method)
@@ -231,16 +326,14 @@ def _fit(
     old_rows: list[dict[str, str]] = []
     class_names = list(getattr(datasets["train"], "class_names", None) or [])
     if trainer.is_global_zero:
-        dump_recipe(recipe, run_dir / "config.yaml")
+        _start_run_dir(run_dir, chosen, overwrite)
+        dump_recipe(recipe, run_dir / "config.yaml")  # the config that runs: after the checks
         if class_names:  # what `tubelet predict --run` names its classes by
             write_labels(run_dir / "labels.txt", class_names)
         else:  # a folder reused by a run without class names must not keep the previous run's
             (run_dir / "labels.txt").unlink(missing_ok=True)
         if ckpt_path is not None:
-            from tubelet.core.ckpt_format import safe_torch_load
-
-            step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
-            old_rows = read_csv_log(csv_log, step)
+            old_rows = read_csv_log(csv_log, chosen.step)
         for logger in trainer.loggers:  # the CSV log keeps these rows in front of the new ones
             if isinstance(logger, RunCSVLogger):
                 logger.keep_rows(old_rows)
@@ -255,7 +348,8 @@ def _fit(
             )
         )
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+        with _BudgetInMainProcess(datasets["train"]):
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
     except Exception as exc:
         if trainer.world_size > 1 and _is_collective_failure(exc):
             last = find_latest_checkpoint(run_dir / "checkpoints")
@@ -266,16 +360,25 @@ def _fit(
                 f"Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
         raise
+    finally:
+        if trainer.is_global_zero and tracker.failures:  # however the run stopped, the files it could not read are listed
+            tracker.write(run_dir / "bad_files.txt")
 
     paths = {"config": run_dir / "config.yaml", "logs": run_dir / "logs",
              **({"labels": run_dir / "labels.txt"} if class_names else {}),
              "method": run_dir / "method.safetensors", "metrics": run_dir / "metrics.json"}
-    metrics = scalar_metrics(trainer.callback_metrics)
-    metrics["global_step"] = float(trainer.global_step)
-    metrics["epoch"] = float(trainer.current_epoch)
-    metrics["skipped_steps"] = float(module.skipped_steps)
-    if module.peak_lr is not None:
-        metrics["peak_lr"] = module.peak_lr
+    if trainer.global_step == chosen.step and earlier_metrics:
+        # a resume with nothing left to train: the run's own final metrics (its last checkpoint was
+        # written before the last validation, and the loop did not close the epoch again)
+        metrics = dict(earlier_metrics)
+    else:
+        # after a resume the Trainer only knows what it logged since; the rest comes from the checkpoint
+        metrics = {**chosen.metrics, **scalar_metrics(trainer.callback_metrics)}
+        metrics["global_step"] = float(trainer.global_step)
+        metrics["epoch"] = float(trainer.current_epoch)
+        metrics["skipped_steps"] = float(module.skipped_steps)
+        if module.peak_lr is not None:
+            metrics["peak_lr"] = module.peak_lr
     if trainer.is_global_zero:
         # both files say which model they hold (``tubelet.models.weights``): load_model needs nothing else
         backbone = getattr(method, "backbone", None)
@@ -286,9 +389,8 @@ def _fit(
             paths["backbone"] = run_dir / "backbone.safetensors"
             save_safetensors(backbone.state_dict(), paths["backbone"],
                              metadata={"format": "tubelet-backbone", **describe_model(backbone)})
-        if tracker is not None and tracker.failures:
+        if tracker.failures:
             paths["bad_files"] = run_dir / "bad_files.txt"
-            tracker.write(paths["bad_files"])
         write_metrics(paths["metrics"], metrics)
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     return FitResult(run_dir=run_dir, metrics=metrics, paths=paths, checkpoints=[p for p in ckpts if is_complete(p)])

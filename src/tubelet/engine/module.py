@@ -93,6 +93,7 @@ class TubeletModule(pl.LightningModule):
         checkpoint_dir: str | Path | None = None,
         failure_tracker: Any | None = None,
         bad_files_path: str | Path | None = None,
+        run_record: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if nonfinite not in NONFINITE:
@@ -108,6 +109,8 @@ class TubeletModule(pl.LightningModule):
         # data.max_failure_fraction (``tubelet.data.datasets.FailureTracker``).
         self.failure_tracker = failure_tracker
         self.bad_files_path = Path(bad_files_path) if bad_files_path is not None else None
+        # the recipe and identity of the run, stored in every checkpoint (tubelet.engine.resume)
+        self.run_record = run_record
         self.peak_lr: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._last_batch_time: float | None = None
@@ -319,7 +322,19 @@ class TubeletModule(pl.LightningModule):
         checkpoint["rng"] = states[0]
         if len(states) > 1:
             checkpoint["rng_per_rank"] = states
-        checkpoint["tubelet_module"] = {"skipped_steps": self.skipped_steps}
+        tracker = self.failure_tracker
+        checkpoint["tubelet_module"] = {
+            "skipped_steps": self.skipped_steps,
+            # the failure budget counts the run's bad files, not only those found since the last resume
+            "bad_files": [list(r) for r in tracker.failures.values()] if tracker is not None else [],
+        }
+        if self.run_record is not None:
+            from tubelet.engine.resume import METRICS_KEY, RUN_KEY
+            from tubelet.engine.run_dir import scalar_metrics
+
+            checkpoint[RUN_KEY] = self.run_record
+            # what metrics.json would say now, for a resume that has nothing left to train
+            checkpoint[METRICS_KEY] = scalar_metrics(self.trainer.callback_metrics) if self._trainer is not None else {}
         # which model the weights are of, so that resuming another model's checkpoint names both models
         backbone = getattr(self.method, "backbone", None)
         if isinstance(backbone, nn.Module):
@@ -336,7 +351,10 @@ class TubeletModule(pl.LightningModule):
             self._pending_rng = per_rank[rank]
         else:
             self._pending_rng = checkpoint.get("rng")
-        self.skipped_steps = int(checkpoint.get("tubelet_module", {}).get("skipped_steps", 0))
+        saved = checkpoint.get("tubelet_module", {})
+        self.skipped_steps = int(saved.get("skipped_steps", 0))
+        if self.failure_tracker is not None and saved.get("bad_files"):
+            self.failure_tracker.merge([(int(i), str(p), str(r)) for i, p, r in saved["bad_files"]])
 
     def on_train_start(self) -> None:
         if self._pending_rng is not None:

@@ -10,6 +10,11 @@ Layout (``recipe.run_dir``)::
     backbone.safetensors   ``method.backbone``, self-describing (loads with ``tubelet.load_model(file)``)
     metrics.json           final metrics
     bad_files.txt          the unreadable samples, when there were any
+    report/                the run report and the figures of ``tubelet test`` and of the methods
+
+The folder holds one run: every checkpoint records the recipe of its run (``engine/resume.py``), and a
+new run into a folder that holds checkpoints is refused unless it is told to overwrite them
+(:func:`clear_run`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +33,50 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from tubelet.core.io import atomic_write_text, writing
+
+
+# What a run writes into its folder; :func:`clear_run` removes exactly these, never anything else a
+# user keeps there (the folder may be one they share with other files).
+RUN_FILES = ("config.yaml", "labels.txt", "method.safetensors", "backbone.safetensors", "metrics.json",
+             "bad_files.txt")
+RUN_FOLDERS = ("checkpoints", "logs/csv", "logs/tensorboard", "report")
+
+
+def holds_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The ``.ckpt`` files (complete or not, temporary files aside) in ``run_dir/checkpoints``."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def clear_run(run_dir: str | Path, checkpoints: bool = True) -> list[Path]:
+    """Remove what an earlier run wrote into ``run_dir`` (its checkpoints unless ``checkpoints`` is
+    False, logs, results and report), so that the next run starts in a folder holding nothing of another run."""
+    run_dir = Path(run_dir)
+    removed = []
+    for name in RUN_FOLDERS:
+        if name == "checkpoints" and not checkpoints:
+            continue
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+            removed.append(run_dir / name)
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(run_dir / name)
+    logs = run_dir / "logs"
+    if logs.is_dir() and not any(logs.iterdir()):
+        logs.rmdir()
+    return removed
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """``metrics.json`` as written by :func:`write_metrics`; empty when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} \
+        if isinstance(data, dict) else {}
 
 
 def read_csv_log(path: Path, before_step: int) -> list[dict[str, str]]:

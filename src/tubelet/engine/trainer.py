@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from tubelet.config.identity import run_identity
 from tubelet.config.schema import Recipe
 from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO
@@ -48,7 +49,7 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
         filename="step={step:06d}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=t.keep_last_k,
+        save_top_k=-1,  # keep_last_k is SafeCheckpointIO's: it also sees the files of the runs before a resume
         monitor="step",
         mode="max",
         save_last=False,
@@ -88,7 +89,7 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
         use_distributed_sampler=False,  # the ResumableSampler shards per rank itself
         callbacks=cbs,
         logger=loggers,
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(t.keep_last_k, run_identity(recipe))],
         default_root_dir=run_dir,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
