@@ -302,8 +302,9 @@ class MemoryPoolingAttention(nn.Module):
             idx = (torch.arange(q_grid[0], device=q.device)[:, None]
                    + (M - 1 - torch.arange(M, device=q.device)[None, :]) * s)
             tab = self.rel_pos_mem_t
-            if int(idx.max()) >= tab.shape[0]:
-                tab = interpolate_rel_pos(tab, int(idx.max()) + 1)
+            largest = q_grid[0] - 1 + (M - 1) * s  # idx.max(), known without reading a (possibly meta) tensor
+            if largest >= tab.shape[0]:
+                tab = interpolate_rel_pos(tab, largest + 1)
             R = tab[idx].to(q.dtype)  # (Tq, M, d)
             rel_t = torch.einsum("bnthwc,tmc->bnthwm", qp.reshape(B, n, *q_grid, d), R).reshape(B, n, Nq, M)
         if rel_t is None and rel_h is None:
