@@ -95,7 +95,7 @@ def row(name: str, kw: dict, frames: int, size: int, mems: list[int], timed: boo
         timing = f" | {t / t0:.3f}x" if timed else ""
         lines.append(
             f"| {name} | {m} | {c.macs / 1e9:.2f} | +{100 * extra / c0.macs:.2f}% | {comp / 1e6:.1f} | {proj / 1e6:.1f} "
-            f"| {attn / 1e6:.1f} | {rel / 1e6:.1f} | {other / 1e6:.1f} | {support:.0f}x ({support * clip_s:.0f} s){timing} |")
+            f"| {attn / 1e6:.1f} | {rel / 1e6:.1f} | {other / 1e6:.1f} | {support:.0f}x ({support * clip_s:.1f} s){timing} |")
     return [f"| {name} (no memory) | - | {c0.macs / 1e9:.2f} | 0 | | | | | | 1x ({clip_s:.1f} s)"
             + (" | 1.000x" if timed else "") + " |"] + lines
 

@@ -25,14 +25,15 @@ from tubelet.data.synthetic import LongRangeVideos
 from tubelet.engine.datamodule import OnlineOrderSampler, SeededCollate, SeededDataset
 from tubelet.models import create_model
 
-MODEL = dict(num_classes=4, depth=4, embed_dim=32, num_heads=1, transitions=(1, 3), num_frames=8, img_size=32,
-             kv_stride=(1, 2, 2), drop_path_rate=0.0, head_dropout=0.0)
+MODEL = dict(num_classes=4, depth=4, embed_dim=32, num_heads=1, transitions=(1, 3), kv_stride=(1, 2, 2),
+             drop_path_rate=0.0, head_dropout=0.0)
 
 
 def train(memory: bool, args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(args.seed)
-    model = create_model("memvit_16", memory=memory, **MODEL).train()
-    source = LongRangeVideos(args.videos, seed=args.seed, num_clips=args.clips, num_classes=4)
+    model = create_model("memvit_16", memory=memory, num_frames=args.frames, img_size=args.size, **MODEL).train()
+    source = LongRangeVideos(args.videos, seed=args.seed, num_clips=args.clips, clip_frames=args.frames,
+                             size=args.size, num_classes=4)
     data = OnlineClips(source, num_streams=args.batch, seed=args.seed)
     sampler = OnlineOrderSampler(data, args.batch, seed=args.seed)
     loader = DataLoader(SeededDataset(data), batch_size=args.batch, sampler=sampler, drop_last=True,
@@ -57,7 +58,8 @@ def train(memory: bool, args: argparse.Namespace) -> torch.nn.Module:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, memory: bool, args: argparse.Namespace) -> tuple[float, float]:
     """Top-1 on the first and the last clip of held-out long videos, each video streamed from its start."""
-    source = LongRangeVideos(args.val_videos, seed=args.seed, first=1_000_000, num_clips=args.clips, num_classes=4)
+    source = LongRangeVideos(args.val_videos, seed=args.seed, first=1_000_000, num_clips=args.clips,
+                             clip_frames=args.frames, size=args.size, num_classes=4)
     first = last = 0
     for lo in range(0, args.val_videos, args.batch):
         vids = list(range(lo, min(lo + args.batch, args.val_videos)))
@@ -82,6 +84,8 @@ def main() -> None:
     ap.add_argument("--val-videos", type=int, default=128)
     ap.add_argument("--clips", type=int, default=5, help="clips per long video; the cue is in the first")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=8, help="frames per clip")
+    ap.add_argument("--size", type=int, default=32, help="frame size")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -89,7 +93,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.videos, args.val_videos = 2, 32, 8
     torch.set_num_threads(args.threads)
-    print(f"long-range task: {args.clips} clips of 8x32x32 per video, cue in clip 0, 4 classes (chance 25%); "
+    print(f"long-range task: {args.clips} clips of {args.frames}x{args.size}x{args.size} per video, cue in clip 0, 4 classes (chance 25%); "
           f"{args.videos} training videos x {args.epochs} epochs, {args.val_videos} held-out videos")
     print("| model | top-1, first clip | top-1, last clip | train time |")
     print("|---|---|---|---|")

@@ -166,3 +166,23 @@ def test_supervised_passes_video_ids_to_a_memory_backbone():
         logits = method.classify(xs[3], torch.tensor([0, 5]))  # slot 1 starts a new video
         assert (logits[0] - free(xs[3])[0]).abs().max() > 1e-4
         np.testing.assert_allclose(logits[1].numpy(), free(xs[3])[1].numpy(), atol=1e-5)
+
+
+def test_batches_without_stream_ids_never_see_memory():
+    from tubelet.methods.supervised import Supervised
+    from tubelet.models import create_model
+
+    kw = dict(num_classes=3, depth=2, transitions=(1,), num_frames=8, img_size=32, kv_stride=(1, 2, 2),
+              drop_path_rate=0.0, head_dropout=0.0)
+    torch.manual_seed(0)
+    model = create_model("memvit_16", **kw).eval()
+    free = create_model("memvit_16", **{**kw, "memory": False}).eval()
+    free.load_state_dict(model.state_dict(), strict=False)
+    method = Supervised(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for b in (4, 4, 4, 3):  # evaluation batches of unrelated videos, the last one smaller
+            x = torch.randn(b, 2, 3, 8, 32, 32, generator=g)  # (B, views, C, T, H, W)
+            out = method({"video": x, "label": torch.zeros(b, dtype=torch.long)})
+            ref = free(x.flatten(0, 1)).argmax(-1).eq(0).float().mean()
+            assert float(out["acc"]) == pytest.approx(float(ref))

@@ -64,7 +64,12 @@ class Supervised(nn.Module):
                 label = label.flatten(0, 1)
             else:  # one label per video, shared by its r clips
                 label = label.repeat_interleave(r, dim=0)
-        logits = self.classify(video, batch.get("video_id") if video.dim() == 5 else None)
+        ids = batch.get("video_id") if video.dim() == 5 else None
+        if ids is None and getattr(self.backbone, "uses_memory", False):
+            # No stream order (e.g. multi-view evaluation batches of unrelated videos): nothing in the
+            # memory belongs to these clips, so each such batch is classified from an empty memory.
+            self.backbone.clear_memory()
+        logits = self.classify(video, ids)
         if label.dim() == 2 and label.is_floating_point():
             loss = soft_target_cross_entropy(logits, label)
             hard = label.argmax(dim=-1)  # accuracy against the dominant class of a mixed target
