@@ -153,6 +153,8 @@ def test_refusals():
         tiny().set_grad_checkpointing(True)
     with pytest.raises(ConfigError, match="softmax"):
         tiny(attention="castling")
+    with pytest.raises(ConfigError, match="attn_impl='concat' is not supported"):
+        tiny(attn_impl="concat")
     model = tiny().eval()
     with torch.no_grad():
         model(clips(1, b=2)[0])

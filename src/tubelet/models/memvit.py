@@ -134,7 +134,7 @@ class MemoryPoolingAttention(nn.Module):
             raise ConfigError("MeMViT is a video model: video must be true")
         if dim % num_heads or dim_out % num_heads:
             raise ConfigError(f"MeMViT block widths {dim} -> {dim_out} are not divisible by num_heads={num_heads}")
-        del attn_impl  # one formulation here: a dense bias (memory columns need their own terms and mask)
+        del attn_impl  # one formulation here (MeMViT refuses the others): a dense bias with memory's terms and mask
         self.num_heads = num_heads
         self.dim, self.dim_out = dim, dim_out
         self.head_dim = dim_out // num_heads
@@ -397,6 +397,9 @@ class MeMViT(MViT):
                               "memory cache twice; turn one of them off")
         if not cfg.video:
             raise ConfigError("MeMViT is a video model: model.video must be true")
+        if cfg.attn_impl not in ("auto", "mask"):
+            raise ConfigError(f"MeMViT runs one attention formulation (a dense bias carrying memory's relative terms "
+                              f"and mask); model.attn_impl='{cfg.attn_impl}' is not supported, use 'auto'")
         super().__init__(cfg)
 
     def block_attention(self, index: int) -> Callable[..., nn.Module]:
