@@ -186,3 +186,47 @@ def test_batches_without_stream_ids_never_see_memory():
             out = method({"video": x, "label": torch.zeros(b, dtype=torch.long)})
             ref = free(x.flatten(0, 1)).argmax(-1).eq(0).float().mean()
             assert float(out["acc"]) == pytest.approx(float(ref))
+
+
+def _memvit_recipe(tmp_path):
+    import yaml
+
+    from tubelet.config import load_recipe
+
+    raw = {
+        "model": {"name": "memvit_16", "num_frames": 4, "img_size": 16, "num_classes": 4,
+                  "overrides": {"depth": 2, "transitions": [1], "embed_dim": 16, "kv_stride": [1, 2, 2],
+                                "head_dropout": 0.0}},
+        "data": {"kind": "synthetic", "num_frames": 4, "crop_size": 16, "batch_size": 2,
+                 "synthetic": {"num_videos": 8, "num_classes": 4, "size": 16, "frames": 8}},
+        "method": {"name": "supervised"},
+        "optim": {"lr": 1.0e-3, "warmup_steps": 1},
+        "trainer": {"max_steps": 4, "checkpoint_every_n_steps": 2, "num_threads": 1, "enable_progress_bar": False,
+                    "log_every_n_steps": 1},
+        "run_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    return load_recipe(tmp_path / "r.yaml", [])
+
+
+def test_fit_trains_a_memory_model_in_the_online_order_and_refuses_shuffling(tmp_path):
+    from tubelet.data.synthetic import LongRangeVideos
+    from tubelet.engine import fit
+
+    recipe = _memvit_recipe(tmp_path)
+    seen = []
+
+    from lightning.pytorch.callbacks import Callback
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((batch["video_id"].tolist(), batch["clip_index"].tolist()))
+
+    train = OnlineClips(LongRangeVideos(4, num_clips=3, clip_frames=4, size=16), num_streams=2)
+    result = fit(recipe, datasets={"train": train, "val": None}, callbacks=[Record()])
+    assert (tmp_path / "run" / "method.safetensors").is_file() and result is not None
+    assert [c for _, c in seen] == [[0, 0], [1, 1], [2, 2], [0, 0]]  # each slot walks its video in order
+    assert seen[0][0] == seen[1][0] == seen[2][0] and seen[3][0] != seen[0][0]
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ConfigError, match="while the model's memory is on"):
+        fit(_memvit_recipe(tmp_path / "b"), datasets={"train": Shuffled(), "val": None})
