@@ -7,6 +7,10 @@ views through the recipe's test transforms, softmax scores averaged); the work i
 A file that cannot be read is also one line on stderr and does not stop the others. Exit status: 1
 when any file failed, else 0.
 
+``--stream`` runs each video clip by clip in time order (``data.num_frames x data.sampling_rate``
+windows), carrying a memory model's memory from clip to clip, and prints one JSON line per clip
+(``path``, ``clip``, ``num_clips``, ``start``, ``end`` in seconds, ``topk``) with a progress bar on stderr.
+
 ``data.KEY=VALUE`` and ``trainer.KEY=VALUE`` overrides among the files change the test pipeline and the
 device (``data.test_clips=3``, ``trainer.accelerator=cpu``); the model and method come from the weights.
 """
@@ -32,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", default=None, help="the recipe the checkpoint was trained with")
     p.add_argument("--topk", type=int, default=5, help="classes per file (capped at the number of classes)")
     p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    p.add_argument("--stream", action="store_true",
+                   help="run each video clip by clip in time order (memory carried from clip to clip): one JSON "
+                        "line per clip on stdout with its [start, end) seconds, a progress bar on stderr")
     p.set_defaults(run=run, overrides=[], overrides_anywhere=True)  # cli.main collects those after the options
 
 
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if predictor.class_names is None:
         print(f"tubelet predict: note: {args.run_dir or args.checkpoint} has no class names (no labels.txt or "
               "data.label_map); classes are printed as indices", file=sys.stderr)
+    if args.stream:
+        return _stream(predictor, paths, args.topk)
     width = max((len(n) for n in predictor.class_names or []), default=4)
     failed = 0
     for pred in predictor.predict(paths, topk=args.topk):
@@ -81,4 +90,30 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(pred.as_dict()), flush=True)
         elif pred.error is None:
             print(format_prediction(pred, width), flush=True)
+    return 1 if failed else 0
+
+
+def _stream(predictor, paths: list[str], topk: int) -> int:
+    """``--stream``: JSON lines per clip on stdout, a one-line progress bar on stderr; a file that cannot be
+    read is one error line and the next file goes on."""
+    from tubelet.errors import VideoError
+
+    failed = 0
+    for path in paths:
+        total = [0]
+
+        def start(n: int, total: list[int] = total) -> None:
+            total[0] = n
+
+        try:
+            for pred in predictor.stream(path, topk=topk, on_start=start):
+                print(json.dumps(pred.as_dict()), flush=True)
+                done = pred.clip + 1
+                bar = "#" * (20 * done // max(total[0], 1))
+                print(f"\r{path}: [{bar:<20}] {done}/{total[0]} clips", end="", file=sys.stderr, flush=True)
+            print(file=sys.stderr, flush=True)
+        except VideoError as exc:
+            failed += 1
+            print(f"\ntubelet predict: error: {path}: {' '.join(str(exc.reason).split())}", file=sys.stderr,
+                  flush=True)
     return 1 if failed else 0

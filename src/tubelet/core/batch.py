@@ -22,5 +22,6 @@ class Batch(TypedDict, total=False):
     small: torch.Tensor  # MultiCrop: (B, V, n, C, T, s, s) small source crops
     mix: torch.Tensor  # ScaleMix: a second source view per clip, shaped as ``video``
     caption: list[str]
+    video_id: torch.Tensor  # (B,) int64: the stream segment of each clip in the online order (memory models)
     sample_seed: torch.Tensor  # (B,) int64: each sample's seed of (seed, epoch, position), for per-sample draws
     extra: dict[str, Any]

@@ -455,3 +455,89 @@ def write_dataset(out_dir: str | Path, num_videos: int, cfg: SyntheticConfig, lo
     meta = {"config": dataclasses.asdict(cfg), "lossless": lossless, "classes": names, "clips": annotations}
     (out / "annotations.json").write_text(json.dumps(meta), encoding="utf-8")
     return out
+
+
+# -- the long-range task (MeMViT): the label is set by an event many clips before the last --------------------
+LONG_RANGE_COLOURS = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white")
+
+
+def render_long_video(seed: int, index: int, num_clips: int = 5, clip_frames: int = 8, size: int = 32,
+                      num_classes: int = 4, label: int | None = None) -> tuple[np.ndarray, int]:
+    """A long video whose label is the colour of a large square that shows only in the *first* clip.
+
+    Uint8 frames ``(num_clips * clip_frames, size, size, 3)`` and the label ``index % num_classes``. Every
+    clip, the first included, also shows two small squares drifting across a panning textured background,
+    each of a colour drawn uniformly from the same ``num_classes`` colours: from any clip after the first,
+    the label cannot be told better than chance, so a model must carry what it saw ``num_clips - 1`` clips
+    earlier. The video is a pure function of ``(seed, index)``; ``label`` replaces the index's label and
+    changes the cue's colour only (every draw is made whatever the label).
+    """
+    if not 2 <= num_classes <= len(LONG_RANGE_COLOURS):
+        raise ConfigError(f"the long-range task has 2 to {len(LONG_RANGE_COLOURS)} classes, got {num_classes}")
+    if num_clips < 2:
+        raise ConfigError(f"the long-range task needs at least 2 clips per video (cue, then recall), got {num_clips}")
+    rng = _rng(seed, 0x10_0000 + index)
+    label = index % num_classes if label is None else int(label)
+    palette = np.array([COLOURS[c] for c in LONG_RANGE_COLOURS[:num_classes]], dtype=np.float32)
+    n = num_clips * clip_frames
+    yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+    # background: two grey gratings panning at a random velocity, the same distribution for every label
+    f = rng.uniform(0.15, 0.4, 2).astype(np.float32)
+    theta = rng.uniform(0, 2 * np.pi, 2).astype(np.float32)
+    vel = rng.uniform(-1.0, 1.0, 2).astype(np.float32)
+    t = np.arange(n, dtype=np.float32)[:, None, None]
+    bg = 0.35 + 0.1 * (np.sin(f[0] * (xx * np.cos(theta[0]) + yy * np.sin(theta[0]) + vel[0] * t))
+                       + np.sin(f[1] * (xx * np.cos(theta[1]) + yy * np.sin(theta[1]) + vel[1] * t)))
+    frames = np.repeat(bg[..., None], 3, axis=-1)  # (n, H, W, 3)
+
+    def paint(frame_sl: slice, cx: np.ndarray, cy: np.ndarray, half: float, colour: np.ndarray) -> None:
+        inside = ((np.abs(xx[None] - cx[:, None, None]) <= half) & (np.abs(yy[None] - cy[:, None, None]) <= half))
+        block = frames[frame_sl]
+        block[inside] = colour
+        frames[frame_sl] = block
+
+    # distractors: small squares of label-independent colours, drifting with wrap-around, new ones per clip
+    for c in range(num_clips):
+        sl = slice(c * clip_frames, (c + 1) * clip_frames)
+        for _ in range(2):
+            start = rng.uniform(0, size, 2)
+            v = rng.uniform(-1.5, 1.5, 2)
+            tt = np.arange(clip_frames)
+            colour = palette[rng.integers(num_classes)]
+            paint(sl, (start[0] + v[0] * tt) % size, (start[1] + v[1] * tt) % size, size / 16, colour)
+    # the cue: one large square of the label's colour, in the first clip only
+    half = size / 6
+    cx = np.full(clip_frames, rng.uniform(half, size - half))
+    cy = np.full(clip_frames, rng.uniform(half, size - half))
+    paint(slice(0, clip_frames), cx, cy, half, palette[label])
+    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8), label
+
+
+class LongRangeVideos:
+    """The long-range task as a clip source of :class:`tubelet.data.online.OnlineClips`: ``clip(v, c)`` is clip
+    ``c`` of long video ``first + v`` as ``{"video": (3, T, H, W) float, "label"}``, normalised with the
+    Kinetics mean and std like every clip of the library. Videos are rendered once and kept (small)."""
+
+    MEAN = np.array([0.45, 0.45, 0.45], dtype=np.float32)
+    STD = np.array([0.225, 0.225, 0.225], dtype=np.float32)
+
+    def __init__(self, num_videos: int, seed: int = 0, first: int = 0, num_clips: int = 5, clip_frames: int = 8,
+                 size: int = 32, num_classes: int = 4) -> None:
+        self.seed, self.first = int(seed), int(first)
+        self.num_clips, self.clip_frames, self.size, self.num_classes = num_clips, clip_frames, size, num_classes
+        self.clips_per_video = [num_clips] * int(num_videos)
+        self._cache: dict[int, tuple[np.ndarray, int]] = {}
+
+    def video(self, v: int) -> tuple[np.ndarray, int]:
+        if v not in self._cache:
+            self._cache[v] = render_long_video(self.seed, self.first + v, self.num_clips, self.clip_frames, self.size,
+                                               self.num_classes)
+        return self._cache[v]
+
+    def clip(self, video: int, clip: int) -> dict:
+        import torch
+
+        frames, label = self.video(video)
+        x = frames[clip * self.clip_frames:(clip + 1) * self.clip_frames].astype(np.float32) / 255.0
+        x = (x - self.MEAN) / self.STD
+        return {"video": torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2))), "label": label}

@@ -31,6 +31,26 @@ class DataPosition(Callback):
             sampler.consumed = min(len(sampler), (batch_idx + 1) * dm.batch_size)
 
 
+class ClearMemory(Callback):
+    """Memory models (MeMViT) forget their cache at each training epoch's start and around evaluation, so
+    that no memory crosses from one pass over the data into another (METHODS.md section 7)."""
+
+    @staticmethod
+    def _clear(pl_module: pl.LightningModule) -> None:
+        for m in pl_module.modules():
+            if m is not pl_module and callable(getattr(m, "clear_memory", None)):
+                m.clear_memory()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clear(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clear(pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clear(pl_module)
+
+
 class IsolateValidationRNG(Callback):
     """Validation must not change the training run: its RNG draws are undone when it ends, so a run
     with validation after step N continues exactly like one resumed from the checkpoint of step N."""

@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from tubelet.data.online import OnlineClips, online_order
+from tubelet.errors import ConfigError
+
 SEED_KEY = "__tubelet_seed__"
 _MASK = (1 << 63) - 1
 
@@ -130,6 +133,44 @@ class ResumableSampler(Sampler):
         self.consumed = int(state["consumed"])
 
 
+class OnlineOrderSampler(ResumableSampler):
+    """The online order of memory models (``tubelet.data.online``): this rank's batch slots each walk one
+    stream of an :class:`~tubelet.data.online.OnlineClips` set, in time order; never shuffled (the set
+    reshuffles its videos per epoch). Position and resume are :class:`ResumableSampler`'s, so a resumed
+    run continues every stream at the clip where it stopped."""
+
+    def __init__(self, dataset: OnlineClips, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 known_bad: Mapping[int, tuple[str, str]] | None = None) -> None:
+        if dataset.num_streams != batch_size * num_replicas:
+            raise ConfigError(
+                f"the online order has {dataset.num_streams} streams but the loader has {num_replicas} process(es) x "
+                f"batch {batch_size} = {batch_size * num_replicas} slots: every slot must be one stream")
+        super().__init__(len(dataset), seed=seed, shuffle=False, num_replicas=num_replicas, rank=rank,
+                         known_bad=known_bad)
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return self.dataset.steps * self.batch_size
+
+    def order(self, epoch: int) -> list[int]:
+        self.dataset.set_epoch(epoch)  # the layout (and its length) of this epoch, in the main process
+        return online_order(self.dataset.num_streams, self.dataset.steps, self.rank, self.batch_size)
+
+
+def refuse_shuffled_memory_loader(loader: DataLoader, memory: bool, what: str = "the training loader") -> None:
+    """A memory model trained on shuffled clips would attend to memory of unrelated clips: refused."""
+    if not memory:
+        return
+    sampler = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
+    if isinstance(sampler, OnlineOrderSampler):
+        return
+    raise ConfigError(
+        f"{what} shuffles clips ({type(sampler).__name__}) while the model's memory is on: memory attention needs "
+        "each batch slot to walk one video's clips in time order; train on tubelet.data.online.OnlineClips "
+        "(its online order) or set model.memory: false")
+
+
 class SeededDataset(Dataset):
     """Wraps a map-style dataset: ``ds[(index, seed, epoch)]`` reads ``base[index]`` under seeded RNGs.
 
@@ -225,6 +266,7 @@ class TubeletDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         device_transform: Callable[..., dict] | None = None,
         known_bad: Mapping[int, tuple[str, str]] | None = None,
+        memory: bool = False,
     ) -> None:
         super().__init__()
         for name, ds in (("train", train), ("val", val)):
@@ -242,6 +284,7 @@ class TubeletDataModule(pl.LightningDataModule):
         # and Mixup run after the transfer, on the device (tubelet.data.transforms.DeviceTransforms).
         self.device_transform = device_transform
         self.known_bad = known_bad  # failed files the sampler marks (FailureTracker.by_index)
+        self.memory = memory  # the model carries memory from batch to batch: only the online order is accepted
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer
@@ -258,13 +301,17 @@ class TubeletDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank,
-                                        known_bad=self.known_bad)
+        if isinstance(self.train_set, OnlineClips):
+            self.sampler = OnlineOrderSampler(self.train_set, self.batch_size, seed=self.seed, num_replicas=world,
+                                              rank=rank, known_bad=self.known_bad)
+        else:
+            self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank,
+                                            known_bad=self.known_bad)
         per_rank = len(self.sampler)
         # A private generator: creating a loader iterator must not draw from the global RNG (it would on
         # resume, where the iterator is created at a different point than in an uninterrupted run).
         generator = torch.Generator().manual_seed(self.seed)
-        return ResumableDataLoader(
+        loader = ResumableDataLoader(
             SeededDataset(self.train_set),
             batch_size=self.batch_size,
             sampler=self.sampler,
@@ -274,6 +321,8 @@ class TubeletDataModule(pl.LightningDataModule):
             generator=generator,
             persistent_workers=self.num_workers > 0,
         )
+        refuse_shuffled_memory_loader(loader, self.memory)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

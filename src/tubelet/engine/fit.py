@@ -307,6 +307,7 @@ def _fit(
         collate=build_collate(recipe),  # mixup/cutmix follow the recipe whoever built the datasets
         device_transform=build_device_transform(recipe.data, recipe.seed, recipe.model.num_classes),
         known_bad=tracker.by_index,  # a file that failed is not handed to a worker again
+        memory=bool(getattr(getattr(method, "backbone", None), "uses_memory", False)),
     )
     module = TubeletModule(
         method, recipe.optim,

@@ -13,9 +13,11 @@ set named its classes, ``labels.txt``; see ``engine/run_dir.py``) or from a weig
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -45,6 +47,33 @@ class Prediction:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+@dataclass(frozen=True)
+class ClipPrediction:
+    """One clip of a streamed video: clip ``clip`` of ``num_clips``, its window ``[start, end)`` in seconds and
+    ``topk`` as in :class:`Prediction` (softmax of that clip alone, the model's memory of earlier clips
+    included)."""
+
+    path: str
+    clip: int
+    num_clips: int
+    start: float
+    end: float
+    topk: list[tuple[int, str | None, float]]
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "clip": self.clip, "num_clips": self.num_clips, "start": self.start,
+                "end": self.end, "topk": [{"label": i, "name": n, "score": s} for i, n, s in self.topk]}
+
+
+def stream_windows(duration: Fraction, clip_seconds: Fraction) -> list[tuple[Fraction, Fraction]]:
+    """Consecutive ``[start, end)`` windows of ``clip_seconds`` over ``[0, duration)``; the last one may be
+    shorter (its frames are padded by repeating its last frame, as every short clip is)."""
+    if duration <= 0:
+        return []
+    n = math.ceil(duration / clip_seconds)
+    return [(i * clip_seconds, min((i + 1) * clip_seconds, duration)) for i in range(n)]
 
 
 @dataclass
@@ -100,6 +129,67 @@ class Predictor:
                 results[int(i)] = Prediction(str(paths[int(i)]), top, int(out["num_views"]))
         return [results.get(i) or Prediction(str(p), error=errors.get(i, "no result"))
                 for i, p in enumerate(paths)]
+
+
+    def _file_dataset(self, cfg, samples: list):
+        from functools import partial
+
+        from tubelet.data.datasets import ClipDataset, FrameFolderReader
+        from tubelet.data.transforms import build_transforms
+
+        kw = dict(transform=build_transforms(cfg, "test"), seed=0, num_classes=self.num_classes,
+                  class_names=self.class_names)
+        if cfg.kind == "frames":
+            return ClipDataset(samples, cfg, "test", opener=partial(FrameFolderReader, fps=cfg.frames_fps), **kw)
+        return ClipDataset(samples, cfg, "test", **kw)
+
+    @torch.inference_mode()
+    def stream(self, path: str | Path, topk: int = 5,
+               on_start: Callable[[int], None] | None = None) -> Iterator[ClipPrediction]:
+        """The clips of one video in time order, each classified with the model's memory of the earlier
+        ones (MeMViT; a model without memory classifies each clip alone). Windows are
+        ``data.num_frames x data.sampling_rate`` frames at the 30 fps reference, read one at a time through
+        the recipe's test pipeline (one centre view); memory use does not grow with the video's length.
+        ``on_start(num_clips)`` is called once the number of windows is known (a progress bar).
+        A file that cannot be read is a ``VideoError``."""
+        from tubelet.data.datasets import Sample
+        from tubelet.data.mixing import BadSample
+        from tubelet.errors import VideoError
+
+        if int(topk) < 1:
+            raise ConfigError(f"--topk must be at least 1, got {topk}")
+        if self.recipe.data.kind == "images":
+            raise ConfigError("--stream reads videos; data.kind 'images' has no time axis")
+        k = min(int(topk), self.num_classes)
+        path = str(path)
+        cfg = dataclasses.replace(self.recipe.data, test_clips=1, test_crops=1, max_failure_fraction=1.0)
+        probe = self._file_dataset(cfg, [])
+        with probe.opener(path) as reader:
+            duration = reader.duration
+        windows = stream_windows(duration, Fraction(cfg.num_frames * cfg.sampling_rate, 30))
+        if on_start is not None:
+            on_start(len(windows))
+        backbone = getattr(self.method, "backbone", self.method)
+        memory = bool(getattr(backbone, "uses_memory", False))
+        clear = getattr(backbone, "clear_memory", None)
+        ids = torch.zeros(1, dtype=torch.int64, device=self.device)  # one stream: one video id
+        if clear is not None:
+            clear()
+        try:
+            for i, (start, end) in enumerate(windows):
+                # one window decoded at a time: a dataset of that window alone
+                item = self._file_dataset(cfg, [Sample(path=path, label=-1, start=start, end=end, source=path)])[0]
+                if isinstance(item, BadSample):
+                    raise VideoError(path, f"clip {i} [{float(start):.3f}, {float(end):.3f}) s: {item.reason}")
+                clip = item["video"][:1].to(self.device)  # (1, C, T, H, W): the single test view
+                logits = self.method.classify(clip, ids) if memory else self.method.classify(clip)
+                values, indices = logits.float().softmax(dim=-1)[0].topk(k)
+                top = [(int(c), self.class_names[int(c)] if self.class_names else None, float(v))
+                       for v, c in zip(values.tolist(), indices.tolist())]
+                yield ClipPrediction(path, i, len(windows), float(start), float(end), top)
+        finally:
+            if clear is not None:
+                clear()
 
 
 # what a prediction may change: how files are read and viewed, and where the model runs

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from tubelet.config.identity import run_identity
 from tubelet.config.schema import Recipe
-from tubelet.engine.callbacks import DataPosition, IsolateValidationRNG, ema_callback
+from tubelet.engine.callbacks import ClearMemory, DataPosition, IsolateValidationRNG, ema_callback
 from tubelet.engine.checkpoint import SafeCheckpointIO
 from tubelet.engine.console import ProgressBar, quiet_lightning
 from tubelet.engine.device import check_trainer_device
@@ -58,7 +58,7 @@ def build_trainer(recipe: Recipe, callbacks: Iterable[Callback] = (), has_val: b
         # until after validation (to monitor fresh validation metrics), which moves it off the step grid.
         save_on_train_epoch_end=True,
     )
-    cbs: list[Callback] = [checkpoint, DataPosition(), IsolateValidationRNG()]
+    cbs: list[Callback] = [checkpoint, DataPosition(), IsolateValidationRNG(), ClearMemory()]
     if t.enable_progress_bar:
         cbs.append(ProgressBar())
     if recipe.optim.ema_decay is not None:

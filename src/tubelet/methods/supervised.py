@@ -46,11 +46,13 @@ class Supervised(nn.Module):
     def num_classes(self) -> int:
         return int(self.backbone.num_classes)
 
-    def classify(self, video: torch.Tensor) -> torch.Tensor:
+    def classify(self, video: torch.Tensor, video_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # A memory backbone (MeMViT) gets each clip's video id, so that it masks another video's memory.
+        kw = {"video_ids": video_ids} if video_ids is not None and getattr(self.backbone, "uses_memory", False) else {}
         if self.head_drop is None:
-            return self.backbone(video)
+            return self.backbone(video, **kw)
         # Dropout sits between the pooled feature and the linear classifier (MAE-ST fine-tuning).
-        feats = self.backbone.forward_head(self.backbone.forward_features(video), pre_logits=True)
+        feats = self.backbone.forward_head(self.backbone.forward_features(video, **kw), pre_logits=True)
         return self.backbone.head(self.head_drop(feats))
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -62,7 +64,12 @@ class Supervised(nn.Module):
                 label = label.flatten(0, 1)
             else:  # one label per video, shared by its r clips
                 label = label.repeat_interleave(r, dim=0)
-        logits = self.classify(video)
+        ids = batch.get("video_id") if video.dim() == 5 else None
+        if ids is None and getattr(self.backbone, "uses_memory", False):
+            # No stream order (e.g. multi-view evaluation batches of unrelated videos): nothing in the
+            # memory belongs to these clips, so each such batch is classified from an empty memory.
+            self.backbone.clear_memory()
+        logits = self.classify(video, ids)
         if label.dim() == 2 and label.is_floating_point():
             loss = soft_target_cross_entropy(logits, label)
             hard = label.argmax(dim=-1)  # accuracy against the dominant class of a mixed target

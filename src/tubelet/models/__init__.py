@@ -4,6 +4,7 @@ from tubelet.models.registry import create_model, get_model_config, list_models,
 
 import tubelet.models.vit  # noqa: E402,F401  (registers vit_*)
 import tubelet.models.mvit  # noqa: E402,F401  (registers mvitv2_*)
+import tubelet.models.memvit  # noqa: E402,F401  (registers memvit_*)
 import tubelet.models.resnet3d  # noqa: E402,F401  (registers slow_r50, slow_r18)
 import tubelet.models.text  # noqa: E402,F401  (registers text_*)
 

@@ -259,14 +259,18 @@ class MViT(nn.Module):
         self.specs = block_specs(cfg)
         # Linear rise from 0 to the configured rate (plain floats: the model may be built on the meta device).
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        attn_layer = attention_layer(cfg, PoolingAttention, CastlingPoolingAttention)
         self.blocks = nn.ModuleList(
-            MultiScaleBlock(s, cfg, dpr[i], norm_layer, attn_layer) for i, s in enumerate(self.specs))
+            MultiScaleBlock(s, cfg, dpr[i], norm_layer, self.block_attention(i)) for i, s in enumerate(self.specs))
         self.embed_dim = self.specs[-1].dim_out
         self.norm = norm_layer(self.embed_dim)
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = nn.Linear(self.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self._init_weights()
+
+    def block_attention(self, index: int) -> Callable[..., nn.Module]:
+        """The attention class of block ``index``, chosen once from the config (a family built on MViTv2, such
+        as MeMViT, overrides it to put its own layer into some blocks)."""
+        return attention_layer(self.cfg, PoolingAttention, CastlingPoolingAttention)
 
     def _init_weights(self) -> None:
         # torchvision's port: trunc-normal(0.02) linears with zero bias, unit LayerNorms; relative tables

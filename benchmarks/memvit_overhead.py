@@ -1,0 +1,147 @@
+"""MeMViT's cost of memory: GMACs per component and temporal support with 0, 1, 2 and 4 memory clips.
+
+Claim (paper): 30x longer temporal support for 4.5% more compute. Counting from the architecture gives
+about +2.1% for MeMViT-16 and +3.3% for MeMViT-24 (METHODS.md section 7); this script counts what the
+code runs. Multiply-adds are counted with ``tubelet.flops.count_flops`` on the meta device (no compute,
+independent of machine load), on the forward of a clip once the cache is full (steady state), against
+the same network without memory (``memory=False``, the pool-first MViTv2 of the same weights).
+
+Components of the extra MACs, each measured, not derived:
+- *compression*: the depthwise Conv3d of c_K and c_V (one cached clip compressed per forward and memory
+  block in steady state: the entry attended for the first time);
+- *memory K/V projection*: W_K and W_V applied to the memory tokens (the cache holds pre-projection tensors);
+- *attention over memory*: the extra key columns in Q K^T and A V;
+- *memory relative positions*: the query-dependent terms against memory's own tables (measured by counting
+  again with that term replaced by zeros).
+
+``--time`` also times the forward (median of ``--steps``) on ``--device``; run it on a quiet machine.
+``--quick``: a tiny model at 8x64, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+
+from tubelet.flops import count_flops
+from tubelet.models import create_model
+from tubelet.models.memvit import MemoryPoolingAttention
+
+
+@contextmanager
+def no_memory_rel_pos():
+    """The memory relative-position term replaced by zeros of the same shape (no multiply-adds)."""
+    original = MemoryPoolingAttention._memory_bias
+
+    def zeros(self, q, q_grid, m_grid, n_entries):
+        B, n, Nq, _ = q.shape
+        p = self.num_prefix
+        return [q.new_zeros(B, n, Nq, p + m_grid[0] * m_grid[1] * m_grid[2]) for _ in range(n_entries)]
+
+    MemoryPoolingAttention._memory_bias = zeros
+    try:
+        yield
+    finally:
+        MemoryPoolingAttention._memory_bias = original
+
+
+def module_macs(count, suffixes: tuple[str, ...]) -> int:
+    return sum(v for k, v in count.by_module.items() if k.endswith(suffixes))
+
+
+def attention_macs(count) -> int:
+    """Q K^T, A V and the relative-position einsums: SDPA ops, or the batched matmuls SDPA decomposes into on
+    the meta device."""
+    return sum(v for k, v in count.by_op.items() if "scaled_dot_product" in k or k == "bmm")
+
+
+def steady(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Fill the cache: enough forwards that the next one attends to every memory entry it can."""
+    cfg = model.cfg
+    with torch.no_grad():
+        for _ in range(cfg.cache_length - 1):
+            model(x)
+
+
+def row(name: str, kw: dict, frames: int, size: int, mems: list[int], timed: bool, device: str, steps: int,
+        quick_kw: dict) -> list[str]:
+    lines = []
+    with torch.device("meta"):
+        base = create_model(name, memory=False, **quick_kw).eval()
+        x = torch.empty(1, 3, frames, size, size)
+    c0 = count_flops(base, x)
+    clip_s = frames * 4 / 30 if name == "memvit_16" else frames * 3 / 30
+    t0 = _time(name, dict(memory=False, **quick_kw), frames, size, device, steps, 0) if timed else None
+    for m in mems:
+        with torch.device("meta"):
+            model = create_model(name, attn_max_len=m + 1, **quick_kw).eval()
+        steady(model, x)
+        c = count_flops(model, x)
+        steady(model, x)
+        with no_memory_rel_pos():
+            c_norel = count_flops(model, x)
+        comp = module_macs(c, (".compress_k", ".compress_v"))
+        proj = module_macs(c, (".attn.k", ".attn.v")) - module_macs(c0, (".attn.k", ".attn.v"))
+        rel = c.macs - c_norel.macs
+        attn = attention_macs(c) - attention_macs(c0) - rel
+        extra = c.macs - c0.macs
+        other = extra - comp - proj - attn - rel
+        support = model.temporal_support(1.0)
+        t = _time(name, dict(attn_max_len=m + 1, **quick_kw), frames, size, device, steps, m) if timed else None
+        timing = f" | {t / t0:.3f}x" if timed else ""
+        lines.append(
+            f"| {name} | {m} | {c.macs / 1e9:.2f} | +{100 * extra / c0.macs:.2f}% | {comp / 1e6:.1f} | {proj / 1e6:.1f} "
+            f"| {attn / 1e6:.1f} | {rel / 1e6:.1f} | {other / 1e6:.1f} | {support:.0f}x ({support * clip_s:.1f} s){timing} |")
+    return [f"| {name} (no memory) | - | {c0.macs / 1e9:.2f} | 0 | | | | | | 1x ({clip_s:.1f} s)"
+            + (" | 1.000x" if timed else "") + " |"] + lines
+
+
+def _time(name: str, kw: dict, frames: int, size: int, device: str, steps: int, m: int) -> float:
+    torch.manual_seed(0)
+    model = create_model(name, **kw).eval().to(device)
+    x = torch.randn(1, 3, frames, size, size, device=device)
+    times = []
+    with torch.inference_mode():
+        if getattr(model, "uses_memory", False):
+            for _ in range(model.cfg.cache_length - 1):
+                model(x)
+        for _ in range(steps + 2):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            if getattr(model, "uses_memory", False):
+                pass  # the cache stays full: each forward replaces its oldest entry
+    return statistics.median(times[2:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--time", action="store_true", help="also time the forward (a quiet machine only)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--models", default="memvit_16,memvit_24")
+    args = ap.parse_args()
+    quick_kw = dict(depth=4, transitions=(1, 3), num_frames=8, img_size=64) if args.quick else {}
+    print("| model | memory clips | GMACs | extra | compression (M) | memory K/V proj (M) | attention over memory (M) "
+          "| memory rel-pos (M) | other (M) | temporal support (clips, s)" + (" | forward time" if args.time else "")
+          + " |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.time else ""))
+    for name in args.models.split(","):
+        frames = (8 if args.quick else 16) if name == "memvit_16" else (8 if args.quick else 32)
+        size = 64 if args.quick else 224
+        kw = dict(quick_kw, num_frames=frames) if args.quick else {}
+        for line in row(name, {}, frames, size, [0, 1, 2, 4], args.time, args.device, args.steps, kw):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
