@@ -66,16 +66,19 @@ class LinearProbe(Supervised):
         return self
 
     @torch.no_grad()
-    def features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, H, W) -> (B, D): mean of patch tokens, standardised per sample if configured."""
-        tokens = self.backbone.forward_features(video)  # (B, P + N, D)
+    def features(self, video: torch.Tensor, video_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, D): mean of patch tokens, standardised per sample if configured.
+
+        ``video_ids`` (B,) reach a memory backbone (MeMViT), which masks another video's memory."""
+        kw = {"video_ids": video_ids} if video_ids is not None and getattr(self.backbone, "uses_memory", False) else {}
+        tokens = self.backbone.forward_features(video, **kw)  # (B, P + N, D)
         pooled = tokens[:, self.backbone.num_prefix_tokens :].mean(dim=1)  # (B, D)
         if self.feature_norm == "layernorm":
             pooled = F.layer_norm(pooled, pooled.shape[-1:], eps=1e-6)
         return pooled
 
-    def classify(self, video: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(video))
+    def classify(self, video: torch.Tensor, video_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(video, video_ids))
 
     @property
     def num_classes(self) -> int:
