@@ -127,5 +127,8 @@ def test_got10k_ao_and_success_rates_skip_the_first_frame():
     ious = np.array([1.0, 0.5, 50 / 150])
     assert r["AO"] == pytest.approx(100 * ious.mean())
     assert r["SR0.5"] == pytest.approx(100 / 3) and r["SR0.75"] == pytest.approx(100 / 3)
+    # pooled over frames: a second sequence of 2 frames (1 evaluated, IoU 0) weighs 1/4, not 1/2
+    r2 = got10k_metrics([pred, gt[:2] + 100], [gt, gt[:2]])
+    assert r2["AO"] == pytest.approx(100 * ious.sum() / 4)
     with pytest.raises(DataError, match=r"predictions \(3, 4\) and ground truth \(4, 4\)"):
         got10k_metrics([pred[:3]], [gt])

@@ -18,9 +18,9 @@ SOT, one-pass evaluation (OPE) over sequences of ``x,y,w,h`` boxes, two named co
     frame whose ground truth is empty (w or h <= 0) counted as a hit for both centre errors, where the
     toolkit counts it as a hit only when its centre is not positive.
 
-GOT-10k: AO = mean IoU over frames, SR0.5 / SR0.75 = share of frames with IoU > 0.5 / 0.75, frame 0
-(the initialisation) excluded as its toolkit does, over the frames whose target is visible, averaged over
-sequences.
+GOT-10k: AO = mean IoU, SR0.5 / SR0.75 = share of frames with IoU > 0.5 / 0.75, over the frames of all
+sequences pooled (frame-weighted, as its toolkit concatenates them), frame 0 (the initialisation) and
+frames without a visible target excluded.
 """
 
 from __future__ import annotations
@@ -202,19 +202,19 @@ def sot_ope(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], convention: SO
 
 def got10k_metrics(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray],
                    visible: Sequence[np.ndarray] | None = None) -> dict[str, float]:
-    """GOT-10k's AO, SR0.5 and SR0.75 (%, averaged over sequences), frame 0 excluded, only frames whose
-    target is visible (``visible[i]``; default: the ground-truth box is non-empty)."""
+    """GOT-10k's AO, SR0.5 and SR0.75 (%) as its toolkit computes them: the IoUs of all sequences pooled
+    (a frame-weighted mean, not a mean over sequences), frame 0 excluded, only frames whose target is
+    visible (``visible[i]``; default: the ground-truth box is non-empty)."""
     if len(pred) != len(gt) or not len(gt):
         raise DataError(f"got10k_metrics: {len(pred)} predicted sequences for {len(gt)} ground-truth sequences")
-    ao, sr50, sr75 = [], [], []
+    ious = []
     for i, (p, g) in enumerate(zip(pred, gt)):
         p, g = _check(p, g, f"sequence {i}")
         keep = (g[:, 2] > 0) & (g[:, 3] > 0) if visible is None else np.asarray(visible[i], bool).copy()
         keep[0] = False
-        if not keep.any():
-            raise DataError(f"sequence {i}: no visible frame after the first to evaluate")
-        iou = sot_iou(p[keep], g[keep])
-        ao.append(iou.mean())
-        sr50.append((iou > 0.5).mean())
-        sr75.append((iou > 0.75).mean())
-    return {"AO": float(np.mean(ao) * 100), "SR0.5": float(np.mean(sr50) * 100), "SR0.75": float(np.mean(sr75) * 100)}
+        ious.append(sot_iou(p[keep], g[keep]))
+    iou = np.concatenate(ious)
+    if not iou.size:
+        raise DataError("got10k_metrics: no visible frame after the first in any sequence")
+    return {"AO": float(iou.mean() * 100), "SR0.5": float((iou > 0.5).mean() * 100),
+            "SR0.75": float((iou > 0.75).mean() * 100)}
