@@ -23,7 +23,7 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet2d", "ResNet2dConfig", "load_image
 class ResNet2dConfig:
     block: str = "basic"  # "basic" (ResNet-18/34) or "bottleneck" (ResNet-50/101)
     depths: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
-    num_classes: int = 1000
+    num_classes: int = 1000  # 0: no classifier (a feature extractor, as trackers use it)
 
 
 class BasicBlock(nn.Module):
@@ -92,7 +92,7 @@ class ResNet2d(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self._widths.append(cin)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, cfg.num_classes)
+        self.fc = nn.Linear(cin, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

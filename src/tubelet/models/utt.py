@@ -101,10 +101,10 @@ class _RefineBlock(nn.Module):
 
 
 class UTT(nn.Module):
-    def __init__(self, cfg: UTTConfig) -> None:
+    def __init__(self, cfg: UTTConfig, backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        backbone = create_model(cfg.backbone)
+        backbone = create_model(cfg.backbone, num_classes=0) if backbone is None else backbone
         if not isinstance(backbone, ResNet2d):
             raise ValueError(f"UTT backbone '{cfg.backbone}' is not a 2-D ResNet (resnet18_image, resnet50_image)")
         self.backbone = backbone

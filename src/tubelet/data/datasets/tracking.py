@@ -29,14 +29,18 @@ Every box here is ``x, y, w, h`` in pixels with ``x2 = x + w`` (no +1). A malfor
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from fractions import Fraction
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from tubelet.data.datasets.folders import IMAGE_EXTENSIONS
 from tubelet.data.datasets.frames import FrameFolderReader
@@ -49,7 +53,11 @@ __all__ = [
     "MOT_DISTRACTOR_CLASSES",
     "MOTRows",
     "MOTSequence",
+    "SOTPairDataset",
     "SOTSequence",
+    "box_in_crop",
+    "crop_box",
+    "crop_frame",
     "VOT_CONVENTIONS",
     "load_mot_sequence",
     "load_sot_sequence",
@@ -58,6 +66,7 @@ __all__ = [
     "read_box_file",
     "read_mot_file",
     "read_seqinfo",
+    "sot_sequences",
     "sot_from_video",
     "synthetic_mot_rows",
     "synthetic_sot_sequence",
@@ -381,3 +390,118 @@ def synthetic_mot_rows(clip) -> MOTRows:
     n = len(t)
     return MOTRows(t.astype(np.int64) + 1, clip.ids[t, k].astype(np.int64) + 1, boxes, np.ones(n), np.ones(n, np.int64),
                    np.ones(n), "synthetic")
+
+
+def crop_box(box: np.ndarray, factor: float) -> np.ndarray:
+    """The square search region ``(cx, cy, side)`` of an ``x,y,w,h`` box: side ``ceil(sqrt(w h) factor)``
+    (UTT's and pytracking's search area), centred on the box."""
+    x, y, w, h = (float(v) for v in box)
+    return np.array([x + w / 2, y + h / 2, math.ceil(math.sqrt(max(w * h, 1e-6)) * factor)])
+
+
+def crop_frame(frame: np.ndarray, region: np.ndarray, size: int, mean: Sequence[float],
+               std: Sequence[float]) -> torch.Tensor:
+    """The square ``region`` ``(cx, cy, side)`` of a uint8 frame ``(H, W, 3)`` resized (bilinear) to
+    ``size``, normalised ``(3, size, size)``; outside the frame it is the mean colour (0 after
+    normalisation), as trackers pad their crops."""
+    img = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    img = (img - m) / s
+    H, W = frame.shape[:2]
+    cx, cy, side = (float(v) for v in region)
+    # pixel centres of the output in frame coordinates, then grid_sample's [-1, 1] (align_corners=False)
+    t = (torch.arange(size, dtype=torch.float32) + 0.5) / size * side - side / 2
+    gx = (cx + t) / W * 2 - 1
+    gy = (cy + t) / H * 2 - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None]
+    return F.grid_sample(img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+def box_in_crop(box: np.ndarray, region: np.ndarray, size: int) -> np.ndarray:
+    """An ``x,y,w,h`` frame box as ``xyxy`` in the pixels of the ``size`` crop of ``region``."""
+    cx, cy, side = (float(v) for v in region)
+    k = size / side
+    x1, y1 = (box[0] - (cx - side / 2)) * k, (box[1] - (cy - side / 2)) * k
+    return np.array([x1, y1, x1 + box[2] * k, y1 + box[3] * k])
+
+
+class SOTPairDataset(Dataset):
+    """Training pairs of single-object sequences, UTT's SOT sampling: a reference and a search frame of one
+    sequence at most ``max_gap`` frames apart, both with a visible target. The reference is cropped around
+    its box (``search_factor`` times its size); the search crop around the search box after a jitter of
+    its size (``exp(N(0, 1) scale_jitter)``) and centre (uniform within ``centre_jitter`` times the
+    jittered size, as pytracking's processing does), so the target is not always centred.
+
+    Samples: ``reference`` and ``search`` ``(3, S, S)`` normalised, ``reference_box`` ``(4,)`` xyxy in
+    reference-crop pixels, ``search_box`` ``(4,)`` xyxy normalised to the search crop, ``index``. Item ``i``
+    of epoch ``e`` draws from a generator seeded by ``(seed, e, i)``."""
+
+    def __init__(self, sequences: Sequence[SOTSequence], size: int, samples_per_epoch: int,
+                 search_factor: float = 6.0, centre_jitter: float = 5.5, scale_jitter: float = 0.5,
+                 max_gap: int = 200, seed: int = 0, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+        usable = [s for s in sequences if int(s.visible.sum()) >= 1]
+        if not usable:
+            raise DataError("SOT training: no sequence has a frame with a visible target")
+        self.sequences = usable
+        self.size, self.n = int(size), int(samples_per_epoch)
+        self.search_factor, self.centre_jitter, self.scale_jitter = search_factor, centre_jitter, scale_jitter
+        self.max_gap, self.seed, self.epoch = int(max_gap), int(seed), 0
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._readers: dict[int, VideoReader] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _frames(self, k: int, idx: list[int]) -> np.ndarray:
+        if k not in self._readers:
+            self._readers[k] = self.sequences[k].reader()
+        return self._readers[k].get_frames(idx)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        k = int(rng.integers(len(self.sequences)))
+        seq = self.sequences[k]
+        vis = np.flatnonzero(seq.visible)
+        r = int(rng.choice(vis))
+        near = vis[np.abs(vis - r) <= self.max_gap]
+        s = int(rng.choice(near))
+        ref_img, search_img = self._frames(k, [r, s]) if r != s else np.repeat(self._frames(k, [r]), 2, 0)
+        ref_region = crop_box(seq.boxes[r], self.search_factor)
+        box = seq.boxes[s]
+        size = box[2:] * np.exp(rng.standard_normal(2) * self.scale_jitter)
+        centre = box[:2] + box[2:] / 2 + math.sqrt(float(size.prod())) * self.centre_jitter * (rng.random(2) - 0.5)
+        search_region = np.array([centre[0], centre[1],
+                                  math.ceil(math.sqrt(float(size.prod())) * self.search_factor)])
+        return {
+            "reference": crop_frame(ref_img, ref_region, self.size, self.mean, self.std),
+            "reference_box": torch.from_numpy(box_in_crop(seq.boxes[r], ref_region, self.size)).float(),
+            "search": crop_frame(search_img, search_region, self.size, self.mean, self.std),
+            "search_box": torch.from_numpy(box_in_crop(box, search_region, self.size) / self.size).float(),
+            "index": int(i),
+        }
+
+
+def sot_sequences(source: str, synthetic=None, split: str = "train",
+                  vot_convention: VOTConvention = "vot") -> list[SOTSequence]:
+    """The SOT sequences of a source: ``"synthetic"`` (the main object of each clip of ``split`` of the
+    synthetic set ``synthetic``, a :class:`SyntheticConfig`), a sequence folder, or a folder of them."""
+    if source == "synthetic":
+        from tubelet.data.synthetic import SyntheticSource, clip_path, split_indices
+
+        src = SyntheticSource(synthetic)
+        return [synthetic_sot_sequence(src.clip(i), clip_path(i), 0, float(synthetic.fps))
+                for i in split_indices(synthetic, split)]
+    d = Path(source)
+    if (d / "groundtruth.txt").is_file():
+        return [load_sot_sequence(d, vot_convention)]
+    if not d.is_dir():
+        raise DataError(f"SOT source '{source}' is neither 'synthetic' nor a folder")
+    seqs = [load_sot_sequence(q, vot_convention) for q in sorted(d.iterdir()) if (q / "groundtruth.txt").is_file()]
+    if not seqs:
+        raise DataError(f"{d}: no sequence folder (one with a groundtruth.txt) in it")
+    return seqs
