@@ -247,7 +247,7 @@ def sot_from_video(path: str | os.PathLike, init: str | np.ndarray) -> SOTSequen
 class MOTRows:
     """MOT Challenge rows as columns: ``frame`` and ``id`` int64 (1-based; detections have id -1),
     ``boxes`` ``x,y,w,h`` float64 ``(N, 4)``, ``conf`` (gt: the consider flag), ``cls`` and ``vis``
-    (-1 where the file has none, as MOT15)."""
+    (columns 8 and 9, -1 where the file has none; in MOT15 files they are world coordinates)."""
 
     frame: np.ndarray
     id: np.ndarray
