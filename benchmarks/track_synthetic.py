@@ -1,7 +1,7 @@
 """UTT SOT on held-out synthetic sequences and on the real VOT ``bag`` sequence, against the baseline that
 repeats the first box: OPE success, precision and normalised precision (toolkit convention).
 
-    python benchmarks/track_synthetic.py RUN_DIR [--split val] [--bag ../shared/data/tracking/bag]
+    python benchmarks/track_synthetic.py RUN_DIR [--split val] [--max-sequences N] [--bag ../shared/data/tracking/bag]
 
 RUN_DIR is a ``tubelet fit utt_synthetic`` run. Prints a table (results in docs/tracking.md).
 """
@@ -23,12 +23,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--split", default="val")
+    ap.add_argument("--max-sequences", type=int, default=0, help="the first N sequences of the split (0: all)")
     ap.add_argument("--bag", default=str(Path(__file__).resolve().parents[2] / "shared/data/tracking/bag"))
     args = ap.parse_args()
     recipe = load_recipe(Path(args.run_dir) / "config.yaml")
     tracker = load_tracker(args.run_dir)
     rows = []
     seqs = sot_sequences("synthetic", recipe.data.synthetic, args.split)
+    seqs = seqs[:args.max_sequences] if args.max_sequences > 0 else seqs
     sets = [(f"synthetic {args.split} ({len(seqs)} sequences)", seqs)]
     if Path(args.bag).is_dir():
         sets.append(("VOT bag (196 frames, real)", [load_sot_sequence(args.bag)]))
