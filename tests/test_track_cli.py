@@ -10,7 +10,7 @@ from conftest import TRACKING, error_lines
 from tubelet.cli.main import main
 from tubelet.cli.track import draw_boxes
 
-TINY = ["trainer.max_steps=2", "data.crop_size=64", "data.synthetic.size=48", "data.synthetic.num_videos=16",
+TINY = ["trainer.max_steps=2", "trainer.log_every_n_steps=1", "data.crop_size=64", "data.synthetic.size=48", "data.synthetic.num_videos=16",
         "data.sot.samples_per_epoch=8", "data.batch_size=2", "method.dim=32", "method.heads=2", "method.ffn_dim=64",
         "trainer.accelerator=cpu"]
 
@@ -20,6 +20,15 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("utt") / "run"
     assert main(["fit", "utt_synthetic", *TINY, f"run_dir={out}"]) == 0
     return out
+
+
+def test_a_utt_run_trains_on_pairs_without_a_video_key(run):
+    import json
+
+    # tracking pairs hold "reference" and "search", no "video": every step must still train and log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["skipped_steps"] == 0
+    assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["train/iou"] <= 1
 
 
 def test_track_writes_one_box_per_frame_renders_and_scores(run, tmp_path, capsys):
