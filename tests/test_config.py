@@ -265,10 +265,11 @@ def _sections():
 
     from tubelet.config import method_config_class, method_names
     from tubelet.config.schema import AugmentConfig, DataConfig, ModelConfig, OptimConfig, RhoConfig, SyntheticConfig
-    from tubelet.config.schema import TrainerConfig
+    from tubelet.config.schema import SOTDataConfig, TrainerConfig
 
     out = [("", Recipe), ("model.", ModelConfig), ("data.", DataConfig), ("data.augment.", AugmentConfig),
-           ("data.synthetic.", SyntheticConfig), ("data.rho.", RhoConfig), ("optim.", OptimConfig),
+           ("data.synthetic.", SyntheticConfig), ("data.rho.", RhoConfig), ("data.sot.", SOTDataConfig),
+           ("optim.", OptimConfig),
            ("trainer.", TrainerConfig)]
     out += [("method.", method_config_class(n)) for n in method_names()]
     assert all(dc.is_dataclass(c) for _, c in out)

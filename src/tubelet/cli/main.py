@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "models": "tubelet.cli.models",
     "recipes": "tubelet.cli.recipes",
     "zero-shot": "tubelet.cli.zero_shot",
+    "track": "tubelet.cli.track",
 }
 
 

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-DataKind = Literal["synthetic", "manifest", "folders", "frames", "images"]
+DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot"]
 # Lightning's precision names that tubelet trains and tests with; the 16-bit float ones need a GPU.
 Precision = Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 
@@ -143,10 +143,26 @@ class RhoConfig(Checked):
 
 
 @dataclass
+class SOTDataConfig(Checked):
+    """Single-object tracking pairs (``data.kind: sot``; ``data/datasets/tracking.py``). ``data.train`` is
+    ``synthetic`` (the main object of each synthetic clip) or a GOT-10k/LaSOT/VOT sequence folder or a
+    folder of them; ``data.crop_size`` is the search size (UTT: 352)."""
+
+    SECTION = "data.sot"
+
+    samples_per_epoch: int = bounded(1024, POSITIVE)
+    search_factor: float = bounded(6.0, POSITIVE_REAL)  # crop side = ceil(sqrt(w h) * factor) (UTT: 6)
+    centre_jitter: float = bounded(5.5, NONNEGATIVE)  # search centre shift, times the jittered size (UTT code)
+    scale_jitter: float = bounded(0.5, NONNEGATIVE)  # log-normal size jitter of the search box (UTT code)
+    max_gap: int = bounded(200, NONNEGATIVE)  # frames between reference and search (UTT: < 200)
+    vot_convention: Literal["vot", "pysot"] = "vot"  # how VOT polygons become boxes
+
+
+@dataclass
 class DataConfig(Checked):
     """Where clips come from and how they are sampled.
 
-    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``.
+    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``.
     """
 
     SECTION = "data"
@@ -188,6 +204,7 @@ class DataConfig(Checked):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     rho: RhoConfig = field(default_factory=RhoConfig)
+    sot: SOTDataConfig = field(default_factory=SOTDataConfig)
 
 
 @dataclass

@@ -26,6 +26,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
+    if cfg.kind == "sot":
+        return build_sot_dataset(cfg, split, seed=seed)
     if cfg.kind not in CLIP_KINDS:
         raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use {', '.join(CLIP_KINDS)}")
     if cfg.device_transforms and cfg.rho.clips > 0:
@@ -38,6 +40,17 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
 
 
 CLIP_KINDS = ("synthetic", "manifest", "folders", "frames", "images")
+
+
+def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
+    """Single-object tracking pairs (``data.kind: sot``) of ``data.train`` / ``data.val``."""
+    from tubelet.data.datasets.tracking import SOTPairDataset, sot_sequences
+
+    src = (cfg.train if split == "train" else cfg.val) or "synthetic"
+    seqs = sot_sequences(src, cfg.synthetic, split, cfg.sot.vot_convention)
+    s = cfg.sot
+    return SOTPairDataset(seqs, cfg.crop_size, s.samples_per_epoch, s.search_factor, s.centre_jitter, s.scale_jitter,
+                          s.max_gap, seed, cfg.mean, cfg.std)
 
 
 def build_eval_views(cfg: DataConfig, videos: str = "train", seed: int = 0) -> Dataset:

@@ -123,7 +123,9 @@ class TubeletModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         is_dict = isinstance(batch, dict)
-        empty = is_dict and "video" not in batch and "bad_samples" in batch  # every sample failed to load
+        # every sample failed to load: the collate's batch is then only its report (methods whose samples
+        # hold no "video", as tracking pairs, still train)
+        empty = is_dict and "bad_samples" in batch and not set(batch) - {"bad_samples", "sample_seed"}
         new_bad = []
         if self.failure_tracker is not None and is_dict and batch.get("bad_samples"):
             new_bad = self.failure_tracker.add(batch)
