@@ -41,7 +41,8 @@ from tubelet.errors import ConfigError
 from tubelet.models.registry import register_model
 from tubelet.models.vit import Block, init_linear_and_norm
 
-__all__ = ["FLIP_TEMPLATES", "ByteTokenizer", "FileTokenizer", "TextConfig", "TextTransformer", "TOKENIZER_KINDS", "get_tokenizer"]
+__all__ = ["FLIP_TEMPLATES", "ByteTokenizer", "FileTokenizer", "TextConfig", "TextTransformer", "TOKENIZER_KINDS", "get_tokenizer",
+           "trim_padding"]
 
 TokenizerKind = Literal["bytes", "wordpiece", "bpe", "json"]
 TOKENIZER_KINDS = ("bytes", "wordpiece", "bpe", "json")
@@ -266,7 +267,21 @@ class TextTransformer(nn.Module):
         return self.norm(x)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(ids)[:, 0]
+        return self.forward_features(trim_padding(ids, self.pad_id))[:, 0]
+
+
+def trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``ids`` without the trailing columns that are padding in every row (at least one column kept).
+
+    Padded keys are masked out of attention and padded outputs are never pooled, so these columns
+    change no feature; dropping them saves their compute and the activations autograd keeps for them
+    (a batch of short captions padded to the context would otherwise cost the full context).
+    """
+    if ids.ndim != 2 or ids.shape[1] <= 1:
+        return ids
+    used = (ids != pad_id).any(dim=0)  # (L,) a column holding a real token in some row
+    length = max(1, int(used.nonzero().max()) + 1) if bool(used.any()) else 1
+    return ids if length == ids.shape[1] else ids[:, :length]
 
 
 def _text(dim: int, depth: int, heads: int) -> TextConfig:
