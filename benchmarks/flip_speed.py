@@ -24,7 +24,7 @@ from tubelet.flops import saved_for_backward
 from tubelet.methods import build_method
 
 
-def recipe(video: bool, ratio: float, tiny: bool) -> dict:
+def recipe(video: bool, ratio: float, tiny: bool, text_ckpt: bool = False) -> dict:
     if video:
         model = {"name": "vit_base", "num_frames": 16, "img_size": 224, "num_classes": 0,
                  "overrides": {"pos_embed": "sincos", "class_token": False}}
@@ -37,12 +37,14 @@ def recipe(video: bool, ratio: float, tiny: bool) -> dict:
         if video:
             model["num_frames"] = 4
         method["text_overrides"] = {"depth": 1, "embed_dim": 64, "num_heads": 2}
+    if text_ckpt:
+        method["text_overrides"] = {**method.get("text_overrides", {}), "grad_checkpointing": True}
     return {"model": model, "data": {"captions": True}, "method": method}
 
 
-def measure(video: bool, ratio: float, batch_size: int, steps: int, tiny: bool) -> dict:
+def measure(video: bool, ratio: float, batch_size: int, steps: int, tiny: bool, text_ckpt: bool) -> dict:
     torch.manual_seed(0)
-    r = from_dict(recipe(video, ratio, tiny))
+    r = from_dict(recipe(video, ratio, tiny, text_ckpt))
     method = build_method(r).train()
     frames, size = r.model.num_frames, r.model.img_size
     batch = {"video": torch.randn(batch_size, 3, frames, size, size),
@@ -78,6 +80,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after a warm-up one; 0: no timing")
     ap.add_argument("--tiny", action="store_true", help="small towers and inputs: checks the script runs")
     ap.add_argument("--only", choices=["image", "video"], default=None)
+    ap.add_argument("--text-checkpointing", action="store_true",
+                    help="recompute the text tower in backward (text_overrides.grad_checkpointing)")
     args = ap.parse_args()
     print(f"{'tower':<6} {'mask':>5} {'fwd+bwd s':>10} {'ratio':>6} {'step s':>8} {'ratio':>6} "
           f"{'act. MB':>8} {'ratio':>6} {'text MB':>8} {'FLOP ratio':>10}")
@@ -86,7 +90,7 @@ def main() -> None:
             continue
         base = None
         for ratio in ((0.0, 0.5, 0.75, 0.9) if video else (0.0, 0.5, 0.75)):
-            m = measure(video, ratio, args.batch, args.steps, args.tiny)
+            m = measure(video, ratio, args.batch, args.steps, args.tiny, args.text_checkpointing)
             base = base or m
             print(f"{'video' if video else 'image':<6} {ratio:>5.2f} {m['fb_s']:>10.3f} {m['fb_s'] / base['fb_s']:>6.3f} "
                   f"{m['step_s']:>8.3f} {m['step_s'] / base['step_s']:>6.3f} {m['bytes'] / 2**20:>8.1f} "

@@ -84,6 +84,22 @@ def test_columns_padded_in_every_row_are_not_computed():
     assert trim_padding(full, 0) is full and trim_padding(torch.zeros(2, 8, dtype=torch.long), 0).shape == (2, 1)
 
 
+def test_grad_checkpointing_keeps_values_and_gradients_and_saves_less():
+    from tubelet.flops import saved_for_backward
+
+    ids = ByteTokenizer(32)(["a red disc moves left", "a green square"])
+    out, grads, saved = {}, {}, {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = TextTransformer(vocab_size=257, embed_dim=32, depth=3, num_heads=4, grad_checkpointing=ckpt)
+        out[ckpt] = model(ids)
+        out[ckpt].square().sum().backward()
+        grads[ckpt] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        saved[ckpt] = saved_for_backward(model, ids).activations
+    assert torch.allclose(out[False], out[True], atol=1e-6) and torch.allclose(grads[False], grads[True], atol=1e-5)
+    assert saved[True] < saved[False] / 3, saved  # the blocks' inputs only, not what is inside them
+
+
 def test_wordpiece_from_a_vocab_file(tmp_path):
     vocab = ["[PAD]", "[UNK]", "a", "red", "disc", "move", "##s", "left", "."]
     path = tmp_path / "vocab.txt"

@@ -36,6 +36,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tubelet.errors import ConfigError
 from tubelet.models.registry import register_model
@@ -216,6 +217,9 @@ class TextConfig:
     norm_eps: float = 1e-6
     pos_init_std: float = 0.01  # CLIP's init of the learned positions
     token_init_std: float = 0.02
+    # recompute each block in backward: the tower then keeps only its blocks' inputs for backward, at the
+    # cost of a second forward of the tower (the text tower's activations do not shrink with masking)
+    grad_checkpointing: bool = False
 
 
 class TextTransformer(nn.Module):
@@ -236,6 +240,7 @@ class TextTransformer(nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(cfg.depth)
         )
         self.norm = norm(cfg.embed_dim)
+        self.grad_checkpointing = cfg.grad_checkpointing
         init_linear_and_norm(self.modules())
         nn.init.normal_(self.token_embed.weight, std=cfg.token_init_std)
         nn.init.normal_(self.pos_embed, std=cfg.pos_init_std)
@@ -262,9 +267,13 @@ class TextTransformer(nn.Module):
                              " (tokenizer and text tower disagree)")
         mask = self.padding_mask(ids)
         x = self.token_embed(ids) + self.pos_embed[:, :L].to(self.token_embed.weight.dtype)
+        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = blk(x, mask)
+            x = checkpoint(blk, x, mask, use_reentrant=False) if use_ckpt else blk(x, mask)
         return self.norm(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_features(trim_padding(ids, self.pad_id))[:, 0]
