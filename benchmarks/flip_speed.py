@@ -65,9 +65,8 @@ def measure(video: bool, ratio: float, batch_size: int, steps: int, tiny: bool, 
     opt.zero_grad(set_to_none=True)
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
-        method(batch)["loss"].backward()
-    saved = saved_for_backward(method, batch, {"text": method.text})  # the vision tower is the rest
+    with FlopCounterMode(display=False) as fc:  # one forward+backward gives both counts
+        saved = saved_for_backward(method, batch, {"text": method.text})  # the vision tower is the rest
     return {"fb_s": sorted(fb)[len(fb) // 2] if fb else float("nan"),
             "step_s": sorted(step)[len(step) // 2] if step else float("nan"),
             "bytes": saved.activations, "text_bytes": saved.by_part.get("text", 0), "param_bytes": saved.parameters,
