@@ -80,7 +80,7 @@ def test_activations_saved_for_backward_follow_the_kept_tokens():
     """What masking saves in memory (benchmarks/flip_speed.py): the vision tower's activations kept for
     backward shrink with the kept tokens (0.50x at 50%, 0.25x at 75%), the text tower's do not, and the
     parameters autograd also saves are not activations (counted with them, B/16 at batch 8 gave 0.69x
-    at 50% instead of 0.55x)."""
+    at 50% instead of 0.54x)."""
     from tubelet.flops import saved_for_backward
 
     batch = {"video": torch.randn(2, 3, 1, 224, 224), "caption": ["a red disc", "a blue square moves"],
