@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tubelet.cli.main import main
-from tubelet.flops import count_flops, register_cpu_sdpa_formulas
+from tubelet.flops import count_flops, register_cpu_sdpa_formulas, saved_for_backward
 from tubelet.models import create_model
 from tubelet.models.vit import VisionTransformer, ViTConfig
 
@@ -163,3 +163,17 @@ def test_cli_flops_executed_flag(capsys):
     meta = gmacs()
     assert gmacs("--device", "cpu") == meta
     assert gmacs("--device", "cpu", "--executed") > meta
+
+
+def test_saved_for_backward_counts_activations_apart_from_parameters():
+    """Linear(64, 256) -> GELU -> Linear(256, 8) on a (4, 64) input that needs no gradient: the first
+    Linear keeps its input (4 x 64 floats) for its weight's gradient, GELU its input (4 x 256), the
+    second Linear its input (4 x 256) and its weight (256 x 8), a parameter, counted apart."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 8))
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    saved = saved_for_backward(model, torch.randn(4, 64), {"first": model[0], "gelu": model[1]})
+    assert (saved.activations, saved.parameters) == (4 * (4 * 64 + 4 * 256 + 4 * 256), 4 * 256 * 8)
+    assert saved.by_part == {"first": 4 * 4 * 64, "gelu": 4 * 4 * 256, "other": 4 * 4 * 256}
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))  # left as it was
+    assert model[2].weight.grad is None

@@ -11,8 +11,11 @@ from tubelet.config.schema import DataConfig, SyntheticConfig
 from tubelet.data.builder import build_dataset
 from tubelet.data.datasets import ClipDataset
 from tubelet.data.synthetic import (
+    COLOURS,
     MOTION_PHRASES,
     MOTIONS,
+    SHAPES,
+    TEXTURES,
     SyntheticSource,
     clip_path,
     hflip_label_map,
@@ -228,6 +231,28 @@ def test_single_frame_repeats_one_frame():
         picks |= {t for t in range(8) if any(torch.allclose(v[:, 0] * 0.225 + 0.45, raw[:, t, y:y + 24, x:x + 24],
                                                             atol=1e-5) for y in range(1) for x in range(1))}
     assert len(picks) > 1  # a random frame of the clip in training, not always the same one
+
+
+def test_appearance_lists_restrict_what_objects_look_like_and_nothing_else():
+    """data.synthetic.shapes/textures/colours: every object (main and distractors, and so every caption)
+    is drawn from the lists; a clip keeps its positions, motions and label, since the lists change what
+    a draw picks, not how many draws are made; the full lists are the default set."""
+    few = dataclasses.replace(SMALL, shapes=["circle", "square"], textures=["striped"], colours=["red", "blue"])
+    full = dataclasses.replace(SMALL, shapes=list(SHAPES), textures=list(TEXTURES), colours=list(COLOURS))
+    seen = set()
+    for i in range(40):
+        clip, default = render_clip(few, i), render_clip(SMALL, i)
+        for o in clip.objects:
+            seen.add((o["shape"], o["texture"], o["colour"]))
+        assert [o["motion"] for o in clip.objects] == [o["motion"] for o in default.objects]
+        assert clip.label == default.label and clip.ids.tolist() == default.ids.tolist()
+        assert clip.caption.split()[1:4] == [clip.objects[0]["colour"], "striped", clip.objects[0]["shape"]]
+    assert seen == {(s, "striped", c) for s in ("circle", "square") for c in ("red", "blue")}
+    assert np.array_equal(render_clip(full, 3).frames, render_clip(SMALL, 3).frames)
+    with pytest.raises(ConfigError, match=r"data.synthetic.shapes must be a list of circle, .* \(unknown: hexagon\)"):
+        dataclasses.replace(SMALL, shapes=["circle", "hexagon"])
+    with pytest.raises(ConfigError, match="data.synthetic.colours must be a list without repeats"):
+        dataclasses.replace(SMALL, colours=["red", "red"])
 
 
 def test_config_errors():

@@ -7,7 +7,7 @@ import torch
 
 from tubelet.errors import ConfigError
 from tubelet.models import create_model
-from tubelet.models.text import ByteTokenizer, TextTransformer, get_tokenizer
+from tubelet.models.text import ByteTokenizer, TextTransformer, get_tokenizer, trim_padding
 
 torch.set_num_threads(1)
 
@@ -64,6 +64,40 @@ def test_padding_mask_keeps_batch_rows_independent():
     both = model(tok(["a red disc", "a much longer caption of a green square"]))
     alone = model(tok(["a red disc"], context_length=10))
     assert torch.allclose(both[0], alone[0], atol=1e-6)
+
+
+def test_columns_padded_in_every_row_are_not_computed():
+    """A batch of short captions is cut to its longest caption before the blocks (the padding they
+    would see is masked out anyway): the same features, at the cost of 14 positions, not 32."""
+    torch.manual_seed(0)
+    model = TextTransformer(vocab_size=257, embed_dim=32, depth=2, num_heads=4).eval()
+    ids = ByteTokenizer(32)(["a red disc", "a green square"])  # 10 and 14 bytes
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        out = model(ids)
+    finally:
+        hook.remove()
+    assert seen == [14]
+    assert torch.allclose(out, model.forward_features(ids)[:, 0], atol=1e-6)  # every column, masked
+    full = torch.full((2, 32), 5, dtype=torch.long)  # no padding: nothing cut
+    assert trim_padding(full, 0) is full and trim_padding(torch.zeros(2, 8, dtype=torch.long), 0).shape == (2, 1)
+
+
+def test_grad_checkpointing_keeps_values_and_gradients_and_saves_less():
+    from tubelet.flops import saved_for_backward
+
+    ids = ByteTokenizer(32)(["a red disc moves left", "a green square"])
+    out, grads, saved = {}, {}, {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = TextTransformer(vocab_size=257, embed_dim=32, depth=3, num_heads=4, grad_checkpointing=ckpt)
+        out[ckpt] = model(ids)
+        out[ckpt].square().sum().backward()
+        grads[ckpt] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        saved[ckpt] = saved_for_backward(model, ids).activations
+    assert torch.allclose(out[False], out[True], atol=1e-6) and torch.allclose(grads[False], grads[True], atol=1e-5)
+    assert saved[True] < saved[False] / 3, saved  # the blocks' inputs only, not what is inside them
 
 
 def test_wordpiece_from_a_vocab_file(tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tubelet.models.layers.pool_attention import paper_formulation
 
-__all__ = ["FlopCount", "count_flops", "register_cpu_sdpa_formulas"]
+__all__ = ["FlopCount", "SavedBytes", "count_flops", "register_cpu_sdpa_formulas", "saved_for_backward"]
 
 _aten = torch.ops.aten
 
@@ -141,3 +141,62 @@ def count_flops(model: nn.Module, inputs: Any, backward: bool = False, executed:
                 by_op[op.__name__.split(".")[0]] += flops // 2
         by_module[module_name] = sum(ops.values()) // 2
     return FlopCount(params=params, macs=mode.get_total_flops() // 2, by_op=dict(by_op), by_module=by_module)
+
+
+@dataclass
+class SavedBytes:
+    """The bytes autograd keeps for the backward pass of one call, each storage counted once.
+
+    ``activations`` excludes the storages of the model's parameters, which autograd saves too (a
+    Linear keeps its weight for its input's gradient) but which are in memory whatever the step
+    does; counted with the activations they would hide what removing tokens saves (FLIP B/16 at
+    batch 8: 470.7 MB of parameters beside 968 MB of activations). ``by_part``: the activations
+    split by the named submodules whose forward saved them (the innermost one), the rest under "other".
+    """
+
+    activations: int
+    parameters: int
+    by_part: dict[str, int] = field(default_factory=dict)
+
+
+def saved_for_backward(model: nn.Module, inputs: Any, parts: Mapping[str, nn.Module] | None = None) -> SavedBytes:
+    """Count what ``model(inputs)`` saves for backward (``torch.autograd.graph.saved_tensors_hooks``),
+    then run the backward (of its ``"loss"``, or the sum of its output) and leave the parameters'
+    gradients as they were. A count of bytes does not depend on machine load, unlike a time."""
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    stack = ["other"]
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:  # a hook that returns a value replaces the output
+        stack.pop()
+
+    handles = []
+    for name, part in (parts or {}).items():
+        handles.append(part.register_forward_pre_hook(lambda m, a, name=name: stack.append(name) or None))
+        handles.append(part.register_forward_hook(leave))
+    seen: dict[int, tuple[int, str]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen.setdefault(storage.data_ptr(), (storage.nbytes(), stack[-1]))
+        return t
+
+    kept_grads = [(p, p.grad) for p in model.parameters()]
+    for p, _ in kept_grads:
+        p.grad = None
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = _scalar(_call(model, inputs))
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, grad in kept_grads:
+            p.grad = grad
+    by_part: dict[str, int] = defaultdict(int)
+    parameters = 0
+    for ptr, (nbytes, part) in seen.items():
+        if ptr in param_storages:
+            parameters += nbytes
+        else:
+            by_part[part] += nbytes
+    return SavedBytes(activations=sum(by_part.values()), parameters=parameters, by_part=dict(by_part))

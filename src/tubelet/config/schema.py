@@ -11,6 +11,7 @@ dataclass that the method declared beside itself and registered (``config.regist
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +63,10 @@ class ModelConfig(Checked):
 # The synthetic renderer knows eight motions (``tubelet.data.synthetic.MOTIONS``); a class needs another
 # to be told apart from.
 SYNTHETIC_CLASSES = Bound(2, 8)
+# What the renderer draws an object's appearance from, in its draw order (``tubelet.data.synthetic``).
+SyntheticShape = Literal["circle", "square", "triangle", "diamond", "cross"]
+SyntheticTexture = Literal["striped", "checkered", "shaded"]
+SyntheticColour = Literal["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white"]
 
 
 @dataclass
@@ -90,8 +95,20 @@ class SyntheticConfig(Checked):
     growth: list[float] = bounded([0.06, 0.09], NONNEGATIVE, length=2, ordered=True)  # log-radius change per frame
     pan_speed: float = bounded(0.03, NONNEGATIVE)  # background (camera) pan, fraction of size per frame, random direction
     noise: float = bounded(0.02, NONNEGATIVE)  # per-pixel sensor noise (std, on [0, 1] values)
+    # The appearances objects are drawn from, uniformly (empty: all of them). Fewer of them make more
+    # clips (and captions) share an appearance, so that only the motion tells them apart.
+    shapes: list[SyntheticShape] = field(default_factory=list)
+    textures: list[SyntheticTexture] = field(default_factory=list)
+    colours: list[SyntheticColour] = field(default_factory=list)
 
     def _cross_rules(self):
+        for key, hint in (("shapes", SyntheticShape), ("textures", SyntheticTexture), ("colours", SyntheticColour)):
+            names, known = list(getattr(self, key)), typing.get_args(hint)
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                yield key, names, f"a list of {', '.join(known)} (unknown: {', '.join(map(str, unknown))})"
+            elif len(set(names)) != len(names):
+                yield key, names, "a list without repeats (a repeat would draw that one more often)"
         if self.min_objects > self.max_objects:
             yield "min_objects", self.min_objects, f"at most {{prefix}}max_objects ({self.max_objects})"
         if self.min_radius >= self.max_radius:

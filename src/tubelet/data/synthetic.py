@@ -8,8 +8,9 @@ Smaller distractor objects follow random motions of their own.
 Why no single frame reveals the class: every per-frame state is drawn from a distribution that is the
 same for all classes. Positions live on a torus (objects wrap around the frame edges), angles on the
 circle, and log-sizes on a wrapped interval, each uniform, so adding a constant velocity, angular
-velocity or log-growth per frame keeps every frame's marginal uniform. Shape, colour, texture and the
-background are drawn independently of the label. Telling classes apart needs at least two frames,
+velocity or log-growth per frame keeps every frame's marginal uniform. Shape, colour, texture (from
+all of them, or the lists ``shapes``, ``textures``, ``colours``) and the background are drawn
+independently of the label. Telling classes apart needs at least two frames,
 which is what makes the set a test of temporal modelling (``tubelet demo`` compares a video model to
 the same model fed one still frame).
 
@@ -29,6 +30,7 @@ import csv
 import json
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from tubelet.config.schema import DataConfig, SyntheticConfig
+from tubelet.config.schema import DataConfig, SyntheticColour, SyntheticConfig, SyntheticShape, SyntheticTexture
 from tubelet.data.decoding import ConstantRateReader
 from tubelet.errors import ConfigError
 
@@ -59,8 +61,8 @@ HFLIP_MOTION = {
     "rotate_cw": "rotate_ccw",
     "rotate_ccw": "rotate_cw",
 }
-SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-TEXTURES = ("striped", "checkered", "shaded")  # all anisotropic, so rotation of a circle is visible
+SHAPES: tuple[str, ...] = typing.get_args(SyntheticShape)
+TEXTURES: tuple[str, ...] = typing.get_args(SyntheticTexture)  # all anisotropic, so rotation of a circle is visible
 COLOURS = {
     "red": (0.90, 0.15, 0.15),
     "green": (0.15, 0.80, 0.25),
@@ -71,6 +73,7 @@ COLOURS = {
     "orange": (0.98, 0.55, 0.10),
     "white": (0.97, 0.97, 0.97),
 }
+assert tuple(COLOURS) == typing.get_args(SyntheticColour), "the recipe's colour names are the rendered ones"
 
 
 def class_names(cfg: SyntheticConfig) -> list[str]:
@@ -198,7 +201,15 @@ def render_clip(cfg: SyntheticConfig, index: int, label: int | None = None) -> S
     c1, c2 = rng.uniform(0.15, 0.45, size=3), rng.uniform(0.35, 0.65, size=3)
     img = c1[None, None, None, :] * (1 - g[..., None]) + c2[None, None, None, :] * g[..., None]  # (T,S,S,3)
 
-    colour_names = list(COLOURS)
+    # Restricted appearance lists pick from a generator of their own, while the clip's generator makes
+    # its usual draws (how many bits an integer draw consumes depends on the range): a clip keeps its
+    # positions, sizes and motions whatever the lists, and the full lists give the default set exactly.
+    looks = np.random.default_rng(np.random.SeedSequence([int(cfg.seed) & 0xFFFFFFFF, int(index), 0xA77]))
+
+    def pick(chosen: list[str], full: tuple[str, ...]) -> str:
+        drawn = full[int(rng.integers(len(full)))]
+        return drawn if not chosen or list(chosen) == list(full) else chosen[int(looks.integers(len(chosen)))]
+
     boxes = np.zeros((T, K_max, 4), dtype=np.float32)
     ids = np.full((T, K_max), -1, dtype=np.int64)
     objects: list[dict] = []
@@ -206,9 +217,9 @@ def render_clip(cfg: SyntheticConfig, index: int, label: int | None = None) -> S
     # Draw distractors first and the main object last, so the labelled object is never hidden.
     for k in reversed(range(n_obj)):
         motion = names[label] if k == 0 else names[int(rng.integers(len(names)))]
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        colour = colour_names[int(rng.integers(len(colour_names)))]
+        shape = pick(cfg.shapes, SHAPES)
+        texture = pick(cfg.textures, TEXTURES)
+        colour = pick(cfg.colours, tuple(COLOURS))
         rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.06, 0.06, size=3), 0, 1)
         cx0, cy0 = rng.uniform(0, S, size=2)
         theta0 = rng.uniform(0, 2 * math.pi)

@@ -36,12 +36,14 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tubelet.errors import ConfigError
 from tubelet.models.registry import register_model
 from tubelet.models.vit import Block, init_linear_and_norm
 
-__all__ = ["FLIP_TEMPLATES", "ByteTokenizer", "FileTokenizer", "TextConfig", "TextTransformer", "TOKENIZER_KINDS", "get_tokenizer"]
+__all__ = ["FLIP_TEMPLATES", "ByteTokenizer", "FileTokenizer", "TextConfig", "TextTransformer", "TOKENIZER_KINDS", "get_tokenizer",
+           "trim_padding"]
 
 TokenizerKind = Literal["bytes", "wordpiece", "bpe", "json"]
 TOKENIZER_KINDS = ("bytes", "wordpiece", "bpe", "json")
@@ -215,6 +217,9 @@ class TextConfig:
     norm_eps: float = 1e-6
     pos_init_std: float = 0.01  # CLIP's init of the learned positions
     token_init_std: float = 0.02
+    # recompute each block in backward: the tower then keeps only its blocks' inputs for backward, at the
+    # cost of a second forward of the tower (the text tower's activations do not shrink with masking)
+    grad_checkpointing: bool = False
 
 
 class TextTransformer(nn.Module):
@@ -235,6 +240,7 @@ class TextTransformer(nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(cfg.depth)
         )
         self.norm = norm(cfg.embed_dim)
+        self.grad_checkpointing = cfg.grad_checkpointing
         init_linear_and_norm(self.modules())
         nn.init.normal_(self.token_embed.weight, std=cfg.token_init_std)
         nn.init.normal_(self.pos_embed, std=cfg.pos_init_std)
@@ -261,12 +267,30 @@ class TextTransformer(nn.Module):
                              " (tokenizer and text tower disagree)")
         mask = self.padding_mask(ids)
         x = self.token_embed(ids) + self.pos_embed[:, :L].to(self.token_embed.weight.dtype)
+        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = blk(x, mask)
+            x = checkpoint(blk, x, mask, use_reentrant=False) if use_ckpt else blk(x, mask)
         return self.norm(x)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(ids)[:, 0]
+        return self.forward_features(trim_padding(ids, self.pad_id))[:, 0]
+
+
+def trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``ids`` without the trailing columns that are padding in every row (at least one column kept).
+
+    Padded keys are masked out of attention and padded outputs are never pooled, so these columns
+    change no feature; dropping them saves their compute and the activations autograd keeps for them
+    (a batch of short captions padded to the context would otherwise cost the full context).
+    """
+    if ids.ndim != 2 or ids.shape[1] <= 1:
+        return ids
+    used = (ids != pad_id).any(dim=0)  # (L,) a column holding a real token in some row
+    length = max(1, int(used.nonzero().max()) + 1) if bool(used.any()) else 1
+    return ids if length == ids.shape[1] else ids[:, :length]
 
 
 def _text(dim: int, depth: int, heads: int) -> TextConfig:
