@@ -409,7 +409,7 @@ def test_a_resumed_run_with_no_step_left_exports_and_tests_the_switched_model(tm
         assert '"castling_branch": false' in file_metadata(run / name)["tubelet_config"], name
     switched = tubelet.load_model(run)
     assert not any(layer.branch for layer in castling_layers_of(switched))
-    loaded = load_recipe(cfg)
+    loaded = load_recipe(str(cfg))
     tested = evaluate(loaded, run / "method.safetensors", report_dir=tmp_path / "a")
     direct = evaluate(loaded, None, method=Supervised(switched), report_dir=tmp_path / "b")
     assert tested["weights"] == "method" and tested["num_videos"] == direct["num_videos"] > 0
