@@ -380,6 +380,46 @@ def test_fit_anneals_logs_and_saves_the_switched_model(tmp_path, caplog):
     assert main(["test", "--config", str(cfg), "--checkpoint", str(run / "method.safetensors")]) == 0
 
 
+def test_a_resumed_run_with_no_step_left_exports_and_tests_the_switched_model(tmp_path):
+    """A run killed after its last checkpoint (e.g. in the final validation) and resumed has no step to
+    train: Lightning skips the training loop, and with it on_train_end. The switch must still happen,
+    so that the weights files hold the inference form; and `tubelet test` of the finished run scores
+    exactly what that switched model scores, bit for bit."""
+    import yaml
+    from test_engine import TINY_RECIPE
+
+    import tubelet
+    from tubelet.cli.main import main
+    from tubelet.config import load_recipe
+    from tubelet.engine import evaluate
+    from tubelet.methods.supervised import Supervised
+    from tubelet.models.weights import file_metadata
+
+    run = tmp_path / "run"
+    recipe = {**TINY_RECIPE, "run_dir": str(run),
+              "method": {"name": "castling", "decay_end": 0.5, "decay_shape": "linear"},
+              "trainer": {**TINY_RECIPE["trainer"], "max_steps": 4, "checkpoint_every_n_steps": 4}}
+    cfg = tmp_path / "castling.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(cfg)]) == 0
+    for name in ("method.safetensors", "backbone.safetensors"):  # killed before they were written
+        (run / name).unlink()
+    assert main(["fit", "--config", str(cfg), "--resume", "auto"]) == 0
+    for name in ("method.safetensors", "backbone.safetensors"):
+        assert '"castling_branch": false' in file_metadata(run / name)["tubelet_config"], name
+    switched = tubelet.load_model(run)
+    assert not any(layer.branch for layer in castling_layers_of(switched))
+    loaded = load_recipe(str(cfg))
+    tested = evaluate(loaded, run / "method.safetensors", report_dir=tmp_path / "a")
+    direct = evaluate(loaded, None, method=Supervised(switched), report_dir=tmp_path / "b")
+    assert tested["weights"] == "method" and tested["num_videos"] == direct["num_videos"] > 0
+    assert tested["predictions"] == direct["predictions"]  # scores compared exactly
+    assert tested["top1"] == direct["top1"]
+    # the last step's checkpoint (before the switch, branch weight 0 here) scores the same
+    before = evaluate(loaded, run / "checkpoints" / "step=000004.ckpt", report_dir=tmp_path / "c")
+    assert before["predictions"] == direct["predictions"]
+
+
 # ------------------------------------------------------------------------------------------------ FLOPs
 def test_castling_vit_macs_by_hand():
     """Linear form: K^T V and Q (K^T V) are 2 N d^2 per head, the token conv 9 (N - 1) d per head; the
@@ -490,5 +530,5 @@ def test_the_schedule_follows_the_trainers_step_so_a_resumed_run_continues_it():
     callback.on_train_batch_start(SimpleNamespace(global_step=3), None, None, 0)  # e.g. the first batch after resuming
     assert method.current_weight == pytest.approx(0.25)
     assert all(float(layer.branch_weight) == pytest.approx(0.25) for layer in castling_layers_of(method.backbone))
-    callback.on_train_end(SimpleNamespace(global_step=8), None)
+    callback.on_fit_end(SimpleNamespace(global_step=8), None)
     assert method.current_weight == 0.0 and method.backbone.cfg.castling_branch is False

@@ -124,12 +124,15 @@ def _branch_schedule_callback(method: Castling) -> Any:
 
     class BranchSchedule(Callback):
         """Applies the branch weight of the trainer's optimizer step before every training batch (so a
-        resumed run continues the schedule) and switches the model when training ends."""
+        resumed run continues the schedule) and switches the model when the fit ends."""
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             method.set_step(int(trainer.global_step))
 
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            # not on_train_end: a resumed run with no step left (killed after its last checkpoint, e.g.
+            # in the final validation) skips the training loop and that hook, and would save the
+            # unswitched model; on_fit_end follows every fit that did not fail
             method.finish_training(int(trainer.global_step))
 
     return BranchSchedule()
