@@ -171,3 +171,26 @@ def test_registered_variants_build_on_meta():
     # pool-first: K/V pooling convs see the block input's per-head width (transition: 96 wide, 2 heads)
     assert m16.blocks[1].attn.pool_k.in_channels == 48 and m16.blocks[1].attn.k.out_features == 192
     assert m16.blocks[0].attn.rel_pos_mem_t.shape[0] == 23  # attn_max_len * T - 1 = 3 * 8 - 1
+
+
+@pytest.mark.parametrize("kind", ["supervised", "linear_probe"])
+def test_classify_without_video_ids_starts_from_empty_memory(kind):
+    # validation_step and `tubelet test` call method.classify on batches of unrelated videos, without ids:
+    # each batch is classified from an empty memory (else the clips of two batches back were attended,
+    # unmasked), and a last batch of another size is not refused
+    from tubelet.methods.linear_probe import LinearProbe
+    from tubelet.methods.supervised import Supervised
+
+    backbone = tiny().eval()
+    method = (Supervised(backbone) if kind == "supervised" else LinearProbe(backbone, 5)).eval()
+    xs = clips(4)
+    with torch.no_grad():
+        run = [method.classify(x) for x in xs]
+        last = method.classify(xs[3][:1])
+        ref = []
+        for x in xs:
+            backbone.clear_memory()
+            ref.append(method.classify(x))
+    for r, f in zip(run, ref):
+        torch.testing.assert_close(r, f, rtol=0, atol=1e-6)
+    torch.testing.assert_close(last, ref[3][:1], rtol=0, atol=1e-5)

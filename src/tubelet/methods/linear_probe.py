@@ -70,7 +70,12 @@ class LinearProbe(Supervised):
         """(B, C, T, H, W) -> (B, D): mean of patch tokens, standardised per sample if configured.
 
         ``video_ids`` (B,) reach a memory backbone (MeMViT), which masks another video's memory."""
-        kw = {"video_ids": video_ids} if video_ids is not None and getattr(self.backbone, "uses_memory", False) else {}
+        memory = getattr(self.backbone, "uses_memory", False)
+        if memory and video_ids is None:
+            # unrelated clips (validation, `tubelet test`): without ids the previous batch's memory would be
+            # attended unmasked, so they start from an empty memory
+            self.backbone.clear_memory()
+        kw = {"video_ids": video_ids} if video_ids is not None and memory else {}
         tokens = self.backbone.forward_features(video, **kw)  # (B, P + N, D)
         pooled = tokens[:, self.backbone.num_prefix_tokens :].mean(dim=1)  # (B, D)
         if self.feature_norm == "layernorm":

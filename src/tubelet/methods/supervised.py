@@ -48,7 +48,13 @@ class Supervised(nn.Module):
 
     def classify(self, video: torch.Tensor, video_ids: torch.Tensor | None = None) -> torch.Tensor:
         # A memory backbone (MeMViT) gets each clip's video id, so that it masks another video's memory.
-        kw = {"video_ids": video_ids} if video_ids is not None and getattr(self.backbone, "uses_memory", False) else {}
+        memory = getattr(self.backbone, "uses_memory", False)
+        if memory and video_ids is None:
+            # No stream order (validation and `tubelet test` call classify on batches of unrelated videos):
+            # nothing in the memory belongs to these clips, and without ids the backbone would attend to
+            # the previous batch's clips unmasked (or refuse a last batch of another size).
+            self.backbone.clear_memory()
+        kw = {"video_ids": video_ids} if video_ids is not None and memory else {}
         if self.head_drop is None:
             return self.backbone(video, **kw)
         # Dropout sits between the pooled feature and the linear classifier (MAE-ST fine-tuning).
@@ -64,11 +70,8 @@ class Supervised(nn.Module):
                 label = label.flatten(0, 1)
             else:  # one label per video, shared by its r clips
                 label = label.repeat_interleave(r, dim=0)
+        # without a video id per clip (no stream order), classify starts a memory backbone from empty memory
         ids = batch.get("video_id") if video.dim() == 5 else None
-        if ids is None and getattr(self.backbone, "uses_memory", False):
-            # No stream order (e.g. multi-view evaluation batches of unrelated videos): nothing in the
-            # memory belongs to these clips, so each such batch is classified from an empty memory.
-            self.backbone.clear_memory()
         logits = self.classify(video, ids)
         if label.dim() == 2 and label.is_floating_point():
             loss = soft_target_cross_entropy(logits, label)
