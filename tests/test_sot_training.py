@@ -92,3 +92,44 @@ def test_the_method_trains_on_a_batch_and_gives_seven_boxes():
     assert set(out) >= {"loss", "giou_loss", "l1_loss", "proposal_giou_loss", "iou"}
     with pytest.raises(ConfigError, match="model.name 'vit_tiny' is not a 2-D ResNet"):
         build_method(load_recipe("utt_synthetic", SMALL + ["model.name=vit_tiny"]))
+
+
+def test_fit_from_the_cli_on_got10k_layout_sequences(tmp_path):
+    """Item 5: ``data.train`` a folder of GOT-10k sequence folders (frames, ``groundtruth.txt``,
+    ``absence.label``) trains from ``tubelet fit`` like the synthetic set, pairs drawn from visible frames only."""
+    import json
+
+    from PIL import Image
+
+    from tubelet.cli.main import main
+    from tubelet.config.schema import SyntheticConfig
+    from tubelet.data.synthetic import SyntheticSource
+
+    src = SyntheticSource(SyntheticConfig(num_videos=4, frames=6, size=48, max_objects=1))
+    root = tmp_path / "got10k"
+    written = []
+    for i in range(2):
+        clip, seq = src.clip(i), root / f"GOT-10k_Train_{i + 1:06d}"
+        seq.mkdir(parents=True)
+        for t, frame in enumerate(clip.frames):
+            Image.fromarray(frame).save(seq / f"{t + 1:08d}.png")
+        b = clip.boxes[:, 0].astype(np.float64)
+        xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)
+        (seq / "groundtruth.txt").write_text("".join(f"{x:.3f},{y:.3f},{w:.3f},{h:.3f}\n" for x, y, w, h in xywh))
+        absent = np.zeros(len(xywh), int)
+        absent[-1] = 1  # the last frame marked absent: never a reference or search frame
+        (seq / "absence.label").write_text("".join(f"{a}\n" for a in absent))
+        written.append(xywh)
+    run = tmp_path / "run"
+    args = [a for a in SMALL if not a.startswith("data.synthetic")] + [
+        "trainer.max_steps=2", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", f"data.train={root}",
+        f"run_dir={run}"]
+    assert main(["fit", "utt_synthetic", *args]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and np.isfinite(metrics["train/loss"])
+    ds = build_dataset(load_recipe(run / "config.yaml").data, "train")
+    assert [s.name for s in ds.sequences] == ["GOT-10k_Train_000001", "GOT-10k_Train_000002"]
+    for s, xywh in zip(ds.sequences, written):
+        np.testing.assert_allclose(s.boxes, xywh, atol=1e-3)
+        assert not s.visible[-1]
+        np.testing.assert_array_equal(s.visible[:-1], (xywh[:-1, 2] > 0) & (xywh[:-1, 3] > 0))

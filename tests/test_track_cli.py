@@ -70,3 +70,14 @@ def test_draw_boxes_outlines_the_box_only():
     assert out[0, 3, 2:7].min() == 255 and out[0, 8, 2:7].min() == 255  # top and bottom edges
     assert out[0, 3:9, 2].min() == 255 and out[0, 3:9, 6].min() == 255  # left and right edges
     assert out[0, 5, 4].max() == 0 and f.max() == 0  # inside untouched, input not modified
+
+
+def test_the_tracker_crops_with_the_factor_the_run_was_trained_with(run):
+    from tubelet.config import load_recipe
+    from tubelet.engine.track import load_tracker
+
+    # utt_synthetic trains on crops of 4x the target; tracking at another factor would show the model its
+    # target at a scale it never saw
+    trained = load_recipe(run / "config.yaml").data.sot.search_factor
+    assert trained == 4.0
+    assert load_tracker(run).factor == trained

@@ -1,8 +1,8 @@
 """Single-object tracking with a trained UTT run: ``load_tracker(run_dir)`` and ``track_video``.
 
 The run folder's ``config.yaml`` rebuilds the method and its ``method.safetensors`` loads strictly; the
-recipe's ``data.crop_size``, ``data.mean``/``std`` and ``method.search_factor`` set the tracker's crops, as
-in training.
+recipe's ``data.crop_size``, ``data.mean``/``std`` and ``data.sot.search_factor`` set the tracker's crops:
+exactly the crops of training (a different factor shows the model its target at a scale it never saw).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def load_tracker(run_dir: str | Path, device: str = "cpu", overrides: Sequence[s
     method = build_method(recipe)
     load_method_weights(method, weights)
     method.eval().to(device)
-    return SOTTracker(method.utt, recipe.data.crop_size, recipe.method.search_factor, recipe.data.mean,
+    return SOTTracker(method.utt, recipe.data.crop_size, recipe.data.sot.search_factor, recipe.data.mean,
                       recipe.data.std, device)
 
 

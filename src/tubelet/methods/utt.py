@@ -8,8 +8,9 @@ outputs). ``model.name`` is the 2-D ResNet (``resnet18_image``, ``resnet50_image
 the shared backbone builder.
 
 Tracking (:class:`SOTTracker`): the first frame's target feature is computed once and never updated;
-every frame is cropped around the last box (``search_factor`` times its size, resized to
-``data.crop_size``), the last of the model's boxes is kept, mapped back to the frame and clipped to it.
+every frame is cropped around the last box (``data.sot.search_factor`` times its size, resized to
+``data.crop_size``: the crop rule of training, so the target has the scale the model learnt), the last of
+the model's boxes is kept, mapped back to the frame and clipped to it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tubelet.config.bounds import NONNEGATIVE, POSITIVE, POSITIVE_REAL, PROBABILITY_BELOW_ONE, bounded
+from tubelet.config.bounds import NONNEGATIVE, POSITIVE, PROBABILITY_BELOW_ONE, bounded
 from tubelet.config.registry import MethodConfig
 from tubelet.config.schema import Recipe
 from tubelet.core.batch import Batch
@@ -48,7 +49,7 @@ class UTTMethodConfig(MethodConfig):
     target_decoder_layers: int = bounded(1, POSITIVE)  # paper: 1 block (code: 6)
     giou_weight: float = bounded(2.0, NONNEGATIVE)
     l1_weight: float = bounded(5.0, NONNEGATIVE)
-    search_factor: float = bounded(6.0, POSITIVE_REAL)  # tracking: search side = ceil(sqrt(w h) * factor)
+    # no search factor here: tracking crops with the run's data.sot.search_factor, the one it was trained on
 
 
 class UTTMethod(nn.Module):
