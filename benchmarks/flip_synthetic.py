@@ -4,8 +4,8 @@ from class-name prompts (chance 1/8), before and after unmasked tuning (flip_syn
 
 Equal time, on a machine others share: a wall-clock budget measured run by run would give each ratio
 whatever the other users left it. So the time of one training step of each ratio is measured side by
-side, in one process, interleaved (ratio 0, 0.5, 0.75, 0.9, then again, ``--reps`` times, after a
-warm-up round), and the median of each ratio is its step time: whatever load there is falls on every
+side, in one process, interleaved (ratio 0, 0.5, 0.75, 0.9, then 0.5, 0.75, 0.9, 0: each round starts one ratio
+later, ``--reps`` rounds after a warm-up round), and the median of each ratio is its step time: whatever load there is falls on every
 ratio alike. A step here is what training repeats: the next batch from the recipe's own training
 loader (clips rendered beforehand, as they are after the first epoch), forward, backward, gradient
 clipping and the AdamW step. The budget (``--minutes`` of that step time, or by default the time of
@@ -69,8 +69,12 @@ def calibrate(ratios: list[float], reps: int, overrides: list[str]) -> dict[floa
         method = build_method(load_recipe(RECIPE, [*overrides, f"method.mask_ratio={ratio}"])).train()
         runs[ratio] = (method, build_optimizer(method, recipe.optim, recipe.optim.lr))
     times: dict[float, list[float]] = {r: [] for r in ratios}
+    order = list(runs)
     for rep in range(reps + 1):  # round 0 warms every ratio up and is not counted
-        for ratio, (method, opt) in runs.items():
+        # each round starts one ratio later, so no ratio is always the first of a round (the step after
+        # the previous round's last, with its caches) and position effects fall on every ratio alike
+        for ratio in order[rep % len(order):] + order[:rep % len(order)]:
+            method, opt = runs[ratio]
             t0 = time.perf_counter()
             batch = next_batch()
             loss = method(batch)["loss"]
@@ -100,11 +104,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15, help="interleaved rounds of the calibration")
     ap.add_argument("--out", default="runs/flip_synthetic")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the calibration and of every run")
+    ap.add_argument("--seed", type=int, default=0, help="the recipes' seed (clips, masks, initialisation) in every "
+                    "run and in the calibration")
     ap.add_argument("--quick", action="store_true", help="tiny set and towers, a few steps: checks that it runs")
     args = ap.parse_args()
     out = Path(args.out)
     # the same thread count everywhere: the calibrated step times are those of the runs
-    extra = [*(QUICK if args.quick else []), f"trainer.num_threads={args.threads}"]
+    extra = [*(QUICK if args.quick else []), f"trainer.num_threads={args.threads}", f"seed={args.seed}"]
     common = [*extra, "trainer.enable_progress_bar=false"]
 
     reps = 2 if args.quick else args.reps
