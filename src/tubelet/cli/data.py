@@ -19,6 +19,11 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--lossless", action="store_true", help="libx264rgb crf 0 in .mkv (bit-exact frames)")
+    p.add_argument("--long-range", action="store_true",
+                   help="the long-range task of memory models instead: --videos long videos whose label shows in "
+                        "their first clip only (--clips clips of --frames frames each)")
+    p.add_argument("--clips", type=int, default=5, help="--long-range: clips per long video")
+    p.add_argument("--val-videos", type=int, default=0, help="--long-range: held-out videos written to val.csv")
     p.set_defaults(run=run_synth)
 
 
@@ -35,12 +40,34 @@ def run_synth(args: argparse.Namespace) -> int:
         "size": args.size, "frames": args.frames, "num_classes": args.classes, "max_objects": args.max_objects,
         "fps": args.fps, "seed": args.seed,
     }
+    if args.long_range:
+        return _write_long_range(args)
     cfg = dataclasses.replace(SyntheticConfig(), **{k: v for k, v in given.items() if v is not None})
     cfg = dataclasses.replace(cfg, min_objects=min(cfg.min_objects, cfg.max_objects))
     out = write_dataset(args.out, args.videos, cfg, lossless=args.lossless)
     kind = "lossless .mkv" if args.lossless else "H.264 .mp4"
     print(f"wrote {args.videos} {kind} clips ({cfg.frames} frames, {cfg.size}x{cfg.size}, {cfg.num_classes} classes) "
           f"to {out}: manifest.csv, train/val/test.csv, labels.txt, annotations.json")
+    return 0
+
+
+def _write_long_range(args: argparse.Namespace) -> int:
+    from tubelet.data.builder import LONG_RANGE_HELD_OUT
+    from tubelet.data.synthetic import write_long_range
+    from tubelet.errors import ConfigError
+
+    if args.lossless or args.max_objects is not None:
+        raise ConfigError("--long-range writes H.264 long videos; --lossless and --max-objects do not apply")
+    if args.clips < 2 or args.val_videos < 0:
+        raise ConfigError(f"--long-range needs --clips of at least 2 and --val-videos of at least 0, got "
+                          f"{args.clips} and {args.val_videos}")
+    frames, size, classes = args.frames or 8, args.size or 32, args.classes or 4
+    fps, seed = args.fps or 8, args.seed or 0
+    out = write_long_range(args.out, args.videos, args.val_videos, seed=seed, num_clips=args.clips, clip_frames=frames,
+                           size=size, num_classes=classes, fps=fps, held_out=LONG_RANGE_HELD_OUT)
+    print(f"wrote {args.videos} + {args.val_videos} long videos ({args.clips} clips of {frames} frames, {size}x{size}, "
+          f"{classes} classes, the cue in the first clip) to {out}: train.csv" + (", val.csv" if args.val_videos else "")
+          + ", labels.txt")
     return 0
 
 

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot"]
+DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "long_range"]
 # Lightning's precision names that tubelet trains and tests with; the 16-bit float ones need a GPU.
 Precision = Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 
@@ -67,6 +67,24 @@ SYNTHETIC_CLASSES = Bound(2, 8)
 SyntheticShape = Literal["circle", "square", "triangle", "diamond", "cross"]
 SyntheticTexture = Literal["striped", "checkered", "shaded"]
 SyntheticColour = Literal["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white"]
+
+
+@dataclass
+class LongRangeConfig(Checked):
+    """The long-range synthetic task of memory models (``data.kind: long_range``;
+    ``tubelet.data.synthetic.render_long_video``): a long video whose label is shown in its first clip only.
+    Training walks the videos in the online order (``tubelet.data.online``); validation and test stream
+    each held-out video clip by clip from an empty memory and score its last clip."""
+
+    SECTION = "data.long_range"
+
+    num_videos: int = bounded(100, POSITIVE)  # training videos (indices 0..N-1)
+    val_videos: int = bounded(128, POSITIVE)  # held-out videos of validation (and of test: the same videos)
+    clips: int = bounded(5, POSITIVE)  # clips per video; the cue is in clip 0, the label asked at the last
+    frames: int = bounded(8, POSITIVE)  # frames per clip (= data.num_frames)
+    size: int = bounded(32, POSITIVE)  # frame side (= data.crop_size)
+    num_classes: int = bounded(4, POSITIVE)  # 2..8 cue colours; chance is 1 / num_classes
+    seed: int = bounded(0, SEED)
 
 
 @dataclass
@@ -179,7 +197,7 @@ class SOTDataConfig(Checked):
 class DataConfig(Checked):
     """Where clips come from and how they are sampled.
 
-    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``.
+    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``, ``long_range``.
     """
 
     SECTION = "data"
@@ -222,6 +240,7 @@ class DataConfig(Checked):
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     rho: RhoConfig = field(default_factory=RhoConfig)
     sot: SOTDataConfig = field(default_factory=SOTDataConfig)
+    long_range: LongRangeConfig = field(default_factory=LongRangeConfig)
 
 
 @dataclass

@@ -28,6 +28,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
     if cfg.kind == "sot":
         return build_sot_dataset(cfg, split, seed=seed)
+    if cfg.kind == "long_range":
+        return build_long_range_dataset(cfg, split, seed=seed)
     if cfg.kind not in CLIP_KINDS:
         raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use {', '.join(CLIP_KINDS)}")
     if cfg.device_transforms and cfg.rho.clips > 0:
@@ -40,6 +42,34 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
 
 
 CLIP_KINDS = ("synthetic", "manifest", "folders", "frames", "images")
+
+
+# held-out long videos start far past any training index, so that no split shares a video
+LONG_RANGE_HELD_OUT = 1_000_000
+
+
+def build_long_range_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
+    """The long-range task of memory models (``data.long_range``). Train: the online order over
+    ``num_videos`` long videos (``OnlineClips``, one stream per batch slot of one process: each slot walks
+    one video's clips in time order). Val and test: the same ``val_videos`` held-out videos, each a
+    :class:`~tubelet.data.synthetic.LongRangeStreams` sample of all its clips."""
+    from tubelet.data.online import OnlineClips
+    from tubelet.data.synthetic import LongRangeStreams, LongRangeVideos
+
+    lr = cfg.long_range
+    if lr.frames != cfg.num_frames or lr.size != cfg.crop_size:
+        raise ConfigError(f"data.long_range renders {lr.frames}x{lr.size}x{lr.size} clips but data.num_frames is "
+                          f"{cfg.num_frames} and data.crop_size {cfg.crop_size}: set them equal")
+    if cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0:
+        raise ConfigError("data.kind 'long_range' has no augmentation: set data.augment.mixup_alpha and "
+                          "cutmix_alpha to 0")
+    kw = dict(num_clips=lr.clips, clip_frames=lr.frames, size=lr.size, num_classes=lr.num_classes)
+    if split == "train":
+        data = OnlineClips(LongRangeVideos(lr.num_videos, seed=lr.seed, **kw), num_streams=cfg.batch_size, seed=seed)
+        data.num_classes = lr.num_classes  # type: ignore[attr-defined]
+        data.class_names = LongRangeStreams(data.source).class_names  # type: ignore[attr-defined]
+        return data
+    return LongRangeStreams(LongRangeVideos(lr.val_videos, seed=lr.seed, first=LONG_RANGE_HELD_OUT, **kw))
 
 
 def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:

@@ -552,3 +552,57 @@ class LongRangeVideos:
         x = frames[clip * self.clip_frames:(clip + 1) * self.clip_frames].astype(np.float32) / 255.0
         x = (x - self.MEAN) / self.STD
         return {"video": torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2))), "label": label}
+
+
+class LongRangeStreams:
+    """Held-out long videos for validation and test: sample ``i`` is every clip of video ``first + i`` in
+    time order, ``{"video": (N, C, T, H, W), "label", "index", "streamed": True}``. ``streamed`` tells the
+    evaluation (``tubelet.eval.multiview.stream_scores``) that the N clips are one video's in time order,
+    to be run one after another from an empty memory and scored at the last: they are not views to
+    average, and a memory model asked about them one at a time would start each from nothing."""
+
+    def __init__(self, source: LongRangeVideos) -> None:
+        self.source = source
+        self.num_classes = source.num_classes
+        self.class_names = list(LONG_RANGE_COLOURS[: source.num_classes])
+
+    def __len__(self) -> int:
+        return len(self.source.clips_per_video)
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        clips = [self.source.clip(index, c) for c in range(self.source.num_clips)]
+        return {"video": torch.stack([c["video"] for c in clips]), "label": clips[0]["label"], "index": index,
+                "streamed": True}
+
+
+def write_long_range(out_dir: str | Path, num_videos: int, num_val: int = 0, seed: int = 0, num_clips: int = 5,
+                     clip_frames: int = 8, size: int = 32, num_classes: int = 4, fps: int = 8,
+                     held_out: int = 1_000_000) -> Path:
+    """Write long-range videos as H.264 files: training videos ``0 .. num_videos-1`` and ``num_val`` held-out
+    ones (indices from ``held_out``, the ones ``data.kind: long_range`` validates on). Layout::
+
+        out_dir/videos/long_000000.mp4 ...   (val: long_val_000000.mp4 ...)
+        out_dir/train.csv, val.csv           path,label,start,end (the whole long video; header row)
+        out_dir/labels.txt                   the cue colours, line i = label i
+
+    Each file is ``num_clips * clip_frames`` frames at ``fps``; the cue shows in the first ``clip_frames``.
+    """
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    seconds = round(num_clips * clip_frames / fps, 6)
+    for split, count, first, stem in (("train", num_videos, 0, "long"), ("val", num_val, held_out, "long_val")):
+        rows = []
+        for i in range(int(count)):
+            frames, label = render_long_video(seed, first + i, num_clips, clip_frames, size, num_classes)
+            rel = f"videos/{stem}_{i:06d}.mp4"
+            write_video(out / rel, frames, fps)
+            rows.append([rel, label, 0.0, seconds])
+        if count:
+            with (out / f"{split}.csv").open("w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "label", "start", "end"])
+                writer.writerows(rows)
+    (out / "labels.txt").write_text("\n".join(LONG_RANGE_COLOURS[:num_classes]) + "\n", encoding="utf-8")
+    return out

@@ -16,7 +16,7 @@ from tubelet.core.io import atomic_write_text, writing
 from tubelet.core.runtime import set_threads
 from tubelet.engine.device import autocast_dtype, check_precision, resolve_device
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
-from tubelet.eval.multiview import confusion_matrix, predict_views, topk_accuracy
+from tubelet.eval.multiview import confusion_matrix, memory_clearer, predict_views, topk_accuracy
 
 
 def load_method_weights(method: nn.Module, checkpoint: str | Path) -> str:
@@ -63,7 +63,8 @@ def dataset_view_scores(recipe: Recipe, method: nn.Module, dataset: Dataset, dev
     loader = DataLoader(dataset, batch_size=batch_size or recipe.data.batch_size, shuffle=False,
                         num_workers=recipe.data.num_workers, collate_fn=default_batch_collate(recipe.seed),
                         pin_memory=device.type == "cuda")
-    return predict_views(method.classify, loader, device, autocast_dtype(recipe.trainer.precision))
+    return predict_views(method.classify, loader, device, autocast_dtype(recipe.trainer.precision),
+                         clear_memory=memory_clearer(method))
 
 
 @torch.inference_mode()

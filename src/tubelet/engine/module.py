@@ -28,7 +28,7 @@ from tubelet.core.rng import capture_rng_state, restore_rng_state
 from tubelet.engine.optim import build_optimizer, resolve_lr
 from tubelet.engine.schedules import WarmupCosine
 from tubelet.errors import ConfigError, TubeletError
-from tubelet.eval.multiview import topk_correct, view_scores
+from tubelet.eval.multiview import memory_clearer, stream_scores, topk_correct, view_scores
 
 NONFINITE = ("stop", "skip")
 
@@ -290,7 +290,9 @@ class TubeletModule(pl.LightningModule):
         if not hasattr(self.method, "classify") or "video" not in batch:
             return
         video, labels = batch["video"], batch["label"]
-        if video.ndim == 6:  # (B, V, C, T, H, W) views: average the softmax scores per video
+        if batch.get("streamed") is not None:  # (B, N, C, T, H, W): each video's clips in time order
+            scores = stream_scores(self.method.classify, video, memory_clearer(self.method))
+        elif video.ndim == 6:  # (B, V, C, T, H, W) views: average the softmax scores per video
             scores = view_scores(self.method.classify, video)
         else:
             scores = self.method.classify(video).float()

@@ -10,6 +10,10 @@ Dataset contract for the ``"test"`` split: one sample per VIDEO,
 ``V = test_clips * test_crops`` views (clip-major: view ``v`` is clip ``v // test_crops``, crop
 ``v % test_crops``), each view normalised like a training clip. A sample whose ``video`` is a single
 clip ``(C, T, H, W)`` counts as one view. The default collate stacks them to ``(B, V, C, T, H, W)``.
+
+Streamed samples (``"streamed": True``, the long-range task of memory models) hold a video's clips in
+time order instead of views: :func:`stream_scores` runs them one after another from an empty memory and
+scores the last clip, which is where the task asks for the label.
 """
 
 from __future__ import annotations
@@ -31,6 +35,28 @@ def view_scores(classify: Callable[[torch.Tensor], torch.Tensor], video: torch.T
     b, v = video.shape[:2]
     logits = classify(video.flatten(0, 1)).float()
     return logits.softmax(dim=-1).view(b, v, -1).mean(dim=1)
+
+
+def memory_clearer(method: Any) -> Callable[[], None] | None:
+    """The ``clear_memory`` of a method's memory backbone (MeMViT), or None for a model without memory."""
+    backbone = getattr(method, "backbone", None)
+    return backbone.clear_memory if getattr(backbone, "uses_memory", False) else None
+
+
+def stream_scores(classify: Callable[..., torch.Tensor], video: torch.Tensor,
+                  clear_memory: Callable[[], None] | None = None) -> torch.Tensor:
+    """``(B, N, C, T, H, W)``: B videos of N clips each, in time order -> softmax scores ``(B, K)`` of each
+    video's last clip. The memory is emptied first, then clip ``c`` of every video runs with the video's
+    slot as its id (``classify(clips, video_ids)``), so each video attends only to its own earlier clips.
+    A model without memory sees the last clip alone: the same scores as a one-view test of that clip."""
+    if video.ndim != 6:
+        raise TubeletError(f"streamed batches must be (B, N, C, T, H, W) clips in time order, got {tuple(video.shape)}")
+    if clear_memory is not None:
+        clear_memory()
+    ids = torch.arange(video.shape[0], device=video.device)
+    for c in range(video.shape[1]):  # time order: each clip's memory is the clips before it
+        logits = classify(video[:, c], ids)
+    return logits.float().softmax(dim=-1)
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
@@ -56,7 +82,8 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def predict_views(classify: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict[str, Any]],
-                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+                  device: torch.device, autocast_dtype: torch.dtype | None = None,
+                  clear_memory: Callable[[], None] | None = None) -> dict[str, Any]:
     """Mean view scores of every video the batches hold: ``scores (N, K)``, ``labels (N,)``, ``indices
     (N,)`` (-1 where a batch has none), ``num_views`` and ``bad`` (the samples the collate left out).
     Each batch's clips are moved to ``device``; with ``autocast_dtype`` the model runs under autocast."""
@@ -67,11 +94,12 @@ def predict_views(classify: Callable[[torch.Tensor], torch.Tensor], batches: Ite
         if "video" not in batch:
             continue
         video = batch["video"].to(device, non_blocking=True)
-        num_views = 1 if video.ndim == 5 else int(video.shape[1])
+        streamed = batch.get("streamed") is not None
+        num_views = 1 if video.ndim == 5 or streamed else int(video.shape[1])
         ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
-            s = view_scores(classify, video)
+            s = stream_scores(classify, video, clear_memory) if streamed else view_scores(classify, video)
         scores.append(s.float().cpu())
         labels.append(batch["label"].long().view(-1))
         index = batch.get("index")
