@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", help="source checkpoint (.pth/.pyth/.pt or .safetensors)")
     p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast", "mae_st"])
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast", "mae_st", "pytorchvideo"])
     p.add_argument("--model", default=None, help="tubelet model name (default: inferred, e.g. mvitv2_s, vit_base)")
     p.add_argument(
         "--set",
