@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", help="source checkpoint (.pth/.pyth/.pt or .safetensors)")
     p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast", "mae_st"])
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast", "mae_st", "pytorchvideo"])
     p.add_argument("--model", default=None, help="tubelet model name (default: inferred, e.g. mvitv2_s, vit_base)")
     p.add_argument(
         "--set",
@@ -47,6 +47,14 @@ def _parse_overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tubelet.models.convert import convert_checkpoint
 
+    if args.source == "pytorchvideo":  # X3D from the PyTorchVideo zoo (models/convert/pytorchvideo_x3d.py)
+        from tubelet.models.convert import pytorchvideo_x3d
+
+        name, used, n = pytorchvideo_x3d.convert_checkpoint(args.src, args.dst, args.model, _parse_overrides(args.overrides))
+        kwargs = "".join(f", {k}={v!r}" for k, v in used.items())
+        print(f"wrote {args.dst}: {n} tensors for {name}")
+        print(f"load with: tubelet.create_model({name!r}, checkpoint={str(args.dst)!r}{kwargs})")
+        return 0
     result = convert_checkpoint(
         args.src,
         args.dst,
