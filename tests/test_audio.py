@@ -70,7 +70,7 @@ def test_window_length_and_matches_independent_decode_and_resample():
 
 def test_log_mel_shape_and_values_against_numpy():
     a = read_audio(KINETICS, 0, 2, sample_rate=16000)
-    lm = log_mel_spectrogram(torch.from_numpy(a), sample_rate=16000, n_fft=512, hop_length=160, n_mels=80)
+    lm = log_mel_spectrogram(torch.from_numpy(a.astype(np.float64)), sample_rate=16000, n_fft=512, hop_length=160, n_mels=80)
     assert lm.shape == (1 + 32000 // 160, 80)  # 201 frames x 80 mel bands
     ref = _numpy_log_mel(a, 16000, 512, 160, 80, 1e-6)
     np.testing.assert_allclose(lm.double().numpy(), ref, atol=2e-3, rtol=1e-3)

@@ -36,7 +36,7 @@ def mel_filterbank(
     lower, centre, upper = pts[:-2], pts[1:-1], pts[2:]
     up = (freqs[:, None] - lower[None]) / (centre - lower)[None]
     down = (upper[None] - freqs[:, None]) / (upper - centre)[None]
-    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+    return torch.clamp(torch.minimum(up, down), min=0.0)
 
 
 def log_mel_spectrogram(
@@ -52,11 +52,12 @@ def log_mel_spectrogram(
     if wave.shape[-1] <= n_fft // 2:
         raise ValueError(f"audio of {wave.shape[-1]} samples is too short for n_fft={n_fft} (needs > {n_fft // 2})")
     lead = wave.shape[:-1]
-    x = wave.reshape(-1, wave.shape[-1]).float()
-    spec = torch.stft(x, n_fft, hop_length=hop_length, window=torch.hann_window(n_fft, device=x.device),
+    x = wave.reshape(-1, wave.shape[-1])
+    x = x if x.is_floating_point() else x.float()  # float64 stays float64 (reference checks)
+    spec = torch.stft(x, n_fft, hop_length=hop_length, window=torch.hann_window(n_fft, device=x.device, dtype=x.dtype),
                       center=True, pad_mode="reflect", return_complex=True)
     power = spec.real.square() + spec.imag.square()  # (N, n_freqs, frames)
-    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate).to(x.device)
+    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate).to(x.device, power.dtype)
     mel = torch.einsum("nft,fm->ntm", power, fb)
     return torch.log(mel + eps).reshape(*lead, mel.shape[1], n_mels)
 
