@@ -4,6 +4,9 @@ PySlowFast's video_model_builder / resnet_helper) convert to the tubelet model t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -116,3 +119,29 @@ def test_shape_mismatch_names_the_key():
     with pytest.raises(CheckpointError, match=r"stages\.1\.0\.conv_a\.weight: checkpoint \(1, 1, 1, 1, 1\)"):
         convert_state_dict(foreign, "pytorchvideo", model="slow_r50", overrides={"depths": [1, 1, 1, 1],
                                                                                  "width": 16})
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["i3d_r50", "r2plus1d_r50", "csn_r101", "slowfast_r50_8x8"])
+def test_reference_module_logits(name):
+    """Weights and logits of PyTorchVideo's own modules (tests/fixtures/make_zoo_resnet_fixture.py: the
+    zoo model's settings at full depth, width 4 / 8, random weights and BN statistics): the model is
+    inferred from PyTorchVideo's keys alone, and the logits agree to 1e-4."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((FIXTURES / "zoo_ptv.json").read_text())[name]
+    state = load_file(str(FIXTURES / f"zoo_ptv_{name}.safetensors"))
+    io = load_file(str(FIXTURES / f"zoo_ptv_{name}_io.safetensors"))
+    overrides = {k: v for k, v in meta["overrides"].items() if k != "num_classes"}
+    res = convert_state_dict(state, "pytorchvideo", overrides=overrides)
+    assert res.model == name and res.overrides["num_classes"] == meta["overrides"]["num_classes"]
+    m = create_model(name, **res.overrides).eval()
+    m.load_state_dict(res.state)
+    with torch.no_grad():
+        out = m([io["slow"], io["fast"]]) if name.startswith("slowfast") else m(io["input"])
+        if name.startswith("slowfast"):  # the one decoded Fast clip gives the same Slow frames
+            torch.testing.assert_close(m(io["fast"]), out, rtol=0, atol=0)
+    assert out.shape == io["logits"].shape
+    assert (out - io["logits"]).abs().max() < 1e-4
