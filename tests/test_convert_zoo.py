@@ -145,3 +145,18 @@ def test_reference_module_logits(name):
             torch.testing.assert_close(m(io["fast"]), out, rtol=0, atol=0)
     assert out.shape == io["logits"].shape
     assert (out - io["logits"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", json.loads((FIXTURES / "zoo_ptv_keys.json").read_text()))
+def test_full_size_reference_keys_and_parameters(name):
+    """PyTorchVideo's full-size hub models (names and shapes, tests/fixtures/make_zoo_keys.py): every
+    entry converts onto the tubelet model of the same name, which has exactly their parameter count."""
+    ref = json.loads((FIXTURES / "zoo_ptv_keys.json").read_text())[name]
+    state = {k: torch.empty(s, device="meta") for k, s in ref["shapes"].items()}
+    model = name if name in ("x3d_xs", "x3d_s") else None  # X3D-XS/S/M share every weight: M is inferred
+    res = convert_state_dict(state, "pytorchvideo", model=model)
+    assert res.model == name and res.overrides == {"num_classes": 400}
+    assert len(res.state) == len(state)
+    with torch.device("meta"):
+        ours = create_model(name)
+    assert sum(p.numel() for p in ours.parameters()) == ref["params"]
