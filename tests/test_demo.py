@@ -67,3 +67,26 @@ def test_demo_twice_into_the_same_folder_replaces_its_runs(tmp_path, monkeypatch
     assert load_recipe(str(run / "config.yaml")).seed == 1
     for ckpt in sorted((run / "checkpoints").glob("*.ckpt")):
         assert torch.load(ckpt, weights_only=True)["tubelet_run"]["recipe"]["seed"] == 1  # none of the first run's
+
+
+@pytest.mark.parametrize("name, recipe", [("slowfast_r50_4x16", "slowfast_synthetic"), ("x3d_xs", "x3d_synthetic"),
+                                          ("mvitv1_b_16x4", "mvitv2_synthetic")])
+def test_demo_model_trains_that_zoo_model(tmp_path, capsys, name, recipe):
+    """`tubelet demo --model NAME`: one stage, NAME itself (not the recipe's own model) on the synthetic set."""
+    rc = main(["demo", "--model", name, "--quick", "--threads", "1", "--out", str(tmp_path),
+               "--set", "trainer.max_steps=2", "--set", "data.synthetic.num_videos=48",
+               "--set", "trainer.val_check_interval=2", "--set", "trainer.log_every_n_steps=1"])
+    assert rc == 0
+    assert f"| {name} (reduced, {recipe}) |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [r["model"] for r in rows] == [f"{name} (reduced, {recipe})"]
+    run = load_recipe(str(tmp_path / name / "config.yaml"))
+    assert run.model.name == name and (tmp_path / name / "backbone.safetensors").is_file()
+
+
+def test_demo_model_outside_the_zoo_is_one_line_error(tmp_path, capsys):
+    assert main(["demo", "--model", "vit_base", "--out", str(tmp_path)]) == 1
+    assert "'vit_base' has no synthetic recipe" in capsys.readouterr().err
+    assert main(["demo", "--model", "no_such_model", "--out", str(tmp_path)]) == 1
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any run folder

@@ -67,6 +67,10 @@ class MViTConfig(BackboneConfig, AttentionChoice):
     rel_pos_spatial: bool = True
     rel_pos_temporal: bool = True
     residual_pooling: bool = True
+    # MViTv1 (Fan et al., arXiv 2104.11227): learned separable absolute positions (spatial, temporal, CLS) added after
+    # the stem, and query pooling only in the blocks with a query stride (v2 pools Q in every block).
+    abs_pos_embed: bool = False
+    q_pool_every_block: bool = True
     cls_token: bool = True
     head_pool: str = "cls"  # cls | mean (norm, then mean) | mean_norm (mean of patch tokens, then norm)
     drop_path_rate: float = 0.2
@@ -192,6 +196,8 @@ class MultiScaleBlock(nn.Module):
             rel_pos_spatial=cfg.rel_pos_spatial,
             rel_pos_temporal=cfg.rel_pos_temporal,
             residual_pooling=cfg.residual_pooling,
+            # only when set, so that attention layers without the switch (MeMViT's) keep their signature
+            **({} if cfg.q_pool_every_block else {"q_pool_unstrided": False}),
             num_prefix=self.num_prefix,
             spatial_only=self.spatial_only,
             norm_layer=norm_layer,
@@ -256,6 +262,13 @@ class MViT(nn.Module):
 
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.cls_token else None
+        self.pos_grid: Grid | None = None
+        if cfg.abs_pos_embed:
+            g = stem_grid(cfg, cfg.num_frames, cfg.img_size, cfg.img_size)
+            self.pos_grid = g
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, g[1] * g[2], cfg.embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, g[0], cfg.embed_dim))
+            self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.cls_token else None
         self.specs = block_specs(cfg)
         # Linear rise from 0 to the configured rate (plain floats: the model may be built on the meta device).
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
@@ -277,6 +290,10 @@ class MViT(nn.Module):
         # are trunc-normal at construction; convs keep PyTorch's default init.
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.pos_grid is not None:
+            for p in (self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class):
+                if p is not None:
+                    nn.init.trunc_normal_(p, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -292,7 +309,7 @@ class MViT(nn.Module):
 
     def get_layer_id(self, param_name: str) -> int:
         """0: stem and CLS; i + 1: block i; depth + 1: final norm and head (layer-wise LR decay)."""
-        if param_name.startswith(("patch_embed", "cls_token")):
+        if param_name.startswith(("patch_embed", "cls_token", "pos_embed")):
             return 0
         if param_name.startswith("blocks."):
             return int(param_name.split(".")[1]) + 1
@@ -353,7 +370,21 @@ class MViT(nn.Module):
                 raise ValueError("token_mask needs a mask_token")
             m = token_mask.to(x.dtype).unsqueeze(-1)
             x = x * (1 - m) + mask_token.to(x.dtype).view(1, 1, -1) * m
+        if self.pos_grid is not None:
+            x = x + self.abs_positions(grid)
         return x, grid
+
+    def abs_positions(self, grid: Grid) -> torch.Tensor:
+        """MViTv1's separable positions for the patch tokens, ``(1, T'H'W', D)``: token ``(t, s)`` gets
+        ``pos_temporal[t] + pos_spatial[s]`` (MViTv1, arXiv 2104.11227, Sec. 3.2 / Table 3). The tables
+        are sized for the build-time grid; another grid is an error, not a silent resample."""
+        if tuple(grid) != tuple(self.pos_grid):  # type: ignore[arg-type]
+            raise ValueError(
+                f"MViT with abs_pos_embed was built for a {self.pos_grid} token grid (num_frames={self.cfg.num_frames}, "
+                f"img_size={self.cfg.img_size}); this input gives {tuple(grid)}: build it for this input size")
+        t, hw = self.pos_embed_temporal.shape[1], self.pos_embed_spatial.shape[1]
+        pos = self.pos_embed_temporal.unsqueeze(2) + self.pos_embed_spatial.unsqueeze(1)  # (1, T', H'W', D)
+        return pos.reshape(1, t * hw, -1)
 
     def forward_blocks(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         """Run the blocks on tokens (CLS included when the model has one); no final norm."""
@@ -377,7 +408,9 @@ class MViT(nn.Module):
         """
         x, grid = self.embed(x, token_mask, mask_token)
         if self.cls_token is not None:
-            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+            pos_cls = getattr(self, "pos_embed_class", None)
+            cls = self.cls_token if pos_cls is None else self.cls_token + pos_cls
+            x = torch.cat((cls.expand(x.shape[0], -1, -1), x), dim=1)
         x, grid = self.forward_blocks(x, grid)
         if self.cfg.head_pool != "mean_norm":
             x = self.norm(x)
@@ -441,3 +474,17 @@ register_model("mvitv2_t_img", MVITV2_T_IMG, "MViTv2-T, ImageNet-1K (arXiv 2112.
 register_model("mvitv2_s_img", MVITV2_S_IMG, "MViTv2-S, ImageNet-1K (arXiv 2112.01526)")(build_mvit)
 register_model("mvitv2_b_img", MVITV2_B_IMG, "MViTv2-B, ImageNet-1K (arXiv 2112.01526)")(build_mvit)
 register_model("mvitv2_l_img", MVITV2_L_IMG, "MViTv2-L, ImageNet-1K (arXiv 2112.01526)")(build_mvit)
+
+# MViTv1-B (Fan et al., arXiv 2104.11227, Table 3; PySlowFast configs/Kinetics/MVIT_B_{16x4,32x3}_CONV):
+# the width doubles in the MLP of the block before each transition, Q is pooled only at the query
+# strides, learned separable absolute positions, neither relative positions nor residual pooling.
+_V1 = dict(
+    dim_mul_in_att=False, rel_pos_spatial=False, rel_pos_temporal=False, residual_pooling=False,
+    abs_pos_embed=True, q_pool_every_block=False, **_VIDEO,
+)
+MVITV1_B_16X4 = MViTConfig(depth=16, embed_dim=96, num_heads=1, transitions=(1, 3, 14), drop_path_rate=0.2,
+                           num_frames=16, **_V1)
+MVITV1_B_32X3 = MViTConfig(depth=16, embed_dim=96, num_heads=1, transitions=(1, 3, 14), drop_path_rate=0.3,
+                           num_frames=32, **_V1)
+register_model("mvitv1_b_16x4", MVITV1_B_16X4, "MViTv1-B 16x4, Kinetics-400 (arXiv 2104.11227)")(build_mvit)
+register_model("mvitv1_b_32x3", MVITV1_B_32X3, "MViTv1-B 32x3, Kinetics-400 (arXiv 2104.11227)")(build_mvit)

@@ -22,6 +22,7 @@ from tubelet.data.transforms.erasing import RandomErasing
 from tubelet.data.transforms.geometry import (
     CenterCrop,
     Normalize,
+    PackPathway,
     RandomCrop,
     RandomHorizontalFlip,
     RandomResizedCrop,
@@ -58,6 +59,7 @@ __all__ = [
     "parse_randaugment",
     "RandomErasing",
     "TemporalSubsample",
+    "PackPathway",
     "build_transforms",
     "DeviceTransforms",
     "build_device_transform",

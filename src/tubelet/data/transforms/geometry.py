@@ -219,6 +219,28 @@ class TemporalSubsample(ClipTransform):
         return x.index_select(1, idx)
 
 
+class PackPathway:
+    """SlowFast's two inputs from one decoded clip (arXiv 1812.03982, Sec. 3): ``(C, aT, H, W) ->
+    [slow (C, T, H, W), fast (C, aT, H, W)]`` (or batches ``(B, C, aT, H, W)``), Slow's frames chosen by
+    :func:`tubelet.core.pathways.slow_frame_indices`, the frames the ``slowfast_*`` models select
+    themselves from a Fast-rate clip. Place it last, after the crops, so that both pathways share them."""
+
+    def __init__(self, alpha: int) -> None:
+        self.alpha = int(alpha)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> list[torch.Tensor]:
+        from tubelet.core.pathways import slow_frame_indices
+
+        if x.dim() not in (4, 5):
+            raise ValueError(f"expected a clip (C,T,H,W) or batch (B,C,T,H,W), got shape {tuple(x.shape)}")
+        t_dim = x.dim() - 3
+        idx = slow_frame_indices(x.shape[t_dim], self.alpha, device=x.device)
+        return [x.index_select(t_dim, idx), x]
+
+    def __repr__(self) -> str:
+        return f"PackPathway(alpha={self.alpha})"
+
+
 class Normalize(ClipTransform):
     """``uint8`` -> float32: ``(x / 255 - mean) / std`` per channel."""
 

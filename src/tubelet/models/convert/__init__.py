@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from tubelet.errors import CheckpointError
-from tubelet.models.convert import mae_st, pyslowfast, torchvision
+from tubelet.models.convert import mae_st, pyslowfast, pytorchvideo, torchvision
 from tubelet.models.layers.rel_pos import interpolate_rel_pos
 
-SOURCES = {"torchvision": torchvision, "pyslowfast": pyslowfast, "mae_st": mae_st}
+SOURCES = {"torchvision": torchvision, "pyslowfast": pyslowfast, "mae_st": mae_st, "pytorchvideo": pytorchvideo}
 # Containers that training frameworks wrap a model's state dict in (PySlowFast: "model_state").
 _WRAPPERS = ("model_state", "state_dict", "model", "module")
 
@@ -122,7 +122,7 @@ def convert_state_dict(
         # nothing is a known key: the wrong --from, or not a model checkpoint at all
         found = ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
         raise CheckpointError(
-            f"{origin}: no {source} MViTv2 key among its {len(state)} tensors (found {found}); expected keys "
+            f"{origin}: no {source} model key among its {len(state)} tensors (found {found}); expected keys "
             f"such as {', '.join(mod.EXAMPLE_KEYS)} (is --from right?)"
         )
     try:
@@ -130,7 +130,7 @@ def convert_state_dict(
     except (KeyError, ValueError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise CheckpointError(
-            f"{origin}: cannot tell which MViTv2 this {source} checkpoint is ({reason}); pass the model name"
+            f"{origin}: cannot tell which model this {source} checkpoint is ({reason}); pass the model name"
         ) from exc
     overrides = {**auto_overrides, **(overrides or {})}
     head = next((renamed[k] for k in ("head.weight", "head.fc.weight") if k in renamed), None)

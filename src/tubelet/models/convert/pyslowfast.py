@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from tubelet.models.convert import resnet_zoo
+
 # What a PySlowFast MViTv2 state dict holds, for the error on a file that has none of it.
 EXAMPLE_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.projection.weight")
 
@@ -29,8 +31,22 @@ _SAME = re.compile(
 )
 
 
+_RESNET = re.compile(r"^((slow_|fast_)?(stem|stages)|fusions|head\.fc)\.")
+
+
+def prepare(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """ResNet-family checkpoints (Slow, C2D, I3D, SlowFast) renamed whole (``convert/resnet_zoo.py``):
+    whether ``pathway1`` exists decides between the one- and two-pathway layouts."""
+    if not resnet_zoo.is_pyslowfast_resnet(state):
+        return state, []
+    two = any(".pathway1_" in k for k in state)
+    return {resnet_zoo.pyslowfast_rename(k, two) or k: v for k, v in state.items()}, []
+
+
 def rename(key: str) -> str | None:
     """The tubelet name of a PySlowFast key, or ``None`` when it has no counterpart."""
+    if _RESNET.match(key):  # already renamed by prepare
+        return key
     if _HEAD.match(key):
         return _HEAD.sub(r"head.\1", key)
     return key if _SAME.match(key) else None
@@ -38,6 +54,8 @@ def rename(key: str) -> str | None:
 
 def infer_model(state: dict[str, torch.Tensor]) -> str:
     """Registry name matching a PySlowFast / MViTv2-release state dict (depth, stem width, 2-D or 3-D)."""
+    if "stem.0.weight" in state or "slow_stem.0.weight" in state:
+        return resnet_zoo.infer_model(state)
     blocks = [int(k.split(".")[1]) for k in state if re.match(r"^blocks\.\d+\.", k)]
     if not blocks or "patch_embed.proj.weight" not in state:
         raise KeyError("it has no blocks.N.* or patch_embed.proj.weight keys")

@@ -100,6 +100,7 @@ class PoolingAttention(nn.Module):
         num_prefix: leading tokens (CLS) that are not pooled.
         spatial_only: 2-D pooling convs (image models; the grid has ``T == 1``).
         attn_impl: ``"auto" | "mask" | "concat" | "math"`` (see the module docstring).
+        q_pool_unstrided: pool Q also in blocks without a query stride (v2); False: only strided (MViTv1).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class PoolingAttention(nn.Module):
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         proj_drop: float = 0.0,
         attn_impl: str = "auto",
+        q_pool_unstrided: bool = True,
     ) -> None:
         super().__init__()
         if dim_out % num_heads:
@@ -158,7 +160,11 @@ class PoolingAttention(nn.Module):
                 conv = nn.Conv3d(hd, hd, self.kernel, stride=stride, padding=pad, groups=hd, bias=False)
             return conv, norm_layer(hd)
 
-        self.pool_q, self.norm_q = make_pool(self.q_stride)
+        # MViTv1 pools (and normalises) the query only where it has a stride; v2 in every block.
+        if q_pool_unstrided or math.prod(self.q_stride) > 1:
+            self.pool_q, self.norm_q = make_pool(self.q_stride)
+        else:
+            self.pool_q, self.norm_q = None, None
         self.pool_k, self.norm_k = make_pool(self.kv_stride)
         self.pool_v, self.norm_v = make_pool(self.kv_stride)
 
