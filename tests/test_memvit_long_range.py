@@ -34,7 +34,7 @@ def test_the_recipe_builds_the_online_order_for_training_and_streams_for_evaluat
     val = build_dataset(recipe.data, "val", seed=recipe.seed)
     assert len(val) == 6
     s = val[0]
-    assert s["streamed"] is True and s["video"].shape == (3, 3, 8, 32, 32)
+    assert s["streamed"] is True and s["video"].shape == (3, 3, 4, 32, 32)
     # the held-out videos are not training videos, and test streams the same ones as validation
     test = build_dataset(recipe.data, "test", seed=recipe.seed)
     torch.testing.assert_close(test[2]["video"], val[2]["video"], rtol=0, atol=0)
@@ -43,7 +43,7 @@ def test_the_recipe_builds_the_online_order_for_training_and_streams_for_evaluat
 
 def test_clip_size_must_match_the_data_section():
     recipe = load_recipe("memvit_synthetic", [*SMALL, "data.crop_size=48"])
-    with pytest.raises(ConfigError, match="data.long_range renders 8x32x32 clips but .* data.crop_size 48"):
+    with pytest.raises(ConfigError, match="data.long_range renders 4x32x32 clips but .* data.crop_size 48"):
         build_dataset(recipe.data, "train")
 
 
