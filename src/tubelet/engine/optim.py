@@ -147,9 +147,19 @@ def fused_kernels(groups: list[dict[str, Any]]) -> dict[str, bool]:
     return {}
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def fused_allowed(cfg: OptimConfig, precision: str) -> bool:
+    """False where Lightning would refuse to clip a fused optimizer's gradients: a ``*-mixed``
+    ``trainer.precision`` with ``optim.clip_grad`` set (the plugin raises "does not allow for gradient
+    clipping because it performs unscaling of gradients internally")."""
+    return not (cfg.clip_grad is not None and str(precision).endswith("-mixed"))
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float, fused: bool = True) -> torch.optim.Optimizer:
     """AdamW or SGD over ``param_groups``; each group's ``lr`` is ``lr * lr_scale`` (its schedule peak).
-    AdamW and SGD use torch's fused kernels where every parameter's device has them (``fused_kernels``)."""
+    AdamW and SGD use torch's fused kernels where every parameter's device has them (``fused_kernels``),
+    unless ``fused=False``: Lightning's mixed-precision plugins (``16-mixed``, ``bf16-mixed``) refuse to
+    clip the gradients of an optimizer that unscales them itself, as fused ones declare they do, so
+    :func:`fused_allowed` turns them off there when ``optim.clip_grad`` is set."""
     groups = param_groups(module, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise ConfigError(f"{type(module).__name__} has no trainable parameters")
@@ -163,10 +173,10 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.opt
         if len(cfg.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {cfg.betas}")
         return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay,
-                                 **fused_kernels(groups))
+                                 **(fused_kernels(groups) if fused else {}))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               **fused_kernels(groups))
+                               **(fused_kernels(groups) if fused else {}))
     if name == "lars":  # rho-SSL / SimCLR / BYOL: trust 0.001, no adaptation on 1-D params (engine/lars.py)
         from tubelet.engine.lars import LARS
 
