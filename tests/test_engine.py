@@ -209,6 +209,21 @@ def test_bf16_mixed_on_cpu_runs(tmp_path):
     assert result.metrics["global_step"] == 2 and torch.isfinite(torch.tensor(result.metrics["train/loss"]))
 
 
+def test_bf16_mixed_with_gradient_clipping_trains(tmp_path):
+    """Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients: with
+    optim.clip_grad set the module builds the unfused AdamW there, and fp32 keeps the fused one."""
+    from tubelet.config.schema import OptimConfig
+    from tubelet.engine.optim import fused_allowed
+
+    torch.manual_seed(0)
+    recipe = toy_recipe(tmp_path / "run", max_steps=2, precision="bf16-mixed")
+    recipe.optim.clip_grad = 0.5
+    result = fit(recipe, method=ToyMethod(), datasets=_data())
+    assert result.metrics["global_step"] == 2 and torch.isfinite(torch.tensor(result.metrics["train/loss"]))
+    assert not fused_allowed(OptimConfig(clip_grad=0.5), "bf16-mixed")
+    assert fused_allowed(OptimConfig(clip_grad=0.5), "32-true") and fused_allowed(OptimConfig(), "bf16-mixed")
+
+
 def test_sampler_shards_resumes_and_counts():
     full = []
     for rank in range(3):

@@ -93,3 +93,23 @@ def test_layer_decay_needs_layer_ids_and_unknown_optimizer():
     sgd = build_optimizer(ToyMethod(), OptimConfig(name="sgd", momentum=0.8), lr=0.1)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
     assert not math.isnan(sgd.param_groups[0]["lr"])
+
+
+def test_adamw_and_sgd_use_fused_kernels_on_cpu_and_update_like_the_for_loop():
+    """build_optimizer picks torch's fused kernels on CPU (the for-loop default re-reads every tensor
+    per operation); the update agrees with the for-loop AdamW to float rounding."""
+    torch.manual_seed(0)
+    ref, new = ToyMethod(), ToyMethod()
+    new.load_state_dict(ref.state_dict())
+    cfg = OptimConfig(name="adamw", weight_decay=0.05)
+    opt = build_optimizer(new, cfg, lr=1e-2)
+    assert opt.defaults["fused"] is True
+    assert build_optimizer(new, OptimConfig(name="sgd"), lr=1e-2).defaults["fused"] is True
+    loop = torch.optim.AdamW(param_groups(ref, 0.05), lr=1e-2, weight_decay=0.05)
+    for _ in range(3):
+        for m, o in ((ref, loop), (new, opt)):
+            o.zero_grad()
+            sum((p * p).sum() for p in m.parameters()).backward()
+            o.step()
+    for (n, a), b in zip(ref.named_parameters(), new.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=n)

@@ -25,7 +25,7 @@ from tubelet.config.schema import OptimConfig
 from tubelet.core.ckpt_format import checkpoint_step, find_latest_checkpoint, is_complete
 from tubelet.core.dist import all_gather_objects, all_reduce_sum
 from tubelet.core.rng import capture_rng_state, restore_rng_state
-from tubelet.engine.optim import build_optimizer, resolve_lr
+from tubelet.engine.optim import build_optimizer, fused_allowed, resolve_lr
 from tubelet.engine.schedules import WarmupCosine
 from tubelet.errors import ConfigError, TubeletError
 from tubelet.eval.multiview import memory_clearer, stream_scores, topk_correct, view_scores
@@ -308,7 +308,7 @@ class TubeletModule(pl.LightningModule):
         videos_per_step = self.batch_size * trainer.accumulate_grad_batches * trainer.world_size
         lr = resolve_lr(cfg, videos_per_step)
         self.peak_lr = lr
-        opt = build_optimizer(self.method, cfg, lr)
+        opt = build_optimizer(self.method, cfg, lr, fused=fused_allowed(cfg, str(trainer.precision)))
         total = trainer.estimated_stepping_batches
         if not math.isfinite(total) or total <= 0:
             raise ConfigError("set trainer.max_steps (or max_epochs) so that the LR schedule has an end")

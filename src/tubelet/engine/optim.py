@@ -127,8 +127,39 @@ def check_lr_fits(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> 
                 "rates are 1e-5 to 1)")
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``param_groups``; each group's ``lr`` is ``lr * lr_scale`` (its schedule peak)."""
+def fused_kernels(groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """``{"fused": True}`` when torch has fused AdamW/SGD kernels for every parameter's device and dtype
+    (CPU and CUDA, floating parameters), else ``{}`` (torch's default: foreach on CUDA, a for-loop over
+    parameters elsewhere).
+
+    The fused kernel updates each parameter in one pass over its parameter, gradient and states; torch's
+    default on CPU is the for-loop, one kernel per operation per parameter, which re-reads every tensor
+    several times: for ViT-B's 86.7M parameters one step took 0.10 s fused against 0.55 s for-loop
+    on one Zen 4 thread (about 8% of a 16x224 ViT-B training step). Same update rule; the results agree to float
+    rounding, not bit for bit.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.device.type in supported and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
+
+
+def fused_allowed(cfg: OptimConfig, precision: str) -> bool:
+    """False where Lightning would refuse to clip a fused optimizer's gradients: a ``*-mixed``
+    ``trainer.precision`` with ``optim.clip_grad`` set (the plugin raises "does not allow for gradient
+    clipping because it performs unscaling of gradients internally")."""
+    return not (cfg.clip_grad is not None and str(precision).endswith("-mixed"))
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups``; each group's ``lr`` is ``lr * lr_scale`` (its schedule peak).
+    AdamW and SGD use torch's fused kernels where every parameter's device has them (``fused_kernels``),
+    unless ``fused=False``: Lightning's mixed-precision plugins (``16-mixed``, ``bf16-mixed``) refuse to
+    clip the gradients of an optimizer that unscales them itself, as fused ones declare they do, so
+    :func:`fused_allowed` turns them off there when ``optim.clip_grad`` is set."""
     groups = param_groups(module, cfg.weight_decay, cfg.layer_decay)
     if not groups:
         raise ConfigError(f"{type(module).__name__} has no trainable parameters")
@@ -141,9 +172,11 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, lr: float) -> torch.opt
     if name == "adamw":
         if len(cfg.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {cfg.betas}")
-        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay,
+                                 **(fused_kernels(groups) if fused else {}))
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               **(fused_kernels(groups) if fused else {}))
     if name == "lars":  # rho-SSL / SimCLR / BYOL: trust 0.001, no adaptation on 1-D params (engine/lars.py)
         from tubelet.engine.lars import LARS
 
