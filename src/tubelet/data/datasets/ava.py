@@ -379,7 +379,7 @@ class AVADataset(Dataset):
 
     Sample: ``video`` ``(C, T, S, S)`` float (train) or ``(1, C, T, h, w)`` (test: the whole frame at short
     side ``crop_size``, one view); ``boxes`` ``(max_boxes, 4)`` pixel ``x1,y1,x2,y2`` of the clip, zero-padded;
-    ``box_mask`` ``(max_boxes,)`` bool; ``labels`` ``(max_boxes, K)`` multi-hot; ``norm_boxes`` the boxes
+    ``box_mask`` ``(max_boxes,)`` bool (False for padding and for boxes the crop left empty); ``labels`` ``(max_boxes, K)`` multi-hot; ``norm_boxes`` the boxes
     normalised to the original frame (for the detection file); ``index``. ``opener(video_id) -> VideoReader``;
     ``fps``: the frame rate to map timestamps with (None: the reader's).
     """
@@ -388,7 +388,8 @@ class AVADataset(Dataset):
                  num_frames: int, sampling_rate: int, target_fps: float, crop_size: int,
                  short_side: Sequence[int] = (256, 320), hflip: float = 0.5, mean: Sequence[float] = (0.45,) * 3,
                  std: Sequence[float] = (0.225,) * 3, time_offset: float = 0.0, fps: float | None = None,
-                 max_boxes: int = 100, seed: int = 0, class_names: Sequence[str] | None = None) -> None:
+                 max_boxes: int = 100, seed: int = 0, class_names: Sequence[str] | None = None,
+                 flip_classes: Sequence[int] | None = None) -> None:
         if not keyframes:
             raise DataError(f"AVA {split}: no keyframe with a box (check the CSV, the excluded timestamps, the "
                             "timestamp range and the proposal score threshold)")
@@ -406,6 +407,12 @@ class AVADataset(Dataset):
         self.time_offset, self.fps = float(time_offset), fps
         self.max_boxes, self.seed, self.epoch = int(max_boxes), int(seed), 0
         self.class_names = list(class_names) if class_names else None
+        # class c becomes flip_classes[c] when the clip is mirrored (the synthetic set's left/right motions;
+        # AVA's actions do not change under a flip)
+        self.flip_classes = np.asarray(flip_classes, dtype=np.int64) if flip_classes is not None else None
+        self.groundtruth: AVATable | None = None
+        self.excluded: set[str] = set()
+        self.label_map: dict[int, str] = {}
         self._readers: dict[str, object] = {}
 
     def __len__(self) -> int:
@@ -464,7 +471,11 @@ class AVADataset(Dataset):
         pl = np.zeros((M, self.num_classes), np.float32)
         mask = np.zeros(M, bool)
         m = len(boxes)
-        pb[:m], pn[:m], pl[:m], mask[:m] = boxes, kf.boxes, kf.labels, valid
+        labels = kf.labels
+        if flip and self.flip_classes is not None:
+            labels = np.zeros_like(labels)
+            labels[:, self.flip_classes] = kf.labels
+        pb[:m], pn[:m], pl[:m], mask[:m] = boxes, kf.boxes, labels, valid
         return {"video": video if self.split == "train" else video[None], "boxes": torch.from_numpy(pb),
                 "box_mask": torch.from_numpy(mask), "labels": torch.from_numpy(pl), "norm_boxes": torch.from_numpy(pn),
                 "index": int(index)}
