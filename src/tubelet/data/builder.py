@@ -104,6 +104,9 @@ def build_ava_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | 
     from tubelet.data.datasets.ava import AVADataset, group_keyframes, read_ava_csv, read_excluded, read_label_map
 
     a = cfg.ava
+    if a.online:
+        raise ConfigError("data.ava.online=true: the online order of AVA keyframes (MeMViT's memory) is not implemented "
+                          "yet; set it false and use a model without memory (e.g. model.overrides.memory=false)")
     flip = None
     if cfg.train == "synthetic":
         from tubelet.data.synthetic_ava import synthetic_ava_flip, synthetic_opener, write_synthetic_ava
