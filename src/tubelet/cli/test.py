@@ -8,7 +8,7 @@ from tubelet.cli._recipe import add_recipe_arguments, load_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("test", help="multi-view test (clips x crops) of a checkpoint; prints top-1/top-5")
+    p = sub.add_parser("test", help="multi-view test (clips x crops) of a checkpoint; prints top-1/top-5 (AVA detection: frame-mAP)")
     add_recipe_arguments(p, example="data.test_clips=5")
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (*.ckpt), method.safetensors or backbone.safetensors")
@@ -38,11 +38,28 @@ def format_table(results: dict) -> str:
     return "\n".join([line] + [f"{k:<{width}}  {v}" for k, v in rows] + [line])
 
 
+def format_detection_table(results: dict) -> str:
+    """Per-class AP of an AVA evaluation, then the frame-mAP beside the class-prior baseline's."""
+    from tubelet.eval.ava import format_ap_table
+
+    lines = [format_ap_table(results["result"])]
+    if "prior_mAP" in results:
+        lines.append(f"class-prior baseline frame-mAP@0.5 (%): {100 * results['prior_mAP']:.2f}")
+    lines.append(f"keyframes {results['num_keyframes']}, boxes {results['num_boxes']}, detections "
+                 f"{results['detections_csv']}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from tubelet.engine import evaluate
     from tubelet.report import save_test_figures, write_run_report
 
     recipe = load_from_args(args)
+    if recipe.data.kind == "ava":  # action detection: AVA's frame-mAP on the test keyframes' proposals
+        from tubelet.engine.detection import evaluate_detection
+
+        print(format_detection_table(evaluate_detection(recipe, args.checkpoint)))
+        return 0
     results = evaluate(recipe, args.checkpoint)
     save_test_figures(results)
     print(format_table(results))

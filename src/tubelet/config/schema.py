@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "long_range"]
+DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "long_range", "ava"]
 # Lightning's precision names that tubelet trains and tests with; the 16-bit float ones need a GPU.
 Precision = Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 
@@ -194,10 +194,41 @@ class SOTDataConfig(Checked):
 
 
 @dataclass
+class AVADataConfig(Checked):
+    """Spatio-temporal action detection in the AVA format (``data.kind: ava``; ``data/datasets/ava.py``).
+
+    ``data.train`` / ``data.val`` are the annotation CSVs (``ava_train_v2.2.csv``; or ``synthetic``: the
+    synthetic set's objects, written as AVA CSVs under ``data.root``), ``data.label_map`` the pbtxt of the
+    evaluated classes, ``data.root`` the folder the files are relative to; videos are
+    ``root/videos/<video_id>.<ext>`` files or ``root/videos/<video_id>/`` frame folders (at
+    ``data.frames_fps``). Training uses the ground-truth boxes; val/test the proposals of ``proposals`` with a
+    score of at least ``proposal_threshold``."""
+
+    SECTION = "data.ava"
+
+    videos: str = "videos"  # folder of the videos (or frame folders), under data.root
+    proposals: str | None = None  # person boxes with scores for val/test (e.g. ava_val_predicted_boxes.csv)
+    proposal_threshold: float = bounded(0.8, FRACTION)  # SlowFast 0.8, MeMViT 0.9
+    train_excluded: str | None = None  # ava_train_excluded_timestamps_v2.2.csv
+    val_excluded: str | None = None  # ava_val_excluded_timestamps_v2.2.csv
+    time_offset: float = bounded(0.0, REAL)  # the CSV's timestamp of video frame 0 (AVA's frame dumps: 900)
+    fps: float | None = bounded(None, POSITIVE_REAL)  # None: the video's own rate
+    timestamps: list[float] | None = None  # [lo, hi] keyframe seconds kept (AVA: [902, 1798]); None: all
+    max_boxes: int = bounded(100, POSITIVE)  # boxes per keyframe, padded (MeMViT's box block: 100)
+    ignore_unlisted: bool = False  # evaluation: ignore detections on frames the ground truth does not list (2020 rule)
+    online: bool = False  # serve keyframes in the online order of memory models (MeMViT)
+
+    def _cross_rules(self):
+        if self.timestamps is not None and (len(self.timestamps) != 2 or self.timestamps[0] > self.timestamps[1]):
+            yield "timestamps", self.timestamps, "two seconds [lo, hi] with lo <= hi"
+
+
+@dataclass
 class DataConfig(Checked):
     """Where clips come from and how they are sampled.
 
-    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``, ``long_range``.
+    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``, ``long_range``,
+    ``ava``.
     """
 
     SECTION = "data"
@@ -241,6 +272,7 @@ class DataConfig(Checked):
     rho: RhoConfig = field(default_factory=RhoConfig)
     sot: SOTDataConfig = field(default_factory=SOTDataConfig)
     long_range: LongRangeConfig = field(default_factory=LongRangeConfig)
+    ava: AVADataConfig = field(default_factory=AVADataConfig)
 
 
 @dataclass

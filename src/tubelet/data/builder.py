@@ -30,6 +30,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
         return build_sot_dataset(cfg, split, seed=seed)
     if cfg.kind == "long_range":
         return build_long_range_dataset(cfg, split, seed=seed)
+    if cfg.kind == "ava":
+        return build_ava_dataset(cfg, split, seed=seed, cache=cache)
     if cfg.kind not in CLIP_KINDS:
         raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use {', '.join(CLIP_KINDS)}")
     if cfg.device_transforms and cfg.rho.clips > 0:
@@ -81,6 +83,103 @@ def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     s = cfg.sot
     return SOTPairDataset(seqs, cfg.crop_size, s.samples_per_epoch, s.search_factor, s.centre_jitter, s.scale_jitter,
                           s.max_gap, seed, cfg.mean, cfg.std)
+
+
+def _ava_file(cfg: DataConfig, key: str, value: str | None, required: bool = True):
+    from pathlib import Path
+
+    if value is None:
+        if required:
+            raise ConfigError(f"data.{key} must name a file for data.kind 'ava'")
+        return None
+    p = Path(value)
+    if cfg.root and not p.is_absolute() and not p.exists():
+        p = Path(cfg.root) / p
+    if not p.is_file():
+        raise ConfigError(f"data.{key}={value}: file not found" + (f" (also not under data.root={cfg.root})" if cfg.root else ""))
+    return p
+
+
+def ava_video_opener(cfg: DataConfig):
+    """``video_id -> VideoReader`` over ``data.root/data.ava.videos``: ``<id>.<ext>`` files, else ``<id>/``
+    frame folders at ``data.frames_fps``."""
+    from pathlib import Path
+
+    from tubelet.data.datasets.folders import VIDEO_EXTENSIONS
+    from tubelet.data.datasets.frames import FrameFolderReader
+    from tubelet.data.decoding import open_video
+    from tubelet.errors import DataError
+
+    folder = Path(cfg.root or ".") / cfg.ava.videos
+
+    def open_(video_id: str):
+        for ext in VIDEO_EXTENSIONS:
+            p = folder / f"{video_id}{ext}"
+            if p.is_file():
+                return open_video(p, cfg.decoder if cfg.decoder != "auto" else "auto", cfg.decode_threads)
+        if (folder / video_id).is_dir():
+            return FrameFolderReader(folder / video_id, cfg.frames_fps)
+        raise DataError(f"AVA video '{video_id}': neither {folder / video_id}.<{'|'.join(e[1:] for e in VIDEO_EXTENSIONS)}> "
+                        f"nor a frame folder {folder / video_id}/ exists (data.root/data.ava.videos)")
+
+    return open_
+
+
+def build_ava_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None) -> Dataset:
+    """AVA keyframes (``data.kind: ava``, ``data/datasets/ava.py``): the ground-truth boxes of ``data.train``
+    for training; for val/test the proposals of ``data.ava.proposals`` above ``proposal_threshold``, scored
+    against ``data.val`` (held as ``groundtruth``, ``excluded`` and ``label_map`` on the dataset). With
+    ``data.train: synthetic`` the synthetic set's AVA files are written under ``data.root`` first
+    (``data/synthetic_ava.py``) and read back like any AVA files."""
+    from tubelet.data.datasets.ava import AVADataset, group_keyframes, read_ava_csv, read_excluded, read_label_map
+
+    a = cfg.ava
+    if a.online:
+        raise ConfigError("data.ava.online=true: the online order of AVA keyframes (MeMViT's memory) is not implemented "
+                          "yet; set it false and use a model without memory (e.g. model.overrides.memory=false)")
+    flip = None
+    if cfg.train == "synthetic":
+        from tubelet.data.synthetic_ava import synthetic_ava_flip, synthetic_opener, write_synthetic_ava
+
+        if not cfg.root:
+            raise ConfigError("data.kind 'ava' with data.train 'synthetic' writes its AVA files under data.root: set it")
+        if cfg.crop_size > cfg.synthetic.size:
+            raise ConfigError(f"data.crop_size={cfg.crop_size} exceeds data.synthetic.size={cfg.synthetic.size}")
+        opener = synthetic_opener(cfg, cache)
+        files = write_synthetic_ava(cfg.root, cfg, opener)
+        ann = files[split]
+        proposals = files.get(f"proposals_{split}")
+        excluded_file = files[f"excluded_{split}"]
+        lm_file = files["label_map"]
+        fps, offset = float(cfg.synthetic.fps), 0.0
+        flip = synthetic_ava_flip(cfg)
+    else:
+        ann = _ava_file(cfg, "train" if split == "train" else "val", cfg.train if split == "train" else cfg.val)
+        proposals = None if split == "train" else _ava_file(cfg, "ava.proposals", a.proposals)
+        excluded_file = _ava_file(cfg, f"ava.{'train' if split == 'train' else 'val'}_excluded",
+                                  a.train_excluded if split == "train" else a.val_excluded, required=False)
+        lm_file = _ava_file(cfg, "label_map", cfg.label_map)
+        opener, fps, offset = ava_video_opener(cfg), a.fps, a.time_offset
+    label_map = read_label_map(lm_file)
+    num_classes = max(label_map)
+    table = read_ava_csv(ann, "annotations")
+    excluded = read_excluded(excluded_file)
+    if split == "train":
+        keyframes = group_keyframes(table, num_classes, excluded, a.timestamps)
+    else:
+        group_keyframes(table, num_classes)  # action ids beyond the label map: named now
+        keyframes = group_keyframes(read_ava_csv(proposals, "detections"), num_classes, excluded, a.timestamps,
+                                    proposals=True, min_score=a.proposal_threshold)
+    aug = cfg.augment
+    names = [label_map.get(k + 1, f"action {k + 1}") for k in range(num_classes)]
+    ds = AVADataset(keyframes, opener, split, num_classes, cfg.num_frames, cfg.sampling_rate, cfg.target_fps,
+                    cfg.crop_size, aug.short_side, aug.hflip, cfg.mean, cfg.std, offset, fps, a.max_boxes, seed,
+                    class_names=names, flip_classes=flip)
+    if split != "train" and a.timestamps is not None:
+        lo, hi = a.timestamps
+        table = table.select((table.time >= lo) & (table.time <= hi))
+    ds.groundtruth, ds.excluded, ds.label_map = table, excluded, label_map
+    return ds
 
 
 def build_eval_views(cfg: DataConfig, videos: str = "train", seed: int = 0) -> Dataset:
