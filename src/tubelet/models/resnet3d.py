@@ -128,6 +128,21 @@ class Bottleneck3d(nn.Module):
         return self.act(skip + self.drop_path(y))
 
 
+def init_bottleneck_net(model: nn.Module, zero_init_last_bn: bool) -> None:
+    """PySlowFast's init of a network of :class:`Bottleneck3d` blocks: He (fan-out) convs, unit BN, and with
+    ``zero_init_last_bn`` the last BN of every block at zero, so that each block starts as an identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_last_bn:
+        for m in model.modules():
+            if isinstance(m, Bottleneck3d):
+                nn.init.zeros_(m.bn_c.weight)
+
+
 def make_stem(in_chans: int, width: int, kt: int, pool: bool, bn_eps: float, bn_momentum: float) -> nn.Sequential:
     """conv ``kt x 7 x 7`` (stride 1x2x2) -> BN -> ReLU [-> max-pool 1x3x3, stride 1x2x2]."""
     layers: list[nn.Module] = [
@@ -186,16 +201,7 @@ class ResNet3d(nn.Module):
 
     def init_weights(self) -> None:
         """He (fan-out) init for convs, unit BN, zero final BN of each block (SlowFast's init)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if self.cfg.zero_init_last_bn:
-            for m in self.modules():
-                if isinstance(m, Bottleneck3d):
-                    nn.init.zeros_(m.bn_c.weight)
+        init_bottleneck_net(self, self.cfg.zero_init_last_bn)
         self.head.init_weights()
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -28,7 +28,7 @@ from tubelet.core.pathways import slow_frame_indices
 from tubelet.models.base import BackboneConfig
 from tubelet.models.heads import ClassifierHead
 from tubelet.models.registry import register_model
-from tubelet.models.resnet3d import Bottleneck3d, block_kernels, make_stage, make_stem
+from tubelet.models.resnet3d import block_kernels, init_bottleneck_net, make_stage, make_stem
 
 __all__ = ["SlowFastConfig", "SlowFast", "FuseFastToSlow"]
 
@@ -115,16 +115,7 @@ class SlowFast(nn.Module):
 
     def init_weights(self) -> None:
         """He (fan-out) convs, unit BN, zero final BN of each block (as ``ResNet3d``)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if self.cfg.zero_init_last_bn:
-            for m in self.modules():
-                if isinstance(m, Bottleneck3d):
-                    nn.init.zeros_(m.bn_c.weight)
+        init_bottleneck_net(self, self.cfg.zero_init_last_bn)
         self.head.init_weights()
 
     def reset_classifier(self, num_classes: int) -> None:
