@@ -134,9 +134,6 @@ def build_ava_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | 
     from tubelet.data.datasets.ava import AVADataset, group_keyframes, read_ava_csv, read_excluded, read_label_map
 
     a = cfg.ava
-    if a.online:
-        raise ConfigError("data.ava.online=true: the online order of AVA keyframes (MeMViT's memory) is not implemented "
-                          "yet; set it false and use a model without memory (e.g. model.overrides.memory=false)")
     flip = None
     if cfg.train == "synthetic":
         from tubelet.data.synthetic_ava import synthetic_ava_flip, synthetic_opener, write_synthetic_ava
@@ -179,6 +176,16 @@ def build_ava_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | 
         lo, hi = a.timestamps
         table = table.select((table.time >= lo) & (table.time <= hi))
     ds.groundtruth, ds.excluded, ds.label_map = table, excluded, label_map
+    if a.online and split == "train":
+        # memory models: each batch slot walks one video's keyframes in time order (data/online.py); val and
+        # test stay keyframe datasets, which the detection evaluator streams in the same order
+        from tubelet.data.datasets.ava import AVAKeyframeStreams
+        from tubelet.data.online import OnlineClips
+
+        online = OnlineClips(AVAKeyframeStreams(ds), num_streams=cfg.batch_size, seed=seed)
+        online.num_classes, online.class_names = ds.num_classes, ds.class_names  # type: ignore[attr-defined]
+        online.keyframes = ds.keyframes  # type: ignore[attr-defined]  # the class prior of the evaluator
+        return online
     return ds
 
 

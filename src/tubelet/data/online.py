@@ -90,8 +90,20 @@ class OnlineClips(Dataset):
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = int(epoch)
-            self.video, self.clip, self.segment, self.steps = online_layout(
-                self.source.clips_per_video, self.num_streams, self.seed, self.epoch)
+            self._layout()
+        source_epoch = getattr(self.source, "set_epoch", None)
+        if source_epoch is not None:  # a source that draws per (seed, epoch, index), e.g. AVA's crop jitter
+            source_epoch(self.epoch)
+
+    def set_num_streams(self, num_streams: int) -> None:
+        """One stream per batch slot of every process: the loader sets this once it knows the world size."""
+        if int(num_streams) != self.num_streams:
+            self.num_streams = int(num_streams)
+            self._layout()
+
+    def _layout(self) -> None:
+        self.video, self.clip, self.segment, self.steps = online_layout(
+            self.source.clips_per_video, self.num_streams, self.seed, self.epoch)
 
     def __len__(self) -> int:
         return self.num_streams * self.steps

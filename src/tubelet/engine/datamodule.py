@@ -302,6 +302,8 @@ class TubeletDataModule(pl.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if isinstance(self.train_set, OnlineClips):
+            # every slot of every process is one stream (the builder knows only the per-process batch)
+            self.train_set.set_num_streams(self.batch_size * world)
             self.sampler = OnlineOrderSampler(self.train_set, self.batch_size, seed=self.seed, num_replicas=world,
                                               rank=rank, known_bad=self.known_bad)
         else:

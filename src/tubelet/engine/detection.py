@@ -7,8 +7,9 @@ frame, one row per box and label-map class) and scored against the ground truth 
 and the 50-detections-per-frame cap. The same proposals scored with the training set's class frequencies
 (every box of every frame gets ``P(action)``) give the class-prior baseline a detector has to beat.
 
-A memory model (MeMViT) is evaluated memory-free here (its memory cleared before every batch) unless the
-test set comes in the online order.
+A memory model (MeMViT) is evaluated memory-free (its memory cleared before every batch) unless the recipe
+asks for the online order (``data.ava.online``): then each batch slot walks one test video's keyframes in
+time order with the memory of the earlier ones, as it was trained.
 """
 
 from __future__ import annotations
@@ -52,26 +53,54 @@ def class_prior_scores(train: AVADataset) -> np.ndarray:
 
 
 def _run(method: nn.Module, dataset: AVADataset, batch_size: int, num_workers: int, device: torch.device,
-         memory: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         memory: bool, online: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of every test keyframe's boxes. ``online`` (a memory model with ``data.ava.online``): the
+    keyframes come as the training order serves them, each batch slot walking one video in time order with
+    the memory of its earlier keyframes; the order wraps around to keep every slot full, so a keyframe served
+    twice keeps its first (unwrapped) scores."""
+    from tubelet.data.datasets.ava import AVAKeyframeStreams
+    from tubelet.data.online import OnlineClips, online_order
     from tubelet.engine.datamodule import default_batch_collate
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=default_batch_collate(0))
+    streamed = memory and online
+    if streamed:
+        streams = OnlineClips(AVAKeyframeStreams(dataset), num_streams=batch_size, seed=0)
+        loader = DataLoader(streams, batch_size=batch_size, sampler=online_order(batch_size, streams.steps),
+                            num_workers=num_workers, collate_fn=default_batch_collate(0))
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=default_batch_collate(0))
     idx, boxes, scores = [], [], []
-    for batch in loader:
-        if "video" not in batch:
-            continue
+    if memory:
+        method.detector.clear_memory()
+    try:
+        for batch in loader:
+            if "video" not in batch:
+                continue
+            if memory and not streamed:
+                method.detector.clear_memory()
+            ids = batch["video_id"].to(device) if streamed else None
+            mask = batch["box_mask"].bool()
+            s = method.detect(batch["video"].to(device), batch["boxes"].to(device), mask.to(device), ids).cpu()
+            b, m = torch.nonzero(mask, as_tuple=True)
+            idx.append(batch["index"][b].numpy())
+            boxes.append(batch["norm_boxes"][b, m].double().numpy())
+            scores.append(s[b, m].numpy())
+    finally:
         if memory:
             method.detector.clear_memory()
-        mask = batch["box_mask"].bool()
-        s = method.detect(batch["video"].to(device), batch["boxes"].to(device), mask.to(device)).cpu()
-        b, m = torch.nonzero(mask, as_tuple=True)
-        idx.append(batch["index"][b].numpy())
-        boxes.append(batch["norm_boxes"][b, m].double().numpy())
-        scores.append(s[b, m].numpy())
     if not idx:
         raise TubeletError("no test keyframe could be read")
-    return np.concatenate(idx), np.concatenate(boxes), np.concatenate(scores)
+    idx_a, boxes_a, scores_a = np.concatenate(idx), np.concatenate(boxes), np.concatenate(scores)
+    if streamed:  # keep each keyframe's first pass (a wrapped repeat would list its boxes twice)
+        # a keyframe's boxes are one contiguous run of rows; keep the runs that are their keyframe's first
+        run = np.cumsum(np.r_[True, idx_a[1:] != idx_a[:-1]]) - 1
+        first_run = np.zeros(idx_a.max() + 1, np.int64)
+        keys, at = np.unique(idx_a, return_index=True)
+        first_run[keys] = run[at]
+        keep = run == first_run[idx_a]
+        idx_a, boxes_a, scores_a = idx_a[keep], boxes_a[keep], scores_a[keep]
+    return idx_a, boxes_a, scores_a
 
 
 @torch.inference_mode()
@@ -104,7 +133,8 @@ def evaluate_detection(recipe: Recipe, checkpoint: str | Path | None, method: nn
                           f"{ds.num_classes} action ids")
     method.eval().to(device)
     memory = bool(getattr(method.detector, "uses_memory", False))
-    idx, boxes, scores = _run(method, ds, recipe.data.batch_size, recipe.data.num_workers, device, memory)
+    idx, boxes, scores = _run(method, ds, recipe.data.batch_size, recipe.data.num_workers, device, memory,
+                              online=recipe.data.ava.online)
     ids = sorted(ds.label_map)
     det = detection_table(ds, idx, boxes, scores, ids)
     out_dir = Path(report_dir) if report_dir is not None else Path(recipe.run_dir) / "report"

@@ -42,6 +42,7 @@ from tubelet.errors import DataError
 
 __all__ = [
     "AVADataset",
+    "AVAKeyframeStreams",
     "AVATable",
     "Keyframe",
     "clip_frame_indices",
@@ -479,3 +480,31 @@ class AVADataset(Dataset):
         return {"video": video if self.split == "train" else video[None], "boxes": torch.from_numpy(pb),
                 "box_mask": torch.from_numpy(mask), "labels": torch.from_numpy(pl), "norm_boxes": torch.from_numpy(pn),
                 "index": int(index)}
+
+
+class AVAKeyframeStreams:
+    """The keyframes of an :class:`AVADataset` as videos of clips in time order: the clip source of
+    :class:`~tubelet.data.online.OnlineClips` for memory models (``data.ava.online``; MeMViT, arXiv 2201.08383,
+    Sec. 3.1: a video is seen clip after clip, here keyframe after keyframe, as its release's AVA loader does).
+
+    ``clips_per_video[v]`` is the number of keyframes of video ``v`` (videos in order of first appearance),
+    ``clip(v, c)`` the sample of its ``c``-th keyframe by timestamp; ``order[v]`` their dataset indices."""
+
+    def __init__(self, dataset: AVADataset) -> None:
+        self.dataset = dataset
+        videos = np.asarray([k.video for k in dataset.keyframes], dtype=object)
+        times = np.asarray([k.time for k in dataset.keyframes], dtype=np.float64)
+        names, first, inverse = np.unique(videos, return_index=True, return_inverse=True)
+        rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")  # video number by first appearance
+        vid = rank[inverse.reshape(-1)]
+        order = np.lexsort((times, vid))  # by video, then by time
+        counts = np.bincount(vid, minlength=len(names))
+        self.order: list[np.ndarray] = np.split(order, np.cumsum(counts)[:-1])
+        self.clips_per_video = counts.tolist()
+        self.video_names = [str(names[i]) for i in np.argsort(rank)]
+
+    def clip(self, video: int, clip: int) -> dict:
+        return self.dataset[int(self.order[video][clip])]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
