@@ -81,14 +81,20 @@ def planar_rgb_ok(fmt: str, width: int) -> bool:
     from av.video.frame import VideoFrame
     from av.video.reformatter import VideoReformatter
 
-    frame = VideoFrame(width, 4, fmt)
-    rng = np.random.default_rng(0)
-    for p in frame.planes:
-        _plane(p)[...] = rng.integers(16, 236, (p.height, p.line_size), dtype=np.uint8)
-    packed = VideoReformatter().reformat(frame, format="rgb24", threads=1).to_ndarray()
-    planar = VideoReformatter().reformat(frame, format="gbrp", threads=1)
-    g, b, r = (_plane(p)[:, :width] for p in planar.planes)
-    return bool(np.abs(np.stack([r, g, b], -1).astype(np.int16) - packed).max() <= 1)
+    # Two different frames: columns the converter leaves unwritten hold whatever the pooled output buffer
+    # held before, which can be a correct conversion of the same content (an earlier check); they cannot
+    # be right for both frames.
+    for seed in (0, 1):
+        frame = VideoFrame(width, 4, fmt)
+        rng = np.random.default_rng(seed)
+        for p in frame.planes:
+            _plane(p)[...] = rng.integers(16, 236, (p.height, p.line_size), dtype=np.uint8)
+        packed = VideoReformatter().reformat(frame, format="rgb24", threads=1).to_ndarray()
+        planar = VideoReformatter().reformat(frame, format="gbrp", threads=1)
+        g, b, r = (_plane(p)[:, :width] for p in planar.planes)
+        if np.abs(np.stack([r, g, b], -1).astype(np.int16) - packed).max() > 1:
+            return False
+    return True
 
 
 _LOCAL = threading.local()
