@@ -99,7 +99,10 @@ def _run(method: nn.Module, dataset: AVADataset, batch_size: int, num_workers: i
         keys, at = np.unique(idx_a, return_index=True)
         first_run[keys] = run[at]
         keep = run == first_run[idx_a]
-        idx_a, boxes_a, scores_a = idx_a[keep], boxes_a[keep], scores_a[keep]
+        # back to keyframe order (boxes in their order inside a keyframe), the memory-free pass's row order:
+        # the evaluator breaks ties by row order, and the class-prior baseline is all ties
+        order = np.flatnonzero(keep)[np.argsort(idx_a[keep], kind="stable")]
+        idx_a, boxes_a, scores_a = idx_a[order], boxes_a[order], scores_a[order]
     return idx_a, boxes_a, scores_a
 
 
