@@ -126,3 +126,6 @@ def test_mismatched_and_foreign_keys_are_named():
         convert_state_dict(state, "pyslowfast", model="mvitv1_b_16x4", overrides=OVERRIDES)
     with pytest.raises(CheckpointError, match="no registered MViTv1 has depth 4 and width 8"):
         convert_state_dict(_state("torchvision"), "torchvision")
+    # PySlowFast's names under --from pytorchvideo would get PyTorchVideo's pooling-norm eps: refused.
+    with pytest.raises(CheckpointError, match="not a pytorchvideo checkpoint: .*use --from pyslowfast"):
+        convert_state_dict(_state("pyslowfast"), "pytorchvideo", model="mvitv1_b_16x4", overrides=OVERRIDES)

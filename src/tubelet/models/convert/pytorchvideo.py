@@ -34,6 +34,10 @@ def is_x3d(state: dict[str, torch.Tensor]) -> bool:
 def prepare(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     if mvit_v1.is_ptv_mvit(state):
         return mvit_v1.ptv_rename_all(state), []
+    if "patch_embed.proj.weight" in state:
+        # model_overrides would give it PyTorchVideo's pooling-norm eps, which another layout does not have
+        raise KeyError("patch_embed.proj.weight is PySlowFast's (and tubelet's) MViT name, PyTorchVideo's is "
+                       "patch_embed.patch_model.weight; use --from pyslowfast")
     if is_x3d(state):
         out: dict[str, torch.Tensor] = {}
         for key, value in state.items():
