@@ -76,8 +76,9 @@ class MViTConfig(BackboneConfig, AttentionChoice):
     drop_path_rate: float = 0.2
     head_dropout: float = 0.5
     norm_eps: float = 1e-6
-    # LayerNorms inside attention (after the Q/K/V pooling convs); None: norm_eps. PyTorchVideo's MViT builds
-    # them with nn.LayerNorm's default 1e-5 while its blocks use 1e-6; its checkpoints import with 1e-5.
+    # LayerNorms inside attention (after the Q/K/V pooling convs); None: norm_eps. The MViTv1 checkpoints were
+    # trained with them at nn.LayerNorm's default 1e-5 (PySlowFast's 2021 code, PyTorchVideo's port) while the
+    # other norms use 1e-6; their imports set 1e-5 (models/convert/mvit_v1.py).
     attn_norm_eps: float | None = None
     grad_checkpointing: bool = False
     attn_impl: str = "auto"  # auto | mask | concat | math (layers/pool_attention.py)

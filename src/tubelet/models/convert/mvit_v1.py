@@ -22,6 +22,14 @@ which computes the same three products. Block-level names (``norm1``, ``attn.pro
 ``attn.pool_{q,k,v}``, ``attn.norm_{q,k,v}``, ``norm2``, ``mlp.fc1/fc2``, ``proj``) are tubelet's
 in PyTorchVideo and PySlowFast; torchvision's are renamed in ``convert/torchvision.py``.
 
+One setting is not in the tensors: the eps of the LayerNorms after the Q/K/V pooling convs.
+PySlowFast's code of the MViTv1 release (2021) built them as ``nn.LayerNorm`` (eps 1e-5) while its
+other norms use 1e-6, and PyTorchVideo's port keeps that; since its MViTv2 release (June 2022)
+PySlowFast passes the 1e-6 norm into attention. The released MViTv1 checkpoints were trained with
+1e-5, so the PyTorchVideo and PySlowFast imports set ``attn_norm_eps=1e-5`` (a PySlowFast import says
+so in its notes; ``--set attn_norm_eps=null`` gives current PySlowFast's function). torchvision's
+``mvit_v1_b`` runs at 1e-6 and its import keeps that.
+
 Not importable, and refused by the shape or key checks: PySlowFast's joint ``pos_embed`` (configs
 with ``SEP_POS_EMBED: False``) and ``conv_unshared`` pooling. ``POOL_FIRST: True`` checkpoints
 (pooling before the projections) have the same keys and shapes as MViTv1-B's but compute another
@@ -46,6 +54,9 @@ MVIT_NAMES = re.compile(
 )
 _PTV_PREFIXES = (("patch_embed.patch_model.", "patch_embed.proj."), ("cls_positional_encoding.", ""),
                  ("norm_embed.", "norm."), ("head.proj.", "head."))
+PYSLOWFAST_V1_EPS_NOTE = ("MViTv1: pooling LayerNorms at eps 1e-5 (attn_norm_eps), as in PySlowFast's code of the "
+                          "MViTv1 release that trained its checkpoints; PySlowFast since 2022 runs them at 1e-6 "
+                          "(--set attn_norm_eps=null)")
 PTV_EXAMPLE_KEYS = ("patch_embed.patch_model.weight", "cls_positional_encoding.pos_embed_spatial")
 
 

@@ -14,6 +14,7 @@ PySlowFast checkpoints are ``{"model_state": ..., "optimizer_state": ..., "cfg":
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -29,14 +30,21 @@ _RESNET = re.compile(r"^((slow_|fast_)?(stem|stages)|fusions|head\.fc)\.")
 def prepare(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """ResNet-family checkpoints (Slow, C2D, I3D, SlowFast) renamed whole (``convert/resnet_zoo.py``):
     whether ``pathway1`` exists decides between the one- and two-pathway layouts. MViT checkpoints with
-    separate q/k/v projections (``SEPARATE_QKV``, and the 2021 code of the MViTv1 release) get them
+    separate q/k/v projections (``SEPARATE_QKV``, and the mid-2021 code) get them
     fused into tubelet's ``qkv``."""
     if not resnet_zoo.is_pyslowfast_resnet(state):
+        notes = [mvit_v1.PYSLOWFAST_V1_EPS_NOTE] if mvit_v1.is_v1(state) else []
         if mvit_v1.has_separate_qkv(state):
-            return mvit_v1.fuse_qkv(state), ["separate q/k/v projections fused into qkv"]
-        return state, []
+            return mvit_v1.fuse_qkv(state), ["separate q/k/v projections fused into qkv", *notes]
+        return state, notes
     two = any(".pathway1_" in k for k in state)
     return {resnet_zoo.pyslowfast_rename(k, two) or k: v for k, v in state.items()}, []
+
+
+def model_overrides(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """MViTv1: the pooling LayerNorms at eps 1e-5 of the code that trained the released checkpoints
+    (``convert/mvit_v1.py``)."""
+    return {"attn_norm_eps": 1e-5} if mvit_v1.is_v1(state) else {}
 
 
 def rename(key: str) -> str | None:

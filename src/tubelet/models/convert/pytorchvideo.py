@@ -51,7 +51,8 @@ def prepare(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
 
 def model_overrides(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Options the layout fixes: the efficient X3D form normalises the 24 -> 24 stride-2 shortcut that the
-    zoo's X3D leaves bare; PyTorchVideo's MViT runs its pooling LayerNorms at eps 1e-5 (its blocks' 1e-6)."""
+    zoo's X3D leaves bare; PyTorchVideo's MViT runs its pooling LayerNorms at eps 1e-5 (its blocks' 1e-6,
+    ``convert/mvit_v1.py``)."""
     if "patch_embed.proj.weight" in state:
         return {"attn_norm_eps": 1e-5}
     return {"norm_shortcut_always": True} if "stages.0.0.shortcut_bn.weight" in state else {}
