@@ -54,9 +54,9 @@ MVIT_NAMES = re.compile(
 )
 _PTV_PREFIXES = (("patch_embed.patch_model.", "patch_embed.proj."), ("cls_positional_encoding.", ""),
                  ("norm_embed.", "norm."), ("head.proj.", "head."))
-PYSLOWFAST_V1_EPS_NOTE = ("MViTv1: pooling LayerNorms at eps 1e-5 (attn_norm_eps), as in PySlowFast's code of the "
-                          "MViTv1 release that trained its checkpoints; PySlowFast since 2022 runs them at 1e-6 "
-                          "(--set attn_norm_eps=null)")
+PYSLOWFAST_V1_EPS_NOTE = ("MViTv1: attn_norm_eps (the pooling LayerNorms) defaults to 1e-5, as in PySlowFast's code "
+                          "of the MViTv1 release that trained its checkpoints; PySlowFast since 2022 runs them at "
+                          "1e-6 (--set attn_norm_eps=null)")
 PTV_EXAMPLE_KEYS = ("patch_embed.patch_model.weight", "cls_positional_encoding.pos_embed_spatial")
 
 

@@ -30,8 +30,7 @@ _RESNET = re.compile(r"^((slow_|fast_)?(stem|stages)|fusions|head\.fc)\.")
 def prepare(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """ResNet-family checkpoints (Slow, C2D, I3D, SlowFast) renamed whole (``convert/resnet_zoo.py``):
     whether ``pathway1`` exists decides between the one- and two-pathway layouts. MViT checkpoints with
-    separate q/k/v projections (``SEPARATE_QKV``, and the mid-2021 code) get them
-    fused into tubelet's ``qkv``."""
+    separate q/k/v projections (``SEPARATE_QKV``, and the mid-2021 code) get them fused into ``qkv``."""
     if not resnet_zoo.is_pyslowfast_resnet(state):
         notes = [mvit_v1.PYSLOWFAST_V1_EPS_NOTE] if mvit_v1.is_v1(state) else []
         if mvit_v1.has_separate_qkv(state):
