@@ -134,3 +134,46 @@ def test_reference_module_logits():
     with torch.no_grad():
         out = m(io["input"])
     assert (out - io["logits"]).abs().max() < 1e-4
+
+
+EFFICIENT = Path(__file__).parent / "fixtures" / "efficient_x3d_small.safetensors"
+
+
+def _efficient_reference():
+    import json
+
+    from safetensors.torch import load_file
+
+    meta = json.loads(EFFICIENT.with_suffix(".json").read_text())
+    return load_file(str(EFFICIENT)), load_file(str(EFFICIENT.with_name("efficient_x3d_small_io.safetensors"))), meta
+
+
+def test_efficient_x3d_reference_module_logits():
+    """PyTorchVideo's mobile-CPU EfficientX3d (tests/fixtures/make_efficient_x3d_fixture.py: XS with 2, 2,
+    1, 1 blocks and a 128-wide lin_5): every key renamed, the model inferred from the keys, equal logits;
+    without the normalised 24 -> 24 shortcut (the zoo X3D's form) its BatchNorm has no place."""
+    from tubelet.models.convert import convert_state_dict
+
+    state, io, meta = _efficient_reference()
+    assert "s2.pathway0_res0._res_proj.kernel.bn.weight" in state  # 24 -> 24 at stride 2, normalised
+    res = convert_state_dict(state, "pytorchvideo", overrides=meta["overrides"])
+    assert res.model == "efficient_x3d_xs" and res.overrides["num_classes"] == 7
+    assert len(res.state) == len(state)
+    m = create_model(res.model, **res.overrides).eval()
+    m.load_state_dict(res.state)
+    with torch.no_grad():
+        out = m(io["input"])
+    assert out.shape == io["logits"].shape == (1, 7)
+    assert (out - io["logits"]).abs().max() < 1e-5
+    with pytest.raises(CheckpointError, match=r"stages\.0\.0\.shortcut_bn\.weight \(renamed from pytorchvideo; not in"):
+        convert_state_dict(state, "pytorchvideo", model="x3d_xs", overrides={**meta["overrides"],
+                                                                              "norm_shortcut_always": False})
+
+
+def test_efficient_x3d_shape_mismatch_names_the_key():
+    from tubelet.models.convert import convert_state_dict
+
+    state, _, meta = _efficient_reference()
+    state["s3.pathway0_res1.layers.conv_1.kernel.conv.weight"] = torch.zeros(108, 1, 3, 3, 1)
+    with pytest.raises(CheckpointError, match=r"stages\.1\.1\.conv_b\.weight: checkpoint \(108, 1, 3, 3, 1\)"):
+        convert_state_dict(state, "pytorchvideo", overrides=meta["overrides"])

@@ -50,3 +50,13 @@ def test_positions_enter_and_size_is_checked():
     assert not torch.allclose(a, m(x))
     with pytest.raises(ValueError, match="built for a"):
         m(torch.randn(1, 3, 4, 64, 64))
+
+
+def test_attn_norm_eps_reaches_the_pooling_norms_only():
+    m = create_model("mvitv1_b_16x4", depth=4, transitions=(1, 3), attn_norm_eps=1e-5)
+    pooled = {n: mod.eps for n, mod in m.named_modules() if isinstance(mod, torch.nn.LayerNorm) and ".attn." in n}
+    rest = {n: mod.eps for n, mod in m.named_modules() if isinstance(mod, torch.nn.LayerNorm) and ".attn." not in n}
+    assert len(pooled) == 4 * 2 + 2 and set(pooled.values()) == {1e-5}  # K and V everywhere, Q at the strides
+    assert set(rest.values()) == {1e-6}
+    default = create_model("mvitv1_b_16x4", depth=4, transitions=(1, 3))
+    assert {mod.eps for mod in default.modules() if isinstance(mod, torch.nn.LayerNorm)} == {1e-6}

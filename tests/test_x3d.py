@@ -38,7 +38,7 @@ def _bn_elements(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def test_registered():
-    assert {"x3d_xs", "x3d_s", "x3d_m", "x3d_l", "efficient_x3d_xs"} <= set(list_models("*x3d*"))
+    assert {"x3d_xs", "x3d_s", "x3d_m", "x3d_l", "efficient_x3d_xs", "efficient_x3d_s"} <= set(list_models("*x3d*"))
 
 
 def test_round_width_matches_release_rule():
@@ -75,6 +75,10 @@ def test_efficient_form_normalises_every_projected_shortcut():
     assert eff.stages[0][0].shortcut_bn is not None
     n_ref, n_eff = (sum(p.numel() for p in m.parameters()) for m in (ref, eff))
     assert n_eff - n_ref == 48  # one BatchNorm(24)
+    # the mobile zoo's S is the same network at X3D-S's 13 frames
+    eff_s = create_model("efficient_x3d_s", num_classes=10)
+    assert {k: v.shape for k, v in eff_s.state_dict().items()} == {k: v.shape for k, v in eff.state_dict().items()}
+    assert (eff_s.cfg.num_frames, eff.cfg.num_frames) == (13, 4)
 
 
 def test_block_layout():

@@ -1,6 +1,7 @@
 """``tubelet convert SRC DST --from torchvision|pyslowfast|mae_st|pytorchvideo``: import a foreign checkpoint
-(MViTv2 from torchvision or PySlowFast, the space-time ViT from mae_st, the PyTorchVideo zoo's ResNets,
-SlowFast and X3D from pytorchvideo, PySlowFast's Slow/C2D/I3D/SlowFast from pyslowfast)."""
+(MViTv2 and MViTv1-B from torchvision or PySlowFast, the space-time ViT from mae_st, the PyTorchVideo zoo's
+ResNets, SlowFast, X3D, mobile-CPU EfficientX3d and MViTv1-B from pytorchvideo, PySlowFast's
+Slow/C2D/I3D/SlowFast from pyslowfast)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ from tubelet.errors import ConfigError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a torchvision/PySlowFast MViTv2, mae_st ViT, or PyTorchVideo/PySlowFast zoo "
-        "(ResNet, SlowFast, X3D) checkpoint to tubelet safetensors",
-        description="Rename a foreign MViTv2, MAE-ST ViT or PyTorchVideo/PySlowFast zoo state dict onto a "
+        help="convert a torchvision/PySlowFast MViTv2 or MViTv1-B, mae_st ViT, or PyTorchVideo/PySlowFast zoo "
+        "(ResNet, SlowFast, X3D, EfficientX3d, MViTv1-B) checkpoint to tubelet safetensors",
+        description="Rename a foreign MViT, MAE-ST ViT or PyTorchVideo/PySlowFast zoo state dict onto a "
         "tubelet model and write "
-        "safetensors (mae_st: q/k/v fused, position tables resampled to the target grid). "
+        "safetensors (mae_st, PyTorchVideo MViT: q/k/v fused; mae_st: position tables resampled to the target grid). "
         "The source is read with safetensors or torch.load(weights_only=True); no code is unpickled.",
     )
     p.add_argument("src", help="source checkpoint (.pth/.pyth/.pt or .safetensors)")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--from", dest="source", required=True, choices=["torchvision", "pyslowfast", "mae_st", "pytorchvideo"])
-    p.add_argument("--model", default=None, help="tubelet model name (default: inferred, e.g. mvitv2_s, vit_base, slowfast_r50_8x8, x3d_m)")
+    p.add_argument("--model", default=None, help="tubelet model name (default: inferred, e.g. mvitv2_s, mvitv1_b_16x4, vit_base, slowfast_r50_8x8, x3d_m)")
     p.add_argument(
         "--set",
         dest="overrides",

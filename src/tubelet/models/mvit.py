@@ -76,6 +76,10 @@ class MViTConfig(BackboneConfig, AttentionChoice):
     drop_path_rate: float = 0.2
     head_dropout: float = 0.5
     norm_eps: float = 1e-6
+    # LayerNorms inside attention (after the Q/K/V pooling convs); None: norm_eps. The MViTv1 checkpoints were
+    # trained with them at nn.LayerNorm's default 1e-5 (PySlowFast's 2021 code, PyTorchVideo's port) while the
+    # other norms use 1e-6; their imports set 1e-5 (models/convert/mvit_v1.py).
+    attn_norm_eps: float | None = None
     grad_checkpointing: bool = False
     attn_impl: str = "auto"  # auto | mask | concat | math (layers/pool_attention.py)
 
@@ -200,7 +204,7 @@ class MultiScaleBlock(nn.Module):
             **({} if cfg.q_pool_every_block else {"q_pool_unstrided": False}),
             num_prefix=self.num_prefix,
             spatial_only=self.spatial_only,
-            norm_layer=norm_layer,
+            norm_layer=norm_layer if cfg.attn_norm_eps is None else partial(nn.LayerNorm, eps=cfg.attn_norm_eps),
             attn_impl=cfg.attn_impl,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -15,8 +15,8 @@ Layout (Table 1, ``gamma_b = 2.25`` bottleneck expansion):
 - head (Sec. 3, "conv5" and "fc"): 1x1x1 conv 192 -> 432, BN, ReLU, global average pooling, a
   432 -> 2048 linear (a 1x1x1 conv without bias) and ReLU, dropout 0.5, the classifier.
 
-``efficient_x3d_xs`` is the accelerator form of PyTorchVideo's mobile-CPU model zoo
-(``EfficientX3d(expansion="XS")``): the same blocks, but the stride-2 shortcut of the first block,
+``efficient_x3d_xs`` and ``efficient_x3d_s`` are the accelerator form of PyTorchVideo's mobile-CPU
+model zoo (``EfficientX3d(expansion="XS" | "S")``, one network for two input sizes): the same blocks, but the stride-2 shortcut of the first block,
 whose width does not change, is normalised too (the reference X3D leaves that one projection without
 BN). ``se_ratio=0`` and ``inner_act="relu"`` give the operator set of mobile runtimes without SE and
 Swish.
@@ -245,6 +245,7 @@ X3D_S = X3DConfig(num_frames=13, img_size=160)
 X3D_M = X3DConfig(num_frames=16, img_size=224)
 X3D_L = X3DConfig(num_frames=16, img_size=312, depth_factor=5.0)
 EFFICIENT_X3D_XS = X3DConfig(num_frames=4, img_size=160, norm_shortcut_always=True)
+EFFICIENT_X3D_S = X3DConfig(num_frames=13, img_size=160, norm_shortcut_always=True)
 
 
 def build_x3d(cfg: X3DConfig) -> X3D:
@@ -257,4 +258,7 @@ register_model("x3d_m", X3D_M, "X3D-M 16x5, 224 px (arXiv 2004.04730)")(build_x3
 register_model("x3d_l", X3D_L, "X3D-L 16x5, 312 px, depth factor 5 (arXiv 2004.04730)")(build_x3d)
 register_model(
     "efficient_x3d_xs", EFFICIENT_X3D_XS, "X3D-XS in PyTorchVideo's mobile-CPU efficient-block form"
+)(build_x3d)
+register_model(
+    "efficient_x3d_s", EFFICIENT_X3D_S, "X3D-S in PyTorchVideo's mobile-CPU efficient-block form"
 )(build_x3d)

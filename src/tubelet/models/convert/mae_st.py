@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from tubelet.models.convert.mvit_v1 import fuse_qkv
 from tubelet.models.layers.pos_embed import resample_separable
 
 EXAMPLE_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.q.weight", "pos_embed_spatial")
 
-_QKV = re.compile(r"^blocks\.(\d+)\.attn\.([qkv])\.(weight|bias)$")
 _SAME = re.compile(
     r"^(patch_embed\.proj\.(weight|bias)|cls_token|(fc_)?norm\.(weight|bias)"
     r"|blocks\.\d+\.(norm1|norm2)\.(weight|bias)|blocks\.\d+\.attn\.(qkv|proj)\.(weight|bias)"
@@ -47,22 +47,14 @@ def _fine_tuned(state: dict[str, torch.Tensor]) -> bool:
 def prepare(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Fuse q/k/v, fold the class position into the CLS token and drop the pre-training decoder."""
     out: dict[str, torch.Tensor] = {}
-    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     notes: list[str] = []
     dropped = [k for k in state if _DROPPED.match(k)]
     for key, value in state.items():
-        m = _QKV.match(key)
-        if m:
-            parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-        elif key in ("norm.weight", "norm.bias") and _fine_tuned(state):
+        if key in ("norm.weight", "norm.bias") and _fine_tuned(state):
             out["fc_" + key] = value  # the fine-tuned model normalises the pooled feature
         elif key != "pos_embed_class" and key not in dropped:
             out[key] = value
-    for (block, kind), qkv in parts.items():
-        if set(qkv) != {"q", "k", "v"}:
-            missing = ", ".join(f"blocks.{block}.attn.{p}.{kind}" for p in "qkv" if p not in qkv)
-            raise KeyError(f"q/k/v come in threes: {missing} missing")
-        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    out = fuse_qkv(out)
     if "pos_embed_class" in state:
         if "cls_token" not in out:
             raise KeyError("pos_embed_class without cls_token")

@@ -7,6 +7,16 @@ its 1x3x3 spatial conv and ``conv.conv_xy`` the depthwise 5x1x1 temporal one, in
 with the squeeze-excitation inside ``norm_b``), ``blocks.5`` the head (``pool.pre_conv/pre_norm``:
 conv5, ``pool.post_conv``: the 2048-wide projection, a 1x1x1 conv that tubelet holds as a Linear;
 ``proj``: the classifier). The zoo's ``.pyth`` files wrap the state dict as ``{"model_state": ...}``.
+
+The mobile-CPU zoo's ``EfficientX3d`` (``pytorchvideo.models.accelerator.mobile_cpu.efficient_x3d``,
+hub ``efficient_x3d_xs`` / ``efficient_x3d_s``, files ``*_original_form.pyth``, a bare state dict)
+has the same network under PySlowFast-style stage names: ``s1.pathway0_stem_conv_xy`` (1x3x3) and
+``s1.pathway0_stem_conv`` (5x1x1, BN), stages ``s2``-``s5`` of ``pathway0_res{j}`` blocks with
+``_res_proj`` the shortcut (always normalised: tubelet's ``norm_shortcut_always``) and
+``layers.{conv_0, conv_1, se.se.block.{0,2}, conv_2}`` the bottleneck, each conv a ``kernel.conv`` /
+``kernel.bn`` pair; the head ``head.conv_5``, ``head.lin_5`` (1x1x1 conv) and ``projection.model``.
+Its deployable form (after ``convert()``: BN folded into the convs, SE as Linears) is another
+function of other tensors and is not read.
 """
 
 from __future__ import annotations
@@ -37,6 +47,24 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"^blocks\.5\.pool\.pre_norm\.{_BN}$"), r"bn5.\1"),
     (re.compile(r"^blocks\.5\.pool\.post_conv\.weight$"), "lin5.weight"),
     (re.compile(r"^blocks\.5\.proj\.(weight|bias)$"), r"head.fc.\1"),
+    # EfficientX3d (original form); its stage s is tubelet's stages.s-2
+    (re.compile(r"^s1\.pathway0_stem_conv_xy\.kernel\.conv\.weight$"), "stem.0.weight"),
+    (re.compile(r"^s1\.pathway0_stem_conv\.kernel\.conv\.weight$"), "stem.1.weight"),
+    (re.compile(rf"^s1\.pathway0_stem_conv\.kernel\.bn\.{_BN}$"), r"stem.2.\1"),
+    (re.compile(r"^s([2-5])\.pathway0_res(\d+)\._res_proj\.kernel\.conv\.weight$"), r"stages.E\1.\2.shortcut.weight"),
+    (re.compile(rf"^s([2-5])\.pathway0_res(\d+)\._res_proj\.kernel\.bn\.{_BN}$"), r"stages.E\1.\2.shortcut_bn.\3"),
+    (re.compile(r"^s([2-5])\.pathway0_res(\d+)\.layers\.conv_0\.kernel\.conv\.weight$"), r"stages.E\1.\2.conv_a.weight"),
+    (re.compile(r"^s([2-5])\.pathway0_res(\d+)\.layers\.conv_1\.kernel\.conv\.weight$"), r"stages.E\1.\2.conv_b.weight"),
+    (re.compile(r"^s([2-5])\.pathway0_res(\d+)\.layers\.conv_2\.kernel\.conv\.weight$"), r"stages.E\1.\2.conv_c.weight"),
+    (re.compile(rf"^s([2-5])\.pathway0_res(\d+)\.layers\.conv_0\.kernel\.bn\.{_BN}$"), r"stages.E\1.\2.bn_a.\3"),
+    (re.compile(rf"^s([2-5])\.pathway0_res(\d+)\.layers\.conv_1\.kernel\.bn\.{_BN}$"), r"stages.E\1.\2.bn_b.\3"),
+    (re.compile(rf"^s([2-5])\.pathway0_res(\d+)\.layers\.conv_2\.kernel\.bn\.{_BN}$"), r"stages.E\1.\2.bn_c.\3"),
+    (re.compile(r"^s([2-5])\.pathway0_res(\d+)\.layers\.se\.se\.block\.0\.(weight|bias)$"), r"stages.E\1.\2.se.fc1.\3"),
+    (re.compile(r"^s([2-5])\.pathway0_res(\d+)\.layers\.se\.se\.block\.2\.(weight|bias)$"), r"stages.E\1.\2.se.fc2.\3"),
+    (re.compile(r"^head\.conv_5\.kernel\.conv\.weight$"), "conv5.weight"),
+    (re.compile(rf"^head\.conv_5\.kernel\.bn\.{_BN}$"), r"bn5.\1"),
+    (re.compile(r"^head\.lin_5\.kernel\.conv\.weight$"), "lin5.weight"),
+    (re.compile(r"^projection\.model\.(weight|bias)$"), r"head.fc.\1"),
 ]
 
 
@@ -45,8 +73,10 @@ def rename(key: str) -> str | None:
     for pattern, repl in _RULES:
         if pattern.match(key):
             new = pattern.sub(repl, key)
-            # PyTorchVideo counts the stem as block 0: its stage s+1 is tubelet's stages.s.
-            return re.sub(r"stages\.S(\d)", lambda m: f"stages.{int(m.group(1)) - 1}", new)
+            # PyTorchVideo counts the stem as block 0 (its stage s+1 is tubelet's stages.s), EfficientX3d
+            # as s1 (its s+2 is stages.s).
+            new = re.sub(r"stages\.S(\d)", lambda m: f"stages.{int(m.group(1)) - 1}", new)
+            return re.sub(r"stages\.E(\d)", lambda m: f"stages.{int(m.group(1)) - 2}", new)
     return None
 
 
@@ -59,7 +89,7 @@ def adapt(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def infer_model(state: dict[str, torch.Tensor]) -> str:
     """``x3d_l`` for 25 blocks in stage 4, else ``x3d_m`` (XS, S and M share every weight; pass --model
-    for the input size a checkpoint was trained at)."""
+    for the input size a checkpoint was trained at). Raw PyTorchVideo ``create_x3d`` names."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"^blocks\.3\.res_blocks\.(\d+)\.", k))}
     if not blocks:
         raise KeyError("it has no blocks.3.res_blocks.N.* keys")

@@ -1,8 +1,11 @@
-"""torchvision MViTv2 (``torchvision.models.video.mvit``, ``mvit_v2_s``) names -> tubelet names.
+"""torchvision MViT (``torchvision.models.video.mvit``: ``mvit_v2_s``, and ``mvit_v1_b`` onto
+``mvitv1_b_16x4``) names -> tubelet names.
 
 torchvision keeps the CLS token as a ``(D,)`` vector in ``pos_encoding.class_token``, wraps the pooling
 conv and its norm in ``Pool`` modules, and indexes its MLP, projection and head ``Sequential``s; the
 weights themselves are laid out as in tubelet (fused qkv, per-head pooling convs, per-axis tables).
+MViTv1's separable positions ``pos_encoding.{spatial_pos, temporal_pos, class_pos}`` are tubelet's
+``pos_embed_*`` without their leading unit dimensions (``convert/mvit_v1.py``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ import re
 
 import torch
 
+from tubelet.models.convert import mvit_v1
+
 # What a torchvision MViTv2 state dict holds, for the error on a file that has none of it.
 EXAMPLE_KEYS = ("conv_proj.weight", "blocks.0.attn.qkv.weight", "head.1.weight")
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^conv_proj\.(weight|bias)$"), r"patch_embed.proj.\1"),
     (re.compile(r"^pos_encoding\.class_token$"), r"cls_token"),
+    (re.compile(r"^pos_encoding\.spatial_pos$"), r"pos_embed_spatial"),
+    (re.compile(r"^pos_encoding\.temporal_pos$"), r"pos_embed_temporal"),
+    (re.compile(r"^pos_encoding\.class_pos$"), r"pos_embed_class"),
     (re.compile(r"^blocks\.(\d+)\.attn\.project\.0\.(weight|bias)$"), r"blocks.\1.attn.proj.\2"),
     (re.compile(r"^blocks\.(\d+)\.attn\.pool_([qkv])\.pool\.weight$"), r"blocks.\1.attn.pool_\2.weight"),
     (re.compile(r"^blocks\.(\d+)\.attn\.pool_([qkv])\.norm_act\.0\.(weight|bias)$"), r"blocks.\1.attn.norm_\2.\3"),
@@ -41,15 +49,22 @@ def rename(key: str) -> str | None:
 
 
 def adapt(name: str, value: torch.Tensor) -> torch.Tensor:
-    """torchvision keeps the class token as ``(1, D)``; tubelet's is ``(1, 1, D)``."""
-    return value.reshape(1, 1, -1) if name == "cls_token" else value
+    """torchvision keeps the class token and position as ``(D,)`` or ``(1, D)`` and the separable tables as
+    ``(N, D)``; tubelet's are ``(1, 1, D)`` and ``(1, N, D)``."""
+    if name in ("cls_token", "pos_embed_class"):
+        return value.reshape(1, 1, -1)
+    if name in ("pos_embed_spatial", "pos_embed_temporal") and value.ndim == 2:
+        return value.unsqueeze(0)
+    return value
 
 
 def infer_model(state: dict[str, torch.Tensor]) -> str:
-    """Registry name matching a torchvision MViTv2 state dict (by depth and stem width)."""
+    """Registry name matching a torchvision MViT state dict (by depth, stem width and, for v1, frames)."""
     blocks = [int(k.split(".")[1]) for k in state if re.match(r"^blocks\.\d+\.", k)]
     if not blocks or "conv_proj.weight" not in state:
         raise KeyError("it has no blocks.N.* or conv_proj.weight keys")
     depth = 1 + max(blocks)
     width = state["conv_proj.weight"].shape[0]
+    if "pos_encoding.temporal_pos" in state:  # MViTv1's absolute positions
+        return mvit_v1.registry_name(depth, int(width), int(state["pos_encoding.temporal_pos"].shape[0]))
     return {(16, 96): "mvitv2_s", (24, 96): "mvitv2_b", (48, 144): "mvitv2_l"}.get((depth, width), "mvitv2_s")
