@@ -135,3 +135,16 @@ def test_resume_with_another_models_checkpoint_is_one_line(run, tmp_path, capsys
     assert rc == 1 and len(lines) == 1, err
     assert "checkpoint of another run: model.overrides.embed_dim recorded 32, now 48;" in lines[0]
     assert not (tmp_path / "other" / "config.yaml").exists()  # failed before the run folder was written
+
+
+def test_create_model_refuses_a_file_saved_at_another_norm_epsilon(tmp_path):
+    """attn_norm_eps holds no tensor: loading a file saved at 1e-5 into a 1e-6 model would give other logits."""
+    kw = dict(num_classes=3, depth=2, embed_dim=16, num_heads=1, num_frames=4, img_size=32)
+    model = create_model("mvitv1_b_16x4", attn_norm_eps=1e-5, **kw)
+    path = save_safetensors(model.state_dict(), tmp_path / "w.safetensors", metadata=describe_model(model))
+    with pytest.raises(CheckpointError, match=r"saved with attn_norm_eps=1e-05, this model has attn_norm_eps=None"):
+        create_model("mvitv1_b_16x4", checkpoint=str(path), **kw)
+    same = create_model("mvitv1_b_16x4", checkpoint=str(path), attn_norm_eps=1e-5, **kw)
+    x = torch.randn(1, 3, 4, 32, 32)
+    assert torch.equal(same.eval()(x), model.eval()(x))
+    assert tubelet.load_model(path).variant.config.attn_norm_eps == 1e-5

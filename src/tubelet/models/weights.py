@@ -156,6 +156,12 @@ def saved_variant(path: str | Path, meta: dict[str, str] | None = None) -> "Mode
         raise CheckpointError(f"{path}: the metadata names a model that cannot be built: {exc}") from exc
 
 
+# Config fields that hold no tensors yet change what the weights compute: a file saved with one value and
+# loaded into a model with another would load without a missing key and give other logits. (Training-only
+# fields such as drop_path_rate may differ: fine-tuning changes them.)
+WEIGHT_BOUND_FIELDS = ("norm_eps", "attn_norm_eps")
+
+
 def load_described_weights(model: nn.Module, path: str | Path) -> None:
     """Load ``path`` into ``model`` strictly, checking first that the file was saved from this model
     (when its metadata says): another model name, or options under which the tensors do not fit, is a
@@ -173,6 +179,16 @@ def load_described_weights(model: nn.Module, path: str | Path) -> None:
         raise CheckpointError(
             f"{path}: saved from model '{saved.name}', not '{own.name}'; build it with "
             f"create_model('{saved.name}', checkpoint=...) or tubelet.load_model('{path}')"
+        )
+    numeric = [f for f in WEIGHT_BOUND_FIELDS if hasattr(own.config, f) and hasattr(saved.config, f)
+               and getattr(own.config, f) != getattr(saved.config, f)]
+    if numeric:
+        sets = ", ".join(f"{f}={getattr(saved.config, f)!r}" for f in numeric)
+        raise CheckpointError(
+            f"{path}: saved with {sets}, this model has "
+            + ", ".join(f"{f}={getattr(own.config, f)!r}" for f in numeric)
+            + f": the weights were trained (or imported) for the saved setting; build it with tubelet.load_model('{path}') "
+            f"or create_model('{own.name}', {sets}, checkpoint=...)"
         )
     state = _model_tensors(read_state_dict(path), meta.get(META_PREFIX, ""))
     try:
