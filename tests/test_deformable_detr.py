@@ -290,3 +290,16 @@ def test_the_method_sums_the_loss_of_every_decoder_layer_and_learns_on_a_batch()
     assert float(method(batch)["loss"]) < first
     with pytest.raises(ConfigError, match="is not a Deformable DETR"):
         build_method(load_recipe("deformable_detr_synthetic", ["model.name=resnet18_image"]))
+
+
+def test_the_optimizer_applies_the_methods_lr_scales_and_refuses_unknown_names():
+    from tubelet.engine.optim import param_groups
+
+    method = build_method(load_recipe("deformable_detr_synthetic", TINY + ["method.backbone_lr_scale=0.5"]))
+    groups = {(g["weight_decay"], g["lr_scale"]): set(g["names"]) for g in param_groups(method, 1e-4)}
+    assert "detr.backbone.conv1.weight" in groups[(1e-4, 0.5)]
+    assert "detr.encoder.0.attn.sampling_offsets.weight" in groups[(1e-4, 0.1)]
+    assert "detr.class_embed.weight" in groups[(1e-4, 1.0)]
+    method.lr_scales = lambda: {"detr.nothing": 0.1}
+    with pytest.raises(ConfigError, match=r"lr_scales\(\) names parameters it does not train: \['detr.nothing'\]"):
+        param_groups(method, 1e-4)

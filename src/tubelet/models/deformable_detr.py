@@ -5,7 +5,7 @@ refinement or two-stage proposals: UTT's detector for multi-object tracking (arX
 "aux": [{"logits", "boxes"} per earlier decoder layer]}``, boxes ``cxcywh`` normalised to the image.
 
 1. Backbone (Sec. 4.1, "multi-scale feature maps"): a 2-D ResNet's C3-C5 (strides 8, 16, 32), each a 1x1
-   conv to ``dim`` + GroupNorm(32), and a fourth level (stride 64) from a 3x3 stride-2 conv on C5 + GroupNorm.
+   conv to ``dim`` + GroupNorm(32) (8 channels a group), and a fourth level (stride 64) from a 3x3 stride-2 conv on C5 + GroupNorm.
 2. Positions: the sine code of DETR on coordinates normalised to ``[0, 2 pi]`` (``(i + 0.5) / H``), half of
    the channels for y and half for x, plus a learnt embedding per level ``e_l`` (Appendix A.2).
 3. Encoder, ``encoder_layers`` times (post-norm): ``x = LN(x + MSDeformAttn(x + pos, p, x))``,
@@ -121,7 +121,9 @@ class DeformableDETR(nn.Module):
         self.backbone = backbone
         # the last min(L, 3) of strides 8, 16, 32; levels beyond 3 are stride-2 convs from the previous one
         self.strides = (8, 16, 32)[3 - min(cfg.levels, 3):]
-        d, groups = cfg.dim, math.gcd(32, cfg.dim)
+        # GroupNorm(32) on the paper's 256 channels is 8 channels a group; narrower models keep the 8, so the
+        # 1x1 stride-64 level of a small image is not normalised to zero
+        d, groups = cfg.dim, math.gcd(32, max(1, cfg.dim // 8))
         projs = [nn.Sequential(nn.Conv2d(backbone.channels(s), d, 1), nn.GroupNorm(groups, d)) for s in self.strides]
         cin = backbone.channels(32)
         for _ in range(cfg.levels - len(self.strides)):
