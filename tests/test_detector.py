@@ -58,6 +58,15 @@ def test_the_detector_gives_top_k_boxes_in_the_frames_pixels(detr_run):
     assert 0 <= metrics["recall"] <= metrics["recall_all"] <= 1 and metrics["num_frames"] == 4.0
 
 
+def test_tubelet_test_scores_a_detector_on_the_test_frames(detr_run, capsys):
+    from tubelet.cli.main import main
+
+    assert main(["test", "--config", str(detr_run / "config.yaml"), "--checkpoint",
+                 str(detr_run / "method.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "frames 4, boxes" in out and "at IoU 0.5: recall (score >= 0.3)" in out and "AP" in out
+
+
 def load_detector_recipe(run):
     from tubelet.config import load_recipe
 

@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tubelet.errors import CheckpointError
+from tubelet.errors import CheckpointError, ConfigError
 
-__all__ = ["Detector", "evaluate_detector", "load_detector"]
+__all__ = ["Detector", "detector_from_recipe", "evaluate_detector", "load_detector", "evaluate_detector_checkpoint"]
 
 METHOD = "deformable_detr"
 
@@ -81,8 +81,6 @@ def load_detector(run_dir_or_checkpoint: str | Path, device: str = "cpu", top_k:
     ``method.safetensors`` or a training checkpoint of it). A run or file of another method is a
     ``CheckpointError`` naming the file; ``top_k`` defaults to the run's ``method.top_k``."""
     from tubelet.config import load_recipe
-    from tubelet.engine.evaluate import load_method_weights
-    from tubelet.methods import build_method
     from tubelet.models.weights import file_metadata
 
     config, weights = _run_files(Path(run_dir_or_checkpoint))
@@ -93,6 +91,18 @@ def load_detector(run_dir_or_checkpoint: str | Path, device: str = "cpu", top_k:
     if recipe.method.name != METHOD:
         raise CheckpointError(f"{weights}: its run {config} trained method '{recipe.method.name}', not a detector "
                               f"(method {METHOD})")
+    return detector_from_recipe(recipe, weights, device, top_k, score_threshold)
+
+
+def detector_from_recipe(recipe, weights: str | Path, device: str = "cpu", top_k: int | None = None,
+                         score_threshold: float = 0.0) -> Detector:
+    """The :class:`Detector` that ``recipe`` (method ``deformable_detr``) builds, with ``weights`` loaded
+    strictly (``method.safetensors``, ``backbone.safetensors`` or a training checkpoint)."""
+    from tubelet.engine.evaluate import load_method_weights
+    from tubelet.methods import build_method
+
+    if recipe.method.name != METHOD:
+        raise ConfigError(f"method '{recipe.method.name}' is not a detector (method {METHOD})")
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, checkpoint=None))
     method = build_method(recipe)
     load_method_weights(method, weights)
@@ -100,6 +110,19 @@ def load_detector(run_dir_or_checkpoint: str | Path, device: str = "cpu", top_k:
     d = recipe.data
     return Detector(method, d.crop_size, d.mean, d.std, recipe.method.top_k if top_k is None else top_k,
                     score_threshold, device)
+
+
+def evaluate_detector_checkpoint(recipe, checkpoint: str | Path, split: str = "test", iou: float = 0.5,
+                  score_threshold: float = 0.3) -> dict[str, float]:
+    """``tubelet test`` of a detector: :func:`evaluate_detector` on ``split`` of the recipe's ``frame_boxes``
+    data, on ``trainer.accelerator``'s device."""
+    from tubelet.data.builder import build_dataset
+    from tubelet.engine.device import resolve_device
+
+    if not Path(checkpoint).exists():
+        raise CheckpointError(f"{checkpoint}: checkpoint not found")
+    det = detector_from_recipe(recipe, checkpoint, str(resolve_device(recipe.trainer.accelerator)))
+    return evaluate_detector(det, build_dataset(recipe.data, split, seed=recipe.seed), iou, score_threshold)
 
 
 def evaluate_detector(detector: Detector, dataset, iou: float = 0.5, score_threshold: float = 0.3,
