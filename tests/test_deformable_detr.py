@@ -303,3 +303,23 @@ def test_the_optimizer_applies_the_methods_lr_scales_and_refuses_unknown_names()
     method.lr_scales = lambda: {"detr.nothing": 0.1}
     with pytest.raises(ConfigError, match=r"lr_scales\(\) names parameters it does not train: \['detr.nothing'\]"):
         param_groups(method, 1e-4)
+
+
+def test_an_imagenet_resnet_file_loads_into_the_backbone_and_a_partial_detector_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from tubelet.errors import CheckpointError
+
+    resnet = create_model("resnet18_image")  # with its classifier, as ImageNet files are
+    save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    over = TINY + [f"model.checkpoint={tmp_path / 'r18.safetensors'}"]
+    method = build_method(load_recipe("deformable_detr_synthetic", over))
+    report = method.detr.load_report
+    assert len(report.loaded) == len([k for k in resnet.state_dict() if not k.startswith("fc.")])
+    torch.testing.assert_close(method.detr.backbone.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+    assert "class_embed.bias" in report.new and report.ignored == []
+    torch.testing.assert_close(method.detr.class_embed.bias, torch.full((1,), -math.log(99.0)))
+    state = {k: v for k, v in method.detr.state_dict().items() if k != "class_embed.bias"}
+    save_file(state, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(CheckpointError, match=r"partial.safetensors: weights do not fit DeformableDETR(.|\n)*class_embed"):
+        build_method(load_recipe("deformable_detr_synthetic", TINY + [f"model.checkpoint={tmp_path / 'partial.safetensors'}"]))

@@ -35,7 +35,7 @@ from tubelet.models.layers.pos_embed import sincos_1d
 from tubelet.models.registry import create_model, register_model
 from tubelet.models.resnet2d import ResNet2d
 
-__all__ = ["DeformableDETR", "DeformableDETRConfig", "inverse_sigmoid", "sine_positions"]
+__all__ = ["DeformableDETR", "DeformableDETRConfig", "checkpoint_filter_fn", "inverse_sigmoid", "sine_positions"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,19 @@ class DecoderLayer(nn.Module):
         return self.norm3(tgt + self.ffn(tgt))
 
 
+def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """An image ResNet's weights (torchvision / timm names, as ImageNet files have them) become the detector's
+    ``backbone.`` tensors, its classifier ``fc`` dropped: the paper's ImageNet-initialised backbone through
+    ``model.checkpoint``. A detector's own weights pass unchanged."""
+    if "conv1.weight" in state and not any(k.startswith("backbone.") for k in state):
+        return {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    return state
+
+
 class DeformableDETR(nn.Module):
+    # the backbone builder's loading policy: see init_only_keys
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+
     def __init__(self, cfg: DeformableDETRConfig, backbone: nn.Module | None = None) -> None:
         super().__init__()
         if cfg.levels < 1 or cfg.num_queries < 1 or cfg.decoder_layers < 1 or cfg.num_classes < 1:
@@ -160,6 +172,11 @@ class DeformableDETR(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         nn.init.constant_(last.bias[2:], -2.0)
+
+    def init_only_keys(self) -> list[str]:
+        """Everything but the backbone: a file with none of these (an ImageNet ResNet) loads the backbone and
+        leaves the rest at its initialisation; a detector's file must have them all."""
+        return [k for k in self.state_dict() if not k.startswith("backbone.")]
 
     def levels(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The ``L`` projected maps ``(B, dim, H_l, W_l)``, strides 8, 16, 32, 64 with the default 4 levels."""
