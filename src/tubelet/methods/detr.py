@@ -123,7 +123,8 @@ def set_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, targets: torch.
              matcher: HungarianMatcher, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0
              ) -> dict[str, torch.Tensor]:
     """``{"loss_ce", "loss_bbox", "loss_giou"}`` of one decoder layer's ``{"logits", "boxes"}``, each summed
-    and divided by ``num_boxes``; ``labels`` ``(B, M)``, ``targets`` ``(B, M, 4)`` cxcywh with ``mask``."""
+    and divided by ``num_boxes``, and the (detached) ``matched_iou``; ``labels`` ``(B, M)``, ``targets``
+    ``(B, M, 4)`` cxcywh with ``mask``."""
     logits, boxes = out["logits"], out["boxes"]
     B, Q, K = logits.shape
     matches = matcher(logits, boxes, labels, targets, mask)
@@ -139,7 +140,10 @@ def set_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, targets: torch.
     loss_bbox = F.l1_loss(pred, gt, reduction="sum") / num_boxes
     giou = generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy"), aligned=True)
     loss_giou = (1 - giou).sum() / num_boxes
-    return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+    with torch.no_grad():  # whether boxes are learnt: the mean IoU of the matched pairs (logged, not a loss)
+        iou = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy"), aligned=True)
+    return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou,
+            "matched_iou": iou.mean() if iou.numel() else logits.new_zeros(())}
 
 
 @torch.no_grad()
@@ -187,8 +191,8 @@ class DeformableDETRMethod(nn.Module):
         return max(n, 1.0)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        images, targets = batch["image"], batch["boxes"]  # type: ignore[typeddict-item]
-        labels, mask = batch["labels"], batch["box_mask"].bool()  # type: ignore[typeddict-item]
+        images, targets = batch["image"], batch["boxes"]
+        labels, mask = batch["labels"], batch["box_mask"].bool()
         K = self.detr.cfg.num_classes
         if mask.any() and int(labels[mask].max()) >= K:
             raise ConfigError(f"a box has class {int(labels[mask].max())} but model.num_classes is {K}")
@@ -196,28 +200,14 @@ class DeformableDETRMethod(nn.Module):
         n = self._num_boxes(mask)
         layers = [out, *out["aux"]] if self.cfg.aux_loss else [out]
         total = images.new_zeros(())
-        last: dict[str, torch.Tensor] = {}
+        logs: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(layers):
             terms = set_loss(layer, labels, targets, mask, self.matcher, n, self.cfg.focal_alpha,
                              self.cfg.focal_gamma)
-            total = total + sum(self.weights[k] * v for k, v in terms.items())
-            if i == 0:
-                last = terms
-        logs = {k: v.detach() for k, v in last.items()}
-        logs["matched_iou"] = self._matched_iou(out, labels, targets, mask)
+            total = total + sum(w * terms[k] for k, w in self.weights.items())
+            if i == 0:  # the last decoder layer's terms are what is logged
+                logs = {k: v.detach() for k, v in terms.items()}
         return {"loss": total, **logs}
-
-    @torch.no_grad()
-    def _matched_iou(self, out: dict, labels: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean IoU of the last layer's matched pairs: a training signal that says whether boxes are learnt."""
-        matches = self.matcher(out["logits"], out["boxes"], labels, targets, mask)
-        ious = []
-        for b, (q, j) in enumerate(matches):
-            gt = targets[b][mask[b]][j.to(mask.device)]
-            ious.append(box_iou(box_convert(out["boxes"][b, q.to(gt.device)], "cxcywh", "xyxy"),
-                                box_convert(gt, "cxcywh", "xyxy"), aligned=True))
-        all_ious = torch.cat(ious) if ious else targets.new_zeros(0)
-        return all_ious.mean() if all_ious.numel() else targets.new_zeros(())
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
