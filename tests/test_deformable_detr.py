@@ -254,7 +254,9 @@ def test_frame_boxes_are_the_synthetic_objects_normalised_and_flipped_with_the_f
     assert len(build_dataset(r.data, "val")) == len(split_indices(r.data.synthetic, "val")) * 4
     with pytest.raises(ConfigError, match="max_objects=3 exceeds data.frame_boxes.max_boxes=2"):
         build_dataset(load_recipe("deformable_detr_synthetic", TINY + ["data.frame_boxes.max_boxes=2"]).data, "train")
-    with pytest.raises(ConfigError, match="data.train=/x/y: data.kind 'frame_boxes' reads the synthetic set only"):
+    from tubelet.errors import DataError
+
+    with pytest.raises(DataError, match="frame_boxes source '/x/y' is neither 'synthetic' nor a folder"):
         build_dataset(load_recipe("deformable_detr_synthetic", TINY + ["data.train=/x/y"]).data, "train")
 
 
@@ -323,3 +325,42 @@ def test_an_imagenet_resnet_file_loads_into_the_backbone_and_a_partial_detector_
     save_file(state, str(tmp_path / "partial.safetensors"))
     with pytest.raises(CheckpointError, match=r"partial.safetensors: weights do not fit DeformableDETR(.|\n)*class_embed"):
         build_method(load_recipe("deformable_detr_synthetic", TINY + [f"model.checkpoint={tmp_path / 'partial.safetensors'}"]))
+
+
+def _mot_folder(root, name="SEQ-01", frames=3):
+    from PIL import Image
+
+    seq = root / name
+    (seq / "img1").mkdir(parents=True)
+    (seq / "gt").mkdir()
+    for t in range(frames):
+        Image.fromarray(np.full((20, 40, 3), 30 * t, np.uint8)).save(seq / "img1" / f"{t + 1:06d}.png")
+    (seq / "seqinfo.ini").write_text(f"[Sequence]\nname={name}\nimDir=img1\nframeRate=10\nseqLength={frames}\n"
+                                     "imWidth=40\nimHeight=20\n")
+    # frame 1: a pedestrian and a static person (an ignore region, not a target); frame 2: a pedestrian
+    # below the visibility bound; frame 3: an unflagged pedestrian
+    (seq / "gt" / "gt.txt").write_text("1,1,4,2,10,8,1,1,1.0\n1,2,20,5,6,6,1,7,1.0\n2,1,6,2,10,8,1,1,0.1\n"
+                                       "3,1,8,2,10,8,0,1,1.0\n")
+    return seq
+
+
+def test_frame_boxes_read_mot_challenge_targets_under_the_benchmarks_rules(tmp_path):
+    seq = _mot_folder(tmp_path)
+    over = TINY + [f"data.train={tmp_path}", "data.augment.hflip=0.0", "data.frame_boxes.min_visibility=0.5",
+                   "data.frame_boxes.min_size=0"]
+    ds = build_dataset(load_recipe("deformable_detr_synthetic", over).data, "train")
+    assert len(ds) == 3
+    s = ds[0]
+    assert s["box_mask"].tolist() == [True, False, False, False] and s["image"].shape == (3, 64, 64)
+    torch.testing.assert_close(s["boxes"][0], torch.tensor([9 / 40, 6 / 20, 10 / 40, 8 / 20]))
+    assert not ds[1]["box_mask"].any() and not ds[2]["box_mask"].any()
+    frame, _, _ = ds.raw(2)
+    assert frame.shape == (20, 40, 3) and int(frame[0, 0, 0]) == 60
+    one = build_dataset(load_recipe("deformable_detr_synthetic", TINY + [f"data.train={seq}"]).data, "train")
+    assert len(one) == 3
+    (tmp_path / "empty").mkdir()
+    from tubelet.errors import DataError
+
+    with pytest.raises(DataError, match="no MOT sequence folder"):
+        build_dataset(load_recipe("deformable_detr_synthetic", TINY + [f"data.train={tmp_path / 'empty'}"]).data,
+                      "train")

@@ -227,13 +227,17 @@ class AVADataConfig(Checked):
 class FrameBoxesConfig(Checked):
     """Single frames with their object boxes, a detector's images (``data.kind: frame_boxes``;
     ``data/datasets/frame_boxes.py``). ``data.train`` / ``data.val`` are ``synthetic`` (every object of the
-    synthetic set's clips, one class); ``data.crop_size`` is the side images are resized to."""
+    synthetic set's clips, one class) or a MOT Challenge sequence folder or a folder of them (pedestrians,
+    one class); ``data.crop_size`` is the side images are resized to."""
 
     SECTION = "data.frame_boxes"
 
     max_boxes: int = bounded(20, POSITIVE)  # boxes per image, padded; a frame with more is an error
     frame_stride: int = bounded(1, POSITIVE)  # one sample every this many frames of a sequence
     min_size: float = bounded(2.0, NONNEGATIVE)  # boxes narrower or lower than this (frame pixels) are dropped
+    # MOT Challenge sources: which rows of gt.txt are targets (mot_training_boxes)
+    benchmark: Literal["MOT15", "MOT16", "MOT17", "MOT20"] = "MOT17"
+    min_visibility: float = bounded(0.0, FRACTION)
 
 
 @dataclass

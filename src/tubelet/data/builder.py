@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
@@ -88,23 +89,24 @@ def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
 
 
 def build_frame_box_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None) -> Dataset:
-    """Frames with their boxes (``data.kind: frame_boxes``) of the synthetic set's clips of ``split``."""
-    from tubelet.data.datasets.frame_boxes import FrameBoxDataset, SyntheticFrames
+    """Frames with their boxes (``data.kind: frame_boxes``): of the synthetic set's clips of ``split``, or of
+    the MOT Challenge sequences ``data.train`` / ``data.val`` name (a sequence folder or a folder of them)."""
+    from tubelet.data.datasets.frame_boxes import FrameBoxDataset, SyntheticFrames, mot_frame_sequences
     from tubelet.data.synthetic import SyntheticSource, split_indices
 
-    key = "train" if split == "train" else "val"
     src = (cfg.train if split == "train" else cfg.val) or "synthetic"
-    if src != "synthetic":
-        raise ConfigError(f"data.{key}={src}: data.kind 'frame_boxes' reads the synthetic set only "
-                          f"(data.{key}: synthetic)")
     fb = cfg.frame_boxes
-    if cfg.synthetic.max_objects > fb.max_boxes:
-        raise ConfigError(f"data.synthetic.max_objects={cfg.synthetic.max_objects} exceeds "
-                          f"data.frame_boxes.max_boxes={fb.max_boxes}")
-    source = SyntheticSource(cfg.synthetic, cache)
-    seqs = [SyntheticFrames(source, i) for i in split_indices(cfg.synthetic, split)]
-    if not seqs:
-        raise ConfigError(f"data.synthetic: the {split} split has no clips (num_videos={cfg.synthetic.num_videos})")
+    if src == "synthetic":
+        if cfg.synthetic.max_objects > fb.max_boxes:
+            raise ConfigError(f"data.synthetic.max_objects={cfg.synthetic.max_objects} exceeds "
+                              f"data.frame_boxes.max_boxes={fb.max_boxes}")
+        source = SyntheticSource(cfg.synthetic, cache)
+        seqs = [SyntheticFrames(source, i) for i in split_indices(cfg.synthetic, split)]
+        if not seqs:
+            raise ConfigError(f"data.synthetic: the {split} split has no clips (num_videos={cfg.synthetic.num_videos})")
+    else:
+        path = src if not cfg.root or os.path.isabs(src) else os.path.join(cfg.root, src)
+        seqs = mot_frame_sequences(path, fb.benchmark, fb.min_visibility)
     return FrameBoxDataset(seqs, cfg.crop_size, cfg.mean, cfg.std, fb.max_boxes, fb.frame_stride, fb.min_size,
                            cfg.augment.hflip if split == "train" else 0.0, seed)
 

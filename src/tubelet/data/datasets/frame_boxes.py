@@ -2,7 +2,9 @@
 
 Every frame of every sequence (one in ``data.frame_boxes.frame_stride``) is a sample. The synthetic set's
 sequences are its clips of the split, each object present in a frame one box of class 0 ("object": the
-synthetic set has one class of things to detect, as UTT's detector has pedestrians).
+synthetic set has one class of things to detect, as UTT's detector has pedestrians). A MOT Challenge
+sequence folder (or a folder of them) gives its frames and its ground-truth targets under the benchmark's
+rules (``mot_training_boxes``), pedestrians as class 0.
 
 Samples: ``image`` ``(3, S, S)`` float, the frame resized to ``data.crop_size`` (bilinear, antialiased: the
 resize :func:`resize_frame` that inference applies too) and normalised by ``data.mean`` / ``data.std``;
@@ -14,6 +16,8 @@ flip (probability ``data.augment.hflip``) mirrors frame and boxes, drawn from a 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +27,8 @@ from torch.utils.data import Dataset
 
 from tubelet.errors import DataError
 
-__all__ = ["FrameBoxDataset", "FrameBoxSequence", "SyntheticFrames", "resize_frame"]
+__all__ = ["FrameBoxDataset", "FrameBoxSequence", "MOTFrames", "SyntheticFrames", "mot_frame_sequences",
+           "resize_frame"]
 
 
 def resize_frame(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -70,6 +75,56 @@ class SyntheticFrames(FrameBoxSequence):
         clip = self.source.clip(self.index)
         present = clip.ids[t] >= 0
         return clip.boxes[t][present].astype(np.float64), np.zeros(int(present.sum()), np.int64)
+
+
+class MOTFrames(FrameBoxSequence):
+    """A MOT Challenge sequence folder (``seqinfo.ini``, ``gt/gt.txt``, frames in ``img1/``): its frames and the
+    targets of its ground truth under ``benchmark``'s rules (``mot_training_boxes``: flagged pedestrians of
+    at least ``min_visibility``), all of class 0. The frames are opened on first use."""
+
+    def __init__(self, folder: str | os.PathLike, benchmark: str = "MOT17", min_visibility: float = 0.0) -> None:
+        from tubelet.data.datasets.tracking import load_mot_sequence, mot_training_boxes
+
+        seq = load_mot_sequence(folder)
+        if seq.gt is None:
+            raise DataError(f"{folder}: no gt/gt.txt: a detector trains on a sequence's ground truth")
+        if seq.frames is None:
+            raise DataError(f"{folder}: no frame folder {seq.info.get('imdir', 'img1')}/ beside seqinfo.ini")
+        targets, _ = mot_training_boxes(seq.gt, benchmark, min_visibility)  # type: ignore[arg-type]
+        self.name, self.num_frames = str(folder), seq.num_frames
+        self.folder, self.fps = seq.frames, float(seq.info.get("framerate", 30.0))
+        xywh = targets.boxes
+        self._xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+        self._frame = targets.frame - 1  # MOT frames count from 1
+        self._reader = None
+
+    def frame(self, t: int) -> np.ndarray:
+        if self._reader is None:
+            from tubelet.data.datasets.frames import FrameFolderReader
+
+            self._reader = FrameFolderReader(self.folder, self.fps)
+            if self._reader.metadata.num_frames < self.num_frames:
+                raise DataError(f"{self.folder}: {self._reader.metadata.num_frames} frames but seqLength is "
+                                f"{self.num_frames}")
+        return self._reader.get_frames([t])[0]
+
+    def boxes(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._frame == t
+        return self._xyxy[rows], np.zeros(int(rows.sum()), np.int64)
+
+
+def mot_frame_sequences(source: str | os.PathLike, benchmark: str = "MOT17",
+                        min_visibility: float = 0.0) -> list[MOTFrames]:
+    """A MOT Challenge sequence folder (one with ``seqinfo.ini``) or a folder of them (e.g. ``MOT17/train``)."""
+    d = Path(source)
+    if (d / "seqinfo.ini").is_file():
+        return [MOTFrames(d, benchmark, min_visibility)]
+    if not d.is_dir():
+        raise DataError(f"frame_boxes source '{source}' is neither 'synthetic' nor a folder")
+    seqs = [MOTFrames(q, benchmark, min_visibility) for q in sorted(d.iterdir()) if (q / "seqinfo.ini").is_file()]
+    if not seqs:
+        raise DataError(f"{d}: no MOT sequence folder (one with a seqinfo.ini) in it")
+    return seqs
 
 
 class FrameBoxDataset(Dataset):
