@@ -15,8 +15,8 @@ normalised for L1 and ``xyxy`` for GIoU. The loss of every decoder layer (its ow
         + 2 sum_matched (1 - GIoU(b, b*)) / N
 
 with the sigmoid focal loss ``FL`` (alpha 0.25, gamma 2) over every query and class (unmatched queries learn
-"no object" as all-zero targets) and ``N`` the number of boxes of the batch (summed over processes),
-at least 1. The detector is ``model.name`` (``deformable_detr_r50``, ``deformable_detr_r18_tiny``, ...),
+"no object" as all-zero targets) and ``N`` the number of boxes of the batch (with several processes,
+their mean: Deformable DETR's normalisation), at least 1. The detector is ``model.name`` (``deformable_detr_r50``, ``deformable_detr_r18_tiny``, ...),
 built and loaded by the shared backbone builder; ``model.num_classes`` is its class count.
 
 Inference (:func:`postprocess`): the ``top_k`` highest of the ``Q K`` sigmoid scores, each with its
