@@ -5,7 +5,9 @@ refinement or two-stage proposals: UTT's detector for multi-object tracking (arX
 "aux": [{"logits", "boxes"} per earlier decoder layer]}``, boxes ``cxcywh`` normalised to the image.
 
 1. Backbone (Sec. 4.1, "multi-scale feature maps"): a 2-D ResNet's C3-C5 (strides 8, 16, 32), each a 1x1
-   conv to ``dim`` + GroupNorm(32) (8 channels a group), and a fourth level (stride 64) from a 3x3 stride-2 conv on C5 + GroupNorm.
+   conv to ``dim`` + GroupNorm (32 groups at 256: 8 channels a group), and a fourth level (stride 64) from
+   a 3x3 stride-2 conv on C5 + GroupNorm. An ImageNet ResNet file given as ``model.checkpoint`` loads into
+   the backbone (:func:`checkpoint_filter_fn`, ``init_only_keys``).
 2. Positions: the sine code of DETR on coordinates normalised to ``[0, 2 pi]`` (``(i + 0.5) / H``), half of
    the channels for y and half for x, plus a learnt embedding per level ``e_l`` (Appendix A.2).
 3. Encoder, ``encoder_layers`` times (post-norm): ``x = LN(x + MSDeformAttn(x + pos, p, x))``,
