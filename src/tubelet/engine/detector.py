@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tubelet.errors import CheckpointError, ConfigError
+from tubelet.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["Detector", "detector_from_recipe", "evaluate_detector", "load_detector", "evaluate_detector_checkpoint"]
 
@@ -133,7 +133,7 @@ def evaluate_detector(detector: Detector, dataset, iou: float = 0.5, score_thres
     from tubelet.eval.detection import detection_metrics
 
     if len(dataset) == 0:
-        raise CheckpointError("evaluate_detector: the dataset has no frames")
+        raise DataError("evaluate_detector: the dataset has no frames")
     preds, gts = [], []
     for lo in range(0, len(dataset), batch_size):
         samples = [dataset.raw(i) for i in range(lo, min(len(dataset), lo + batch_size))]
