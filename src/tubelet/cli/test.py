@@ -8,7 +8,7 @@ from tubelet.cli._recipe import add_recipe_arguments, load_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("test", help="multi-view test (clips x crops) of a checkpoint; prints top-1/top-5 (AVA detection: frame-mAP)")
+    p = sub.add_parser("test", help="multi-view test (clips x crops) of a checkpoint; prints top-1/top-5 (AVA detection: frame-mAP; box detectors: recall and AP)")
     add_recipe_arguments(p, example="data.test_clips=5")
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (*.ckpt), method.safetensors or backbone.safetensors")
@@ -59,6 +59,14 @@ def run(args: argparse.Namespace) -> int:
         from tubelet.engine.detection import evaluate_detection
 
         print(format_detection_table(evaluate_detection(recipe, args.checkpoint)))
+        return 0
+    if recipe.data.kind == "frame_boxes":  # a box detector: recall, precision and AP at IoU 0.5 on test frames
+        from tubelet.engine.detector import evaluate_detector_checkpoint
+
+        m = evaluate_detector_checkpoint(recipe, args.checkpoint)
+        print(f"frames {int(m['num_frames'])}, boxes {int(m['num_gt'])}; at IoU 0.5: recall (score >= 0.3) "
+              f"{100 * m['recall']:.1f} %, precision {100 * m['precision']:.1f} %, recall of all top-k "
+              f"{100 * m['recall_all']:.1f} %, AP {100 * m['ap']:.1f} %")
         return 0
     results = evaluate(recipe, args.checkpoint)
     save_test_figures(results)

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "long_range", "ava"]
+DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "long_range", "ava", "frame_boxes"]
 # Lightning's precision names that tubelet trains and tests with; the 16-bit float ones need a GPU.
 Precision = Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
 
@@ -224,11 +224,28 @@ class AVADataConfig(Checked):
 
 
 @dataclass
+class FrameBoxesConfig(Checked):
+    """Single frames with their object boxes, a detector's images (``data.kind: frame_boxes``;
+    ``data/datasets/frame_boxes.py``). ``data.train`` / ``data.val`` are ``synthetic`` (every object of the
+    synthetic set's clips, one class) or a MOT Challenge sequence folder or a folder of them (pedestrians,
+    one class); ``data.crop_size`` is the side images are resized to."""
+
+    SECTION = "data.frame_boxes"
+
+    max_boxes: int = bounded(20, POSITIVE)  # boxes per image, padded; a frame with more is an error
+    frame_stride: int = bounded(1, POSITIVE)  # one sample every this many frames of a sequence
+    min_size: float = bounded(2.0, NONNEGATIVE)  # boxes narrower or lower than this (frame pixels) are dropped
+    # MOT Challenge sources: which rows of gt.txt are targets (mot_training_boxes)
+    benchmark: Literal["MOT15", "MOT16", "MOT17", "MOT20"] = "MOT17"
+    min_visibility: float = bounded(0.0, FRACTION)
+
+
+@dataclass
 class DataConfig(Checked):
     """Where clips come from and how they are sampled.
 
     ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``, ``long_range``,
-    ``ava``.
+    ``ava``, ``frame_boxes``.
     """
 
     SECTION = "data"
@@ -273,6 +290,7 @@ class DataConfig(Checked):
     sot: SOTDataConfig = field(default_factory=SOTDataConfig)
     long_range: LongRangeConfig = field(default_factory=LongRangeConfig)
     ava: AVADataConfig = field(default_factory=AVADataConfig)
+    frame_boxes: FrameBoxesConfig = field(default_factory=FrameBoxesConfig)
 
 
 @dataclass

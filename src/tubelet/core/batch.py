@@ -25,3 +25,8 @@ class Batch(TypedDict, total=False):
     video_id: torch.Tensor  # (B,) int64: the stream segment of each clip in the online order (memory models)
     sample_seed: torch.Tensor  # (B,) int64: each sample's seed of (seed, epoch, position), for per-sample draws
     extra: dict[str, Any]
+    # single frames with boxes (data.kind frame_boxes: detectors)
+    image: torch.Tensor  # (B, 3, H, W) float, normalised
+    boxes: torch.Tensor  # (B, M, 4) padded boxes (frame_boxes: cxcywh normalised; AVA: xyxy pixels)
+    labels: torch.Tensor  # frame_boxes: (B, M) int64 class of each box; AVA: (B, M, K) multi-hot actions
+    box_mask: torch.Tensor  # (B, M) bool, False for padding

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
@@ -32,6 +33,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
         return build_long_range_dataset(cfg, split, seed=seed)
     if cfg.kind == "ava":
         return build_ava_dataset(cfg, split, seed=seed, cache=cache)
+    if cfg.kind == "frame_boxes":
+        return build_frame_box_dataset(cfg, split, seed=seed, cache=cache)
     if cfg.kind not in CLIP_KINDS:
         raise ConfigError(f"data.kind '{cfg.kind}' is not supported; use {', '.join(CLIP_KINDS)}")
     if cfg.device_transforms and cfg.rho.clips > 0:
@@ -83,6 +86,29 @@ def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     s = cfg.sot
     return SOTPairDataset(seqs, cfg.crop_size, s.samples_per_epoch, s.search_factor, s.centre_jitter, s.scale_jitter,
                           s.max_gap, seed, cfg.mean, cfg.std)
+
+
+def build_frame_box_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None) -> Dataset:
+    """Frames with their boxes (``data.kind: frame_boxes``): of the synthetic set's clips of ``split``, or of
+    the MOT Challenge sequences ``data.train`` / ``data.val`` name (a sequence folder or a folder of them)."""
+    from tubelet.data.datasets.frame_boxes import FrameBoxDataset, SyntheticFrames, mot_frame_sequences
+    from tubelet.data.synthetic import SyntheticSource, split_indices
+
+    src = (cfg.train if split == "train" else cfg.val) or "synthetic"
+    fb = cfg.frame_boxes
+    if src == "synthetic":
+        if cfg.synthetic.max_objects > fb.max_boxes:
+            raise ConfigError(f"data.synthetic.max_objects={cfg.synthetic.max_objects} exceeds "
+                              f"data.frame_boxes.max_boxes={fb.max_boxes}")
+        source = SyntheticSource(cfg.synthetic, cache)
+        seqs = [SyntheticFrames(source, i) for i in split_indices(cfg.synthetic, split)]
+        if not seqs:
+            raise ConfigError(f"data.synthetic: the {split} split has no clips (num_videos={cfg.synthetic.num_videos})")
+    else:
+        path = src if not cfg.root or os.path.isabs(src) else os.path.join(cfg.root, src)
+        seqs = mot_frame_sequences(path, fb.benchmark, fb.min_visibility)
+    return FrameBoxDataset(seqs, cfg.crop_size, cfg.mean, cfg.std, fb.max_boxes, fb.frame_stride, fb.min_size,
+                           cfg.augment.hflip if split == "train" else 0.0, seed)
 
 
 def _ava_file(cfg: DataConfig, key: str, value: str | None, required: bool = True):

@@ -6,6 +6,7 @@
   layer ``i`` (``backbone.get_layer_id(name)``: 0 = embeddings, k = block k-1, depth+1 = head) gets
   ``lr * decay ** (depth + 1 - i)``. Parameters outside the backbone (method heads, decoders) count as
   layer ``depth + 1`` (scale 1).
+* A module's ``lr_scales()`` (parameter name -> factor) multiplies those parameters' LR on top.
 * LR rule (Goyal et al., arXiv:1706.02677): ``lr = base_lr * videos_per_step / 256`` where
   ``videos_per_step = data.batch_size * accumulate_grad_batches * world_size`` counts videos, not
   clips: with repeated sampling (r clips per video) the effective batch of clips is r times larger,
@@ -41,6 +42,18 @@ def _no_decay_names(module: nn.Module) -> set[str]:
     if backbone is not None and backbone is not module and hasattr(backbone, "no_weight_decay"):
         names |= {f"backbone.{n}" for n in backbone.no_weight_decay()}
     return names
+
+
+def _method_lr_scales(module: nn.Module, trainable: dict[str, float]) -> dict[str, float]:
+    """A module's own LR multipliers by parameter name (``lr_scales()``, e.g. Deformable DETR's 0.1x on its
+    backbone and sampling offsets); a name that is no trainable parameter is an error, not a no-op."""
+    if not hasattr(module, "lr_scales"):
+        return {}
+    extra = {str(k): float(v) for k, v in module.lr_scales().items()}
+    unknown = sorted(set(extra) - set(trainable))
+    if unknown:
+        raise ConfigError(f"{type(module).__name__}.lr_scales() names parameters it does not train: {unknown[:4]}")
+    return extra
 
 
 def _matches(name: str, patterns: set[str]) -> bool:
@@ -89,6 +102,8 @@ def param_groups(
     """Parameter groups keyed by (weight decay, LR scale); each group has ``lr_scale`` and ``names``."""
     no_decay = _no_decay_names(module)
     scales = layer_scales(module, layer_decay)
+    for name, scale in _method_lr_scales(module, scales).items():
+        scales[name] *= scale
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:

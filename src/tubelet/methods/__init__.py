@@ -7,7 +7,7 @@ methods shipped with tubelet; a method of your own registers when its module is 
 from __future__ import annotations
 
 # Each import registers its method (and its config section with the recipe loader).
-from tubelet.methods import castling, contrastive, detection, flip, linear_probe, mae_st, maskfeat, supervised, utt  # noqa: F401
+from tubelet.methods import castling, contrastive, detection, detr, flip, linear_probe, mae_st, maskfeat, supervised, utt  # noqa: F401
 from tubelet.methods.base import Method, RunContext
 from tubelet.methods.registry import build_method, list_methods, register_method
 

@@ -3,7 +3,8 @@
 The parameter and buffer names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1`` ...,
 ``downsample.0``, ``fc``), which timm's ResNets share, so an ImageNet state dict from either loads with
 :func:`load_imagenet_state_dict`. Trackers use the stride-16 map of ``layer3`` (UTT's SOT feature), so
-``forward_features(x, out_stride)`` stops where it is asked and ``layer4``/``fc`` may be left unused.
+``forward_features(x, out_stride)`` stops where it is asked and ``layer4``/``fc`` may be left unused;
+``forward_pyramid(x, (8, 16, 32))`` gives several strides of one pass (Deformable DETR's input).
 """
 
 from __future__ import annotations
@@ -116,6 +117,19 @@ class ResNet2d(nn.Module):
         for i in range(1, self._stage(out_stride) + 1):
             x = getattr(self, f"layer{i}")(x)
         return x
+
+    def forward_pyramid(self, x: torch.Tensor, out_strides: tuple[int, ...] = (8, 16, 32)) -> list[torch.Tensor]:
+        """The maps at each of ``out_strides`` (ascending) from one pass: a detector's multi-scale input."""
+        stages = [self._stage(s) for s in out_strides]
+        if stages != sorted(set(stages)):
+            raise ValueError(f"out_strides {tuple(out_strides)} must be distinct and ascending")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps = []
+        for i in range(1, stages[-1] + 1):
+            x = getattr(self, f"layer{i}")(x)
+            if i in stages:
+                maps.append(x)
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.avgpool(self.forward_features(x, 32)).flatten(1))

@@ -1,0 +1,90 @@
+"""The detector the MOT tracker calls: a trained-for-a-few-steps Deformable DETR run loaded by ``load_detector``,
+its boxes in frame pixels, refusal of another method's run, and the detection metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tubelet.data.builder import build_dataset
+from tubelet.data.datasets.frame_boxes import resize_frame
+from tubelet.engine.detector import evaluate_detector, load_detector
+from tubelet.errors import CheckpointError
+from tubelet.eval.detection import detection_metrics
+
+# the shipped recipe, shrunk: a tiny detector trained for 3 steps through `tubelet fit -c deformable_detr_synthetic`
+TINY = ["model.overrides={dim: 32, heads: 2, points: 2, encoder_layers: 1, decoder_layers: 2, ffn_dim: 32, "
+        "num_queries: 6}", "data.synthetic.num_videos=8", "data.synthetic.frames=4", "data.batch_size=2",
+        "method.top_k=5", "optim.lr=1e-4", "optim.warmup_steps=1", "trainer.max_steps=3",
+        "trainer.checkpoint_every_n_steps=3", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def detr_run(tmp_path_factory):
+    from tubelet.cli.main import main
+
+    run = tmp_path_factory.mktemp("detr_run") / "run"
+    assert main(["fit", "-c", "deformable_detr_synthetic", *TINY, f"run_dir={run}"]) == 0
+    return run
+
+
+def test_the_detector_gives_top_k_boxes_in_the_frames_pixels(detr_run):
+    det = load_detector(detr_run)
+    frame = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    boxes, scores = det(frame)
+    assert boxes.shape == (5, 4) and scores.shape == (5,)
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32
+    assert (np.diff(scores) <= 0).all() and ((scores > 0) & (scores < 1)).all()
+    # the run's resize and normalisation, then normalised xyxy scaled by the frame's width and height
+    image = resize_frame(frame, 64, det.mean, det.std)[None]
+    b, s, _ = det.method.detect(image, 5)
+    np.testing.assert_allclose(boxes, (b[0] * torch.tensor([80.0, 48.0, 80.0, 48.0])).numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores, s[0].numpy(), rtol=1e-6)
+    assert det.mean == (0.485, 0.456, 0.406) and det.size == 64  # the recipe's data section, not a default
+    # the same weights through the run's files; a score threshold drops the low ones
+    for path in (detr_run / "method.safetensors", *sorted((detr_run / "checkpoints").glob("*.ckpt"))):
+        again, _ = load_detector(path)(frame)
+        np.testing.assert_allclose(again, boxes, rtol=1e-5, atol=1e-4)
+    kept, kept_scores = load_detector(detr_run, score_threshold=float(scores[2]))(frame)
+    assert len(kept) == len(kept_scores) == 3
+    metrics = evaluate_detector(det, build_dataset(load_detector_recipe(detr_run).data, "val"))
+    assert 0 <= metrics["recall"] <= metrics["recall_all"] <= 1 and metrics["num_frames"] == 4.0
+
+
+def test_tubelet_test_scores_a_detector_on_the_test_frames(detr_run, capsys):
+    from tubelet.cli.main import main
+
+    assert main(["test", "--config", str(detr_run / "config.yaml"), "--checkpoint",
+                 str(detr_run / "method.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "frames 4, boxes" in out and "at IoU 0.5: recall (score >= 0.3)" in out and "AP" in out
+
+
+def load_detector_recipe(run):
+    from tubelet.config import load_recipe
+
+    return load_recipe(run / "config.yaml")
+
+
+def test_another_methods_run_is_refused_naming_the_file(tiny_run, detr_run, tmp_path):
+    with pytest.raises(CheckpointError, match=rf"{tiny_run / 'method.safetensors'}: a checkpoint of method 'supervised'"):
+        load_detector(tiny_run)
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        load_detector(tmp_path / "nowhere")
+    lone = tmp_path / "method.safetensors"
+    lone.write_bytes((detr_run / "method.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=rf"{lone}: no config.yaml beside it"):
+        load_detector(lone)
+
+
+def test_detection_metrics_follow_vocs_matching():
+    gts = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.zeros((0, 4))]
+    preds = [(np.array([[0, 0, 9, 10], [0, 0, 10, 10], [50, 50, 60, 60]], float), np.array([0.8, 0.9, 0.2])),
+             (np.array([[0, 0, 5, 5]], float), np.array([0.5]))]
+    m = detection_metrics(preds, gts, iou=0.5, score_threshold=0.3)
+    # 0.9 takes the first box; 0.8 overlaps the same box (a duplicate: false positive); the rest hit nothing
+    assert m["recall"] == 0.5 and m["precision"] == pytest.approx(1 / 3) and m["recall_all"] == 0.5
+    assert m["ap"] == pytest.approx(0.5) and m["num_gt"] == 2
+    assert detection_metrics(preds, gts, iou=0.5, score_threshold=0.95)["precision"] != \
+        detection_metrics(preds, gts, iou=0.5, score_threshold=0.95)["precision"]  # NaN: nothing kept
