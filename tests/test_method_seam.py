@@ -98,10 +98,12 @@ def _register_toy():
     from tubelet.methods import register_method
     from tubelet.methods.backbone import build_backbone
 
+    from tubelet.config.bounds import POSITIVE_REAL, bounded
+
     @dataclass
     class ToyMethodConfig(MethodConfig):
         name: str = "toy_method"
-        scale: float = 1.0
+        scale: float = bounded(1.0, POSITIVE_REAL)
 
     class Seen(Callback):
         def on_train_end(self, trainer, pl_module) -> None:
