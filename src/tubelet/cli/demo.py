@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     from tubelet.report.figures import ReconstructionCallback
 
     out = Path(args.out)
-    common = list(QUICK if args.quick else []) + list(args.overrides)
+    # every stage at the fastest precision that trains as well here (bf16-mixed where bf16 matmuls are
+    # faster, measured once), the same for all stages; --set trainer.precision=... overrides it
+    common = ["trainer.precision=auto"] + list(QUICK if args.quick else []) + list(args.overrides)
     if args.threads:
         common.append(f"trainer.num_threads={args.threads}")
     caches: dict[str, dict] = {}  # rendered synthetic clips, shared by stages over the same set

@@ -27,7 +27,7 @@ from tubelet.config.schema import Recipe
 from tubelet.core.io import atomic_write_text, writing
 from tubelet.core.runtime import set_threads
 from tubelet.data.datasets.ava import AVADataset, AVATable, write_ava_csv
-from tubelet.engine.device import check_precision, resolve_device
+from tubelet.engine.device import check_precision, resolve_device, with_resolved_precision
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.eval.ava import AVAResult, frame_map
 
@@ -116,6 +116,7 @@ def evaluate_detection(recipe: Recipe, checkpoint: str | Path | None, method: nn
     from tubelet.data.builder import build_dataset
     from tubelet.engine.evaluate import load_method_weights
 
+    recipe = with_resolved_precision(recipe)  # trainer.precision=auto: what fit would pick here
     set_threads(recipe.trainer.num_threads, recipe.data.num_workers)
     device = resolve_device(recipe.trainer.accelerator)
     check_precision(recipe.trainer.precision, device.type)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tubelet.config.schema import Recipe
 from tubelet.core.io import atomic_write_text, writing
 from tubelet.core.runtime import set_threads
-from tubelet.engine.device import autocast_dtype, check_precision, resolve_device
+from tubelet.engine.device import autocast_dtype, check_precision, resolve_device, with_resolved_precision
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 from tubelet.eval.multiview import confusion_matrix, memory_clearer, predict_views, topk_accuracy
 
@@ -86,6 +86,7 @@ def evaluate(
     draws the confusion matrix there) and ``bad_samples`` (videos that could not be read and were left
     out: index, path, reason). The method and the clips run on ``trainer.accelerator``'s device.
     """
+    recipe = with_resolved_precision(recipe)  # trainer.precision=auto: what fit would pick here
     set_threads(recipe.trainer.num_threads, recipe.data.num_workers)
     device = resolve_device(recipe.trainer.accelerator)
     check_precision(recipe.trainer.precision, device.type)

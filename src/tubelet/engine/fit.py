@@ -6,6 +6,7 @@ The run folder's layout is described in ``engine/run_dir.py``; the Trainer is as
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -167,10 +168,30 @@ def fit(
     # Trainer(deterministic=True) switches PyTorch to deterministic algorithms process-wide; put the
     # previous setting back afterwards for whatever the caller runs next.
     deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    recipe = _resolve_precision(recipe, resume)
     try:
         return _fit(recipe, resume, method, datasets, callbacks, overwrite)
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _resolve_precision(recipe: Recipe, resume: str | os.PathLike | None) -> Recipe:
+    """``trainer.precision=auto`` made concrete before anything is built, so that ``config.yaml`` and the
+    checkpoints record what ran. A resume keeps the precision its run recorded (this machine might measure
+    otherwise); a fresh start measures (``engine/device.py``)."""
+    from tubelet.engine.device import with_resolved_precision
+
+    if recipe.trainer.precision != "auto":
+        return recipe
+    recorded = Path(recipe.run_dir) / "config.yaml"
+    if resume is not None and recorded.is_file():
+        from tubelet.config.loader import load_recipe
+
+        precision = load_recipe(str(recorded)).trainer.precision
+        if precision != "auto":
+            rank_zero_info(f"trainer.precision=auto: {precision}, as {recorded} records for this run")
+            return dataclasses.replace(recipe, trainer=dataclasses.replace(recipe.trainer, precision=precision))
+    return with_resolved_precision(recipe, rank_zero_info)
 
 
 def _is_rank_zero() -> bool:

@@ -205,7 +205,7 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
     ``overrides`` (``data.test_clips=3``, ``trainer.accelerator=cpu``) apply to the run folder's recipe;
     with ``checkpoint`` they are expected in ``recipe`` already and only checked here."""
     from tubelet.config import load_recipe
-    from tubelet.engine.device import resolve_device
+    from tubelet.engine.device import resolve_device, with_resolved_precision
     from tubelet.engine.evaluate import load_method_weights
     from tubelet.methods import build_method
 
@@ -239,6 +239,7 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
         names, source = _recipe_class_names(recipe)
     if names is not None and len(names) != recipe.model.num_classes:
         raise ConfigError(f"{source} names {len(names)} classes but model.num_classes is {recipe.model.num_classes}")
+    recipe = with_resolved_precision(recipe)  # trainer.precision=auto: what fit would pick here
     device = resolve_device(recipe.trainer.accelerator)
     # the run's weights replace whatever model.checkpoint the recipe started from (it need not exist here)
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, checkpoint=None))
