@@ -113,7 +113,7 @@ def test_float16_precision_on_cpu_is_one_line(capsys, monkeypatch, tmp_path):
     assert msg.startswith("trainer.precision=16-mixed is not supported on CPU")
     msg = _error(capsys, ["fit", "quickstart", "trainer.precision=fp16"])
     assert msg == ("trainer.precision=fp16 (command line): expected one of 32-true, bf16-mixed, bf16-true, "
-                   "16-mixed, 16-true")
+                   "16-mixed, 16-true, auto")
 
 
 def test_a_video_given_as_manifest_is_one_line(capsys, tmp_path, videos_dir):

@@ -105,7 +105,7 @@ def test_an_unknown_precision_lists_the_accepted_ones():
     with pytest.raises(ConfigError) as err:
         load_recipe(None, ["trainer.precision=fp16"])
     assert str(err.value) == ("trainer.precision=fp16 (command line): expected one of 32-true, bf16-mixed, bf16-true, "
-                              "16-mixed, 16-true")
+                              "16-mixed, 16-true, auto")
     assert load_recipe(None, ["trainer.precision=16-mixed"]).trainer.precision == "16-mixed"
 
 

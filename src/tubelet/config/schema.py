@@ -42,7 +42,7 @@ DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot"
 # Lightning's precision names that tubelet trains and tests with; the 16-bit float ones need a GPU.
 # "auto": the fastest that trains as well on this device (engine/device.py resolve_precision), recorded
 # resolved in the run's config.yaml
-Precision = Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+Precision = Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "auto"]
 
 
 @dataclass
