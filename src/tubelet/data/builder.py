@@ -28,6 +28,13 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
     if cfg.kind == "sot":
         return build_sot_dataset(cfg, split, seed=seed)
+    if cfg.kind == "mot":
+        return build_mot_dataset(cfg, split, seed=seed)
+    if cfg.kind == "unified":
+        from tubelet.data.alternating import AlternatingTasks
+
+        return AlternatingTasks({"sot": build_sot_dataset(cfg, split, seed=seed),
+                                 "mot": build_mot_dataset(cfg, split, seed=seed)}, cfg.batch_size, seed=seed)
     if cfg.kind == "long_range":
         return build_long_range_dataset(cfg, split, seed=seed)
     if cfg.kind == "ava":
@@ -83,6 +90,19 @@ def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
     s = cfg.sot
     return SOTPairDataset(seqs, cfg.crop_size, s.samples_per_epoch, s.search_factor, s.centre_jitter, s.scale_jitter,
                           s.max_gap, seed, cfg.mean, cfg.std)
+
+
+def build_mot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
+    """Multi-object tracking pairs (``data.kind: mot``, or the MOT half of ``unified``)."""
+    from tubelet.data.datasets.tracking import MOTPairDataset, mot_sequences
+
+    if cfg.kind == "unified":
+        src = cfg.mot.train or "synthetic"
+    else:
+        src = (cfg.train if split == "train" else cfg.val) or "synthetic"
+    m = cfg.mot
+    return MOTPairDataset(mot_sequences(src, cfg.synthetic, split), cfg.crop_size, m.samples_per_epoch, m.max_objects,
+                          m.max_gap, m.proposal_sigma, m.proposal_min_iou, seed, cfg.mean, cfg.std)
 
 
 def _ava_file(cfg: DataConfig, key: str, value: str | None, required: bool = True):
