@@ -457,15 +457,16 @@ def write_mot_sequence(seq: MOTSequence, folder: str | os.PathLike) -> Path:
     return d
 
 
-def mot_sequences(source: str, synthetic=None, split: str = "train") -> list[MOTSequence]:
+def mot_sequences(source: str, synthetic=None, split: str = "train", cache: dict | None = None) -> list[MOTSequence]:
     """The MOT sequences of a source: ``"synthetic"`` (every clip of ``split`` of the synthetic set
     ``synthetic``, a :class:`SyntheticConfig`), a MOT Challenge sequence folder (``seqinfo.ini``, ground
     truth and frames), or a folder of them. Folder ground truth keeps only its targets
-    (:func:`mot_training_boxes`: MOT17's rules, MOT15's where the class column is empty)."""
+    (:func:`mot_training_boxes`: MOT17's rules, MOT15's where the class column is empty). ``cache``:
+    rendered synthetic clips shared with other datasets over the same set."""
     if source == "synthetic":
         from tubelet.data.synthetic import SyntheticSource, clip_path, split_indices
 
-        src = SyntheticSource(synthetic)
+        src = SyntheticSource(synthetic, cache)
         return [synthetic_mot_sequence(src.clip(i), clip_path(i), float(synthetic.fps))
                 for i in split_indices(synthetic, split)]
     d = Path(source)
@@ -728,13 +729,13 @@ class SOTPairDataset(Dataset):
 
 
 def sot_sequences(source: str, synthetic=None, split: str = "train",
-                  vot_convention: VOTConvention = "vot") -> list[SOTSequence]:
+                  vot_convention: VOTConvention = "vot", cache: dict | None = None) -> list[SOTSequence]:
     """The SOT sequences of a source: ``"synthetic"`` (the main object of each clip of ``split`` of the
     synthetic set ``synthetic``, a :class:`SyntheticConfig`), a sequence folder, or a folder of them."""
     if source == "synthetic":
         from tubelet.data.synthetic import SyntheticSource, clip_path, split_indices
 
-        src = SyntheticSource(synthetic)
+        src = SyntheticSource(synthetic, cache)
         return [synthetic_sot_sequence(src.clip(i), clip_path(i), 0, float(synthetic.fps))
                 for i in split_indices(synthetic, split)]
     d = Path(source)
