@@ -80,6 +80,8 @@ def test_mot_tracking_refuses_bad_inputs_with_one_line(run, sequence, tmp_path, 
     gt = str(folder / "gt" / "gt.txt")
     for argv, message in (
         ([str(folder), "--det", gt], "--det is for multi-object tracking: add --mot"),
+        ([str(folder), "--init", "1,1,5,5", "--run", str(run), "--max-age", "3"], "--max-age is for multi-object tracking"),
+        ([str(folder), "--mot", "--det", gt, "--jitter-seed", "2"], "set up --jitter-gt, which is not given"),
         ([str(folder), "--mot", "--init", "1,1,5,5"], "--init is the single object's first box"),
         ([str(folder), "--mot", "--det", gt, "--jitter-gt", gt], "--det and --jitter-gt: name one source"),
         ([str(TRACKING / "TUD-Campus"), "--mot", "--run", str(run), "--jitter-gt", str(TRACKING / "TUD-Campus" / "gt.txt")],

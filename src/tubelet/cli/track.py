@@ -46,10 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--detector", default=None, metavar="PATH", help="a detector for tubelet.engine.detector.load_detector")
     m.add_argument("--jitter-gt", default=None, metavar="gt.txt",
                    help="experiments only: the ground truth jittered as a stand-in for detections")
-    m.add_argument("--jitter-noise", type=float, default=0.05, help="--jitter-gt box noise, times the box size")
-    m.add_argument("--jitter-drop", type=float, default=0.1, help="--jitter-gt share of boxes dropped")
-    m.add_argument("--jitter-fp", type=float, default=0.5, help="--jitter-gt false positives per frame (mean)")
-    m.add_argument("--jitter-seed", type=int, default=0, help="--jitter-gt seed")
+    # --jitter-* defaults (None): tubelet.data.datasets.tracking.jittered_detections' 0.05 / 0.1 / 0.5 / 0
+    m.add_argument("--jitter-noise", type=float, default=None, help="--jitter-gt box noise, times the box size (0.05)")
+    m.add_argument("--jitter-drop", type=float, default=None, help="--jitter-gt share of boxes dropped (0.1)")
+    m.add_argument("--jitter-fp", type=float, default=None, help="--jitter-gt false positives per frame, mean (0.5)")
+    m.add_argument("--jitter-seed", type=int, default=None, help="--jitter-gt seed (0)")
     # association defaults (None): tubelet.methods.utt_mot.AssociationConfig's, UTT's 0.1 / 0.4 / 1.2 / 10
     m.add_argument("--link", default="giou", choices=["giou", "iou"],
                    help="association cost: 1 - GIoU (UTT) or 1 - IoU (the IoU-only baseline)")
@@ -149,12 +150,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--render {args.render}: the file must end in .mp4 or .gif")
     if args.mot:
         return run_mot(args)
-    for flag, value in (("--det", args.det), ("--detector", args.detector), ("--jitter-gt", args.jitter_gt)):
+    for flag, value in _mot_flags(args):
         if value is not None:
             raise ConfigError(f"{flag} is for multi-object tracking: add --mot")
     if args.init is None or args.run_dir is None:
         raise ConfigError("single-object tracking needs --init X,Y,W,H and --run RUN_DIR (or --mot for every object)")
     return run_sot(args)
+
+
+def _mot_flags(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The flags only MOT reads, with their values (None: not given)."""
+    return [("--det", args.det), ("--detector", args.detector), ("--jitter-gt", args.jitter_gt),
+            ("--jitter-noise", args.jitter_noise), ("--jitter-drop", args.jitter_drop),
+            ("--jitter-fp", args.jitter_fp), ("--jitter-seed", args.jitter_seed),
+            ("--link", None if args.link == "giou" else args.link), ("--det-threshold", args.det_threshold),
+            ("--new-threshold", args.new_threshold), ("--max-cost", args.max_cost), ("--max-age", args.max_age),
+            ("--benchmark", None if args.benchmark == "MOT15" else args.benchmark)]
 
 
 def run_sot(args: argparse.Namespace) -> int:
@@ -228,18 +239,29 @@ def run_mot(args: argparse.Namespace) -> int:
 
     if args.init is not None:
         raise ConfigError("--init is the single object's first box; --mot tracks every detected object")
+    if args.vot_convention != "vot":
+        raise ConfigError("--vot-convention reads SOT ground truth; --mot scores MOT files")
+    jitter = {k: v for k, v in (("seed", args.jitter_seed), ("box_noise", args.jitter_noise), ("drop", args.jitter_drop),
+                                ("false_positives", args.jitter_fp)) if v is not None}
+    if jitter and not args.jitter_gt:
+        raise ConfigError("--jitter-noise, --jitter-drop, --jitter-fp and --jitter-seed set up --jitter-gt, which is not given")
     name, n, reader, size, default_det = _mot_input(args)
     sources = [f for f, v in (("--det", args.det), ("--detector", args.detector), ("--jitter-gt", args.jitter_gt)) if v]
     if len(sources) > 1:
         raise ConfigError(f"{' and '.join(sources)}: name one source of detections")
     gt = read_mot_file(args.gt, "gt", n) if args.gt else None
     if args.jitter_gt:
-        rows = jittered_detections(read_mot_file(args.jitter_gt, "gt", n), args.jitter_seed, args.jitter_noise,
-                                   args.jitter_drop, args.jitter_fp, size, n)
+        import inspect
+
+        rows = jittered_detections(read_mot_file(args.jitter_gt, "gt", n), frame_size=size, num_frames=n, **jitter)
         detections = (lambda d: lambda t, frame: d(t))(DetectionsByFrame(rows))
-        what = (f"the ground truth {args.jitter_gt} jittered as a stand-in for a detector (noise {args.jitter_noise}, "
-                f"drop {args.jitter_drop}, {args.jitter_fp} false positives a frame, seed {args.jitter_seed})")
+        used = {k: v.default for k, v in inspect.signature(jittered_detections).parameters.items()
+                if k in ("seed", "box_noise", "drop", "false_positives")} | jitter
+        what = (f"the ground truth {args.jitter_gt} jittered as a stand-in for a detector (noise {used['box_noise']}, "
+                f"drop {used['drop']}, {used['false_positives']} false positives a frame, seed {used['seed']})")
     elif args.detector:
+        if reader is None:
+            raise ConfigError(f"--detector {args.detector}: {args.video} has no frames to detect on")
         try:
             from tubelet.engine.detector import load_detector
         except ImportError as exc:
@@ -247,8 +269,6 @@ def run_mot(args: argparse.Namespace) -> int:
                               f"(tubelet.engine.detector: {exc})") from None
         detections = frame_detector(load_detector(args.detector))
         what = f"the detector {args.detector}"
-        if reader is None:
-            raise ConfigError(f"--detector {args.detector}: {args.video} has no frames to detect on")
     else:
         det = Path(args.det) if args.det else default_det
         if det is None:

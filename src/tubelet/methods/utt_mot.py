@@ -84,9 +84,9 @@ def pair_cost(a: np.ndarray, b: np.ndarray, kind: Literal["giou", "iou"] = "giou
     return 1.0 - (iou - (hull - union) / np.maximum(hull, 1e-12))
 
 
-def associate(cost: np.ndarray, max_cost: float, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def associate(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian matching of a ``(N, M)`` cost matrix, then the matched pairs with cost above ``max_cost``
-    rejected (``strict``: also those equal to it). Returns the kept ``(rows, cols)``."""
+    rejected (a cost equal to it is kept). Returns the kept ``(rows, cols)``."""
     try:
         from scipy.optimize import linear_sum_assignment
     except ImportError as exc:
@@ -94,8 +94,7 @@ def associate(cost: np.ndarray, max_cost: float, strict: bool = False) -> tuple[
     if cost.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     rows, cols = linear_sum_assignment(cost)
-    c = cost[rows, cols]
-    keep = c < max_cost if strict else c <= max_cost
+    keep = cost[rows, cols] <= max_cost
     return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
 
 
@@ -133,8 +132,10 @@ class MOTTracker:
                 raise ConfigError(f"MOT tracker: the propagator returned {len(moved)} boxes for {len(self.boxes)} tracks")
             self.boxes = moved
         cost = pair_cost(self.boxes, boxes, cfg.cost)
-        rows, cols = associate(cost, cfg.max_cost if cfg.cost == "giou" else min(cfg.max_cost, 1.0),
-                               strict=cfg.cost == "iou")
+        rows, cols = associate(cost, cfg.max_cost)
+        if cfg.cost == "iou":  # boxes that do not overlap are no evidence for IoU (their cost is 1 at any distance)
+            overlap = cost[rows, cols] < 1.0
+            rows, cols = rows[overlap], cols[overlap]
         matched = np.zeros(len(self.ids), bool)
         matched[rows] = True
         self.boxes[rows] = boxes[cols]
