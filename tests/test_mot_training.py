@@ -172,3 +172,25 @@ def test_unified_training_resumes_exactly_mid_alternation(tmp_path):
     assert isinstance(dm.train_dataloader().resumable_sampler, AlternatingSampler)
     with pytest.raises(ConfigError, match="a batch would mix tasks"):
         TubeletDataModule(dm.train_set, batch_size=3).train_dataloader()
+
+
+def test_mot_pairs_from_a_mot_challenge_folder_equal_those_of_the_clip(tmp_path):
+    from tubelet.config.schema import SyntheticConfig
+    from tubelet.data.datasets.tracking import write_mot_sequence
+    from tubelet.data.synthetic import SyntheticSource
+    from tubelet.errors import DataError
+
+    clip = SyntheticSource(SyntheticConfig(num_videos=2, frames=5, size=48, min_objects=2, max_objects=2)).clip(0)
+    folder = write_mot_sequence(synthetic_mot_sequence(clip, "SYN"), tmp_path / "SYN")
+    r = load_recipe("utt_mot_synthetic", SMALL + [f"data.train={tmp_path}"])
+    ds = build_dataset(r.data, "train", seed=0)
+    assert [q.name for q in ds.sequences] == ["SYN"] and ds.sequences[0].num_frames == 5
+    mem = MOTPairDataset([synthetic_mot_sequence(clip, "SYN")], 64, 4, r.data.mot.max_objects, 1,
+                         r.data.mot.proposal_sigma, r.data.mot.proposal_min_iou, 0, r.data.mean, r.data.std)
+    a, b = ds[2], mem[2]
+    for k in ("reference_boxes", "search_boxes", "proposals", "valid"):
+        torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=0)  # boxes written with 3 decimals
+    torch.testing.assert_close(a["search"], b["search"], atol=1e-5, rtol=0)  # PNG frames are lossless
+    (folder / "gt" / "gt.txt").unlink()
+    with pytest.raises(DataError, match="MOT training needs gt/gt.txt and the frames"):
+        build_dataset(r.data, "train")
