@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 
-DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "long_range", "ava", "frame_boxes"]
+DataKind = Literal["synthetic", "manifest", "folders", "frames", "images", "sot", "mot", "unified", "long_range", "ava",
+                   "frame_boxes"]
 # Lightning's precision names that tubelet trains and tests with; the 16-bit float ones need a GPU.
 # "auto": the fastest that trains as well on this device (engine/device.py resolve_precision), recorded
 # resolved in the run's config.yaml
@@ -196,6 +197,23 @@ class SOTDataConfig(Checked):
 
 
 @dataclass
+class MOTDataConfig(Checked):
+    """Multi-object tracking pairs (``data.kind: mot``; with ``unified``, alternated with ``data.sot``'s
+    pairs, even steps SOT, odd MOT). ``data.train`` is ``synthetic`` (every object of each synthetic clip)
+    or a MOT Challenge sequence folder or a folder of them; whole frames are letterboxed to
+    ``data.crop_size``. Under ``unified`` the MOT source is ``mot.train`` (None: ``synthetic``)."""
+
+    SECTION = "data.mot"
+
+    samples_per_epoch: int = bounded(1024, POSITIVE)
+    max_objects: int = bounded(8, POSITIVE)  # targets per pair (padded; a random subset beyond it)
+    max_gap: int = bounded(1, POSITIVE)  # frames from reference to search (tracking: the previous frame)
+    proposal_sigma: float = bounded(0.1, NONNEGATIVE)  # Gaussian noise of the proposals, times the box size
+    proposal_min_iou: float = bounded(0.1, FRACTION)  # paper 0.1, code 0.05
+    train: str | None = None  # the MOT source of data.kind unified (data.train is then the SOT one)
+
+
+@dataclass
 class AVADataConfig(Checked):
     """Spatio-temporal action detection in the AVA format (``data.kind: ava``; ``data/datasets/ava.py``).
 
@@ -246,8 +264,8 @@ class FrameBoxesConfig(Checked):
 class DataConfig(Checked):
     """Where clips come from and how they are sampled.
 
-    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``, ``long_range``,
-    ``ava``, ``frame_boxes``.
+    ``kind`` is one of ``synthetic``, ``manifest``, ``folders``, ``frames``, ``images``, ``sot``, ``mot``,
+    ``unified`` (SOT and MOT pairs alternated), ``long_range``, ``ava``, ``frame_boxes``.
     """
 
     SECTION = "data"
@@ -290,6 +308,7 @@ class DataConfig(Checked):
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     rho: RhoConfig = field(default_factory=RhoConfig)
     sot: SOTDataConfig = field(default_factory=SOTDataConfig)
+    mot: MOTDataConfig = field(default_factory=MOTDataConfig)
     long_range: LongRangeConfig = field(default_factory=LongRangeConfig)
     ava: AVADataConfig = field(default_factory=AVADataConfig)
     frame_boxes: FrameBoxesConfig = field(default_factory=FrameBoxesConfig)

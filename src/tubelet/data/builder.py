@@ -28,7 +28,15 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got '{split}'")
     if cfg.kind == "sot":
-        return build_sot_dataset(cfg, split, seed=seed)
+        return build_sot_dataset(cfg, split, seed=seed, cache=cache)
+    if cfg.kind == "mot":
+        return build_mot_dataset(cfg, split, seed=seed, cache=cache)
+    if cfg.kind == "unified":
+        from tubelet.data.alternating import AlternatingTasks
+
+        clips = {} if cache is None else cache  # both tasks read the same rendered clips
+        return AlternatingTasks({"sot": build_sot_dataset(cfg, split, seed=seed, cache=clips),
+                                 "mot": build_mot_dataset(cfg, split, seed=seed, cache=clips)}, cfg.batch_size, seed=seed)
     if cfg.kind == "long_range":
         return build_long_range_dataset(cfg, split, seed=seed)
     if cfg.kind == "ava":
@@ -77,12 +85,12 @@ def build_long_range_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Data
     return LongRangeStreams(LongRangeVideos(lr.val_videos, seed=lr.seed, first=LONG_RANGE_HELD_OUT, **kw))
 
 
-def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
+def build_sot_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None) -> Dataset:
     """Single-object tracking pairs (``data.kind: sot``) of ``data.train`` / ``data.val``."""
     from tubelet.data.datasets.tracking import SOTPairDataset, sot_sequences
 
     src = (cfg.train if split == "train" else cfg.val) or "synthetic"
-    seqs = sot_sequences(src, cfg.synthetic, split, cfg.sot.vot_convention)
+    seqs = sot_sequences(src, cfg.synthetic, split, cfg.sot.vot_convention, cache)
     s = cfg.sot
     return SOTPairDataset(seqs, cfg.crop_size, s.samples_per_epoch, s.search_factor, s.centre_jitter, s.scale_jitter,
                           s.max_gap, seed, cfg.mean, cfg.std)
@@ -109,6 +117,19 @@ def build_frame_box_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: d
         seqs = mot_frame_sequences(path, fb.benchmark, fb.min_visibility)
     return FrameBoxDataset(seqs, cfg.crop_size, cfg.mean, cfg.std, fb.max_boxes, fb.frame_stride, fb.min_size,
                            cfg.augment.hflip if split == "train" else 0.0, seed)
+
+
+def build_mot_dataset(cfg: DataConfig, split: str, seed: int = 0, cache: dict | None = None) -> Dataset:
+    """Multi-object tracking pairs (``data.kind: mot``, or the MOT half of ``unified``)."""
+    from tubelet.data.datasets.tracking import MOTPairDataset, mot_sequences
+
+    if cfg.kind == "unified":
+        src = cfg.mot.train or "synthetic"
+    else:
+        src = (cfg.train if split == "train" else cfg.val) or "synthetic"
+    m = cfg.mot
+    return MOTPairDataset(mot_sequences(src, cfg.synthetic, split, cache), cfg.crop_size, m.samples_per_epoch, m.max_objects,
+                          m.max_gap, m.proposal_sigma, m.proposal_min_iou, seed, cfg.mean, cfg.std)
 
 
 def _ava_file(cfg: DataConfig, key: str, value: str | None, required: bool = True):

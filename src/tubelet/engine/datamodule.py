@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from tubelet.data.alternating import AlternatingTasks
 from tubelet.data.online import OnlineClips, online_order
 from tubelet.errors import ConfigError
 
@@ -156,6 +157,28 @@ class OnlineOrderSampler(ResumableSampler):
     def order(self, epoch: int) -> list[int]:
         self.dataset.set_epoch(epoch)  # the layout (and its length) of this epoch, in the main process
         return online_order(self.dataset.num_streams, self.dataset.steps, self.rank, self.batch_size)
+
+
+class AlternatingSampler(ResumableSampler):
+    """The order of :class:`~tubelet.data.alternating.AlternatingTasks` (UTT's unified training: batches
+    take turns between tasks, each task walking its own per-epoch permutation); never shuffled across
+    tasks. Position and resume are :class:`ResumableSampler`'s, so a resumed run continues the alternation
+    at the batch where it stopped."""
+
+    def __init__(self, dataset: AlternatingTasks, batch_size: int, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0, known_bad: Mapping[int, tuple[str, str]] | None = None) -> None:
+        if dataset.batch_size != batch_size:
+            raise ConfigError(f"the alternating tasks are laid out in batches of {dataset.batch_size} but the loader's "
+                              f"batch is {batch_size}: a batch would mix tasks")
+        super().__init__(len(dataset), seed=seed, shuffle=False, num_replicas=num_replicas, rank=rank,
+                         known_bad=known_bad)
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return self.dataset.steps(self.num_replicas) * self.dataset.batch_size
+
+    def order(self, epoch: int) -> list[int]:
+        return self.dataset.order(self.rank, self.num_replicas)
 
 
 def refuse_shuffled_memory_loader(loader: DataLoader, memory: bool, what: str = "the training loader") -> None:
@@ -305,6 +328,9 @@ class TubeletDataModule(pl.LightningDataModule):
             # every slot of every process is one stream (the builder knows only the per-process batch)
             self.train_set.set_num_streams(self.batch_size * world)
             self.sampler = OnlineOrderSampler(self.train_set, self.batch_size, seed=self.seed, num_replicas=world,
+                                              rank=rank, known_bad=self.known_bad)
+        elif isinstance(self.train_set, AlternatingTasks):
+            self.sampler = AlternatingSampler(self.train_set, self.batch_size, seed=self.seed, num_replicas=world,
                                               rank=rank, known_bad=self.known_bad)
         else:
             self.sampler = ResumableSampler(len(self.train_set), seed=self.seed, num_replicas=world, rank=rank,

@@ -1,11 +1,22 @@
-"""UTT single-object tracking (arXiv 2203.15175): the training objective and the tracker.
+"""UTT, the Unified Transformer Tracker (arXiv 2203.15175): the training objective and the SOT tracker
+(the MOT tracker is :mod:`tubelet.methods.utt_mot`).
 
-Training (``method.name: utt``, ``data.kind: sot``): each sample is a reference crop with its target box
-and a search crop (``data/datasets/tracking.py``: UTT's search area, centre and scale jitter); the model
-predicts the proposal and ``iterations`` refinements on the search crop, each supervised with
-``giou_weight`` GIoU + ``l1_weight`` L1 on boxes normalised to the crop (paper: 2 and 5, summed over all
-outputs). ``model.name`` is the 2-D ResNet (``resnet18_image``, ``resnet50_image``), built and loaded by
-the shared backbone builder.
+Training (``method.name: utt``), the batch's keys choose the step:
+
+* SOT (``data.kind: sot``): each sample is a reference crop with its target box and a search crop
+  (``data/datasets/tracking.py``: UTT's search area, centre and scale jitter); the model predicts the
+  proposal and ``iterations`` refinements on the search crop, each supervised with ``giou_weight`` GIoU +
+  ``l1_weight`` L1 on boxes normalised to the crop (paper: 2 and 5, summed over all outputs).
+* MOT (``data.kind: mot``; a batch with ``proposals``): a reference frame with its targets' boxes and a
+  later frame; the proposals (the later boxes plus Gaussian noise with a minimum IoU) skip the proposal
+  decoder and the L refinements are supervised with the same box terms (i = 1..L), padded targets left
+  out. The reference boxes are the ground truth, so nothing of them carries a gradient (the paper's
+  reference detection runs without one); L_det belongs to the detector, trained on its own.
+* Unified (``data.kind: unified``): the two alternate batch by batch, even steps SOT, odd MOT, each an
+  optimiser step of its own, with one set of weights.
+
+``model.name`` is the 2-D ResNet (``resnet18_image``, ``resnet50_image``), built and loaded by the shared
+backbone builder.
 
 Tracking (:class:`SOTTracker`): the first frame's target feature is computed once and never updated;
 every frame is cropped around the last box (``data.sot.search_factor`` times its size, resized to
@@ -53,7 +64,9 @@ class UTTMethodConfig(MethodConfig):
 
 
 class UTTMethod(nn.Module):
-    """``forward(batch) -> {"loss", "giou_loss", "l1_loss", "proposal_giou_loss", "iou"}``."""
+    """``forward(batch)``: SOT batches ``-> {"loss", "giou_loss", "l1_loss", "proposal_giou_loss", "iou"}``;
+    MOT batches (with ``proposals``) ``-> {"loss", "mot_giou_loss", "mot_l1_loss", "mot_iou",
+    "mot_proposal_iou"}`` (IoUs of the last refinement and of the proposals, over real targets)."""
 
     def __init__(self, utt: UTT, giou_weight: float = 2.0, l1_weight: float = 5.0) -> None:
         super().__init__()
@@ -66,11 +79,27 @@ class UTTMethod(nn.Module):
         return self.utt.backbone
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if "proposals" in batch:
+            return self.mot_step(batch)
         outs = self.utt(batch["reference"], batch["reference_box"][:, None], batch["search"])
         target = batch["search_box"][:, None]
         out = utt_box_loss(outs, target, self.giou_weight, self.l1_weight)
         out["iou"] = box_iou(outs[-1].detach(), target, aligned=True).mean()
         return out
+
+    def mot_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        valid = batch["valid"]
+        if self.utt.cfg.iterations < 1:
+            raise ConfigError("method utt: a MOT step needs method.iterations >= 1 (MOT has no proposal decoder)")
+        outs = self.utt(batch["reference"], batch["reference_boxes"], batch["search"], batch["proposals"])
+        target = batch["search_boxes"]
+        loss = utt_box_loss(outs, target, self.giou_weight, self.l1_weight, valid)
+        w = valid.float()
+        n = w.sum().clamp(min=1.0)
+        iou = (box_iou(outs[-1].detach(), target, aligned=True) * w).sum() / n
+        prop_iou = (box_iou(batch["proposals"], target, aligned=True) * w).sum() / n
+        return {"loss": loss["loss"], "mot_giou_loss": loss["giou_loss"], "mot_l1_loss": loss["l1_loss"],
+                "mot_iou": iou, "mot_proposal_iou": prop_iou}
 
 
 @register_method("utt", UTTMethodConfig)

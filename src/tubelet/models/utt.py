@@ -1,9 +1,16 @@
-"""UTT, the Unified Transformer Tracker (Ma et al., arXiv 2203.15175, CVPR 2022), single-object half.
+"""UTT, the Unified Transformer Tracker (Ma et al., arXiv 2203.15175, CVPR 2022): one track transformer for
+single- and multi-object tracking.
 
 ``UTT(reference, boxes, search)`` predicts, for each of N targets given by its box on the reference
 image, ``iterations + 1`` boxes on the search image: the proposal decoder's and one per refinement of the
 target transformer (7 with the default L = 6). Boxes are ``xyxy`` normalised to the search image
 (``[0, 1]`` inside it); the reference boxes are ``xyxy`` in reference pixels.
+
+MOT (METHODS.md section 9): ``UTT(reference, boxes, search, proposals)`` skips the proposal decoder: the
+given proposals ``(B, N, 4)`` (normalised ``xyxy``: at inference the previous frame's boxes, in training the
+ground truth plus noise) start the L refinements, and ``iterations`` boxes come out (i = 1..L). The same
+weights serve both tasks; the single stride-16 map is used for MOT too (the paper's MOT RoIs pool strides
+8-64 of an FPN).
 
 1. Target decoder: ``F = RoIAlign(R, B)`` at 1x1 on the stride-16 map, Linear + LN to C; then
    ``target_decoder_layers`` blocks of cross-attention over the search features (sine positions) and FFN.
@@ -130,9 +137,12 @@ class UTT(nn.Module):
         f = roi_align(ref_map, rois, 1, spatial_scale=1.0 / self.cfg.stride, sampling_ratio=2, aligned=True)
         return self.target_proj(f.flatten(1)).view(B, N, -1)
 
-    def track(self, target: torch.Tensor, search_map: torch.Tensor, search_size: tuple[int, int]) -> list[torch.Tensor]:
+    def track(self, target: torch.Tensor, search_map: torch.Tensor, search_size: tuple[int, int],
+              proposals: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Boxes on the search image for target features ``F`` ``(B, N, C)`` (from :meth:`target_features`)
-        and the search image's backbone map: ``iterations + 1`` tensors ``(B, N, 4)``, normalised ``xyxy``."""
+        and the search image's backbone map, normalised ``xyxy`` ``(B, N, 4)`` each: SOT (``proposals``
+        None) ``iterations + 1`` of them, the proposal decoder's first; MOT (``proposals`` ``(B, N, 4)``
+        given, normalised ``xyxy``) the ``iterations`` refinements of the proposals."""
         B, N, C = target.shape
         s = self.search_proj(search_map)  # (B, C, h, w)
         h, w = s.shape[-2:]
@@ -141,46 +151,60 @@ class UTT(nn.Module):
         f = target
         for block in self.target_decoder:
             f = block(f, mem, pos)
-        s_rep = s.repeat_interleave(N, dim=0)  # (B*N, C, h, w)
-        heat = self.proposal_tower(corr_att(f.reshape(B * N, C), s_rep))  # (B*N, 2, h, w)
-        corners, _ = soft_argmax_2d(heat)  # (B*N, 2, 2): top-left and bottom-right (x, y) in [0, 1]
-        box = corners.reshape(B, N, 4)
-        outs = [box]
         H, W = search_size
         scale = torch.tensor([W, H, W, H], device=s.device, dtype=s.dtype)
-        idx = torch.arange(B * N, device=s.device, dtype=s.dtype)[:, None]
+        idx = torch.arange(B, device=s.device, dtype=s.dtype).repeat_interleave(N)[:, None]
+        if proposals is None:
+            s_rep = s.repeat_interleave(N, dim=0)  # (B*N, C, h, w)
+            heat = self.proposal_tower(corr_att(f.reshape(B * N, C), s_rep))  # (B*N, 2, h, w)
+            corners, _ = soft_argmax_2d(heat)  # (B*N, 2, 2): top-left and bottom-right (x, y) in [0, 1]
+            box = corners.reshape(B, N, 4)
+            outs = [box]
+        else:
+            if proposals.shape != (B, N, 4):
+                raise ValueError(f"UTT.track: proposals of shape {tuple(proposals.shape)} for {B}x{N} targets")
+            box, outs = proposals.to(s.dtype), []
         for block in self.refine:
             # decision: each iteration samples at the previous box without a gradient through it (as
             # iterative refinement in Deformable DETR); every output is still supervised
             ref = box.detach()
             rois = torch.cat([idx, (ref.reshape(B * N, 4) * scale)], 1)
-            s_roi = roi_align(s_rep, rois, self.cfg.roi_size, spatial_scale=1.0 / self.cfg.stride,
+            # the correlation sees only the K x K RoI of each target: O(K^2 N C) whatever the map's size
+            s_roi = roi_align(s, rois, self.cfg.roi_size, spatial_scale=1.0 / self.cfg.stride,
                               sampling_ratio=2, aligned=True)
             f, deltas = block(f, s_roi)
             box = decode_deltas(deltas, ref, self.cfg.delta_weights)
             outs.append(box)
         return outs
 
-    def forward(self, reference: torch.Tensor, boxes: torch.Tensor, search: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, reference: torch.Tensor, boxes: torch.Tensor, search: torch.Tensor,
+                proposals: torch.Tensor | None = None) -> list[torch.Tensor]:
         """``reference``, ``search``: normalised images ``(B, 3, H, W)``; ``boxes``: ``(B, N, 4)`` xyxy in
-        reference pixels."""
+        reference pixels; ``proposals`` (MOT): ``(B, N, 4)`` normalised xyxy on the search image."""
         target = self.target_features(self.features(reference), boxes)
-        return self.track(target, self.features(search), tuple(search.shape[-2:]))
+        return self.track(target, self.features(search), tuple(search.shape[-2:]), proposals)
 
 
 def utt_box_loss(outputs: list[torch.Tensor], target: torch.Tensor, giou_weight: float = 2.0,
-                 l1_weight: float = 5.0) -> dict[str, torch.Tensor]:
-    """``sum_i [2 GIoU_loss(B_i, B) + 5 L1(B_i, B)]`` over every output, the proposal included; boxes
-    normalised ``xyxy``. Decision: the paper's sum over outputs (the code averages them). L1 sums the four
-    coordinates and averages over boxes (DETR's normalisation)."""
-    giou = torch.stack([(1 - generalized_box_iou(b, target, aligned=True)).mean() for b in outputs])
-    l1 = torch.stack([F.l1_loss(b, target, reduction="none").sum(-1).mean() for b in outputs])
+                 l1_weight: float = 5.0, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``sum_i [2 GIoU_loss(B_i, B) + 5 L1(B_i, B)]`` over every output (SOT: the proposal included; MOT:
+    the L refinements); boxes normalised ``xyxy`` ``(B, N, 4)``. Decision: the paper's sum over outputs (the
+    code averages them). L1 sums the four coordinates and averages over boxes (DETR's normalisation);
+    ``valid`` ``(B, N)`` bool leaves padded targets out of the mean."""
+    w = torch.ones(target.shape[:-1], dtype=target.dtype, device=target.device) if valid is None \
+        else valid.to(target.dtype)
+    count = w.sum().clamp(min=1.0)
+    # a padded slot's box is replaced by its target so that no NaN of a degenerate box can leak through the mask
+    keep = w[..., None] > 0
+    outputs = [torch.where(keep, b, target) for b in outputs]
+    giou = torch.stack([((1 - generalized_box_iou(b, target, aligned=True)) * w).sum() / count for b in outputs])
+    l1 = torch.stack([(F.l1_loss(b, target, reduction="none").sum(-1) * w).sum() / count for b in outputs])
     loss = giou_weight * giou.sum() + l1_weight * l1.sum()
     return {"loss": loss, "giou_loss": giou[-1].detach(), "l1_loss": l1[-1].detach(),
             "proposal_giou_loss": giou[0].detach()}
 
 
-@register_model("utt_r18", UTTConfig(backbone="resnet18_image"), "UTT SOT tracker, ResNet-18 (the paper's ablations)")
-@register_model("utt_r50", UTTConfig(), "UTT SOT tracker, ResNet-50 (arXiv 2203.15175)")
+@register_model("utt_r18", UTTConfig(backbone="resnet18_image"), "UTT SOT/MOT tracker, ResNet-18 (the paper's ablations)")
+@register_model("utt_r50", UTTConfig(), "UTT SOT/MOT tracker, ResNet-50 (arXiv 2203.15175)")
 def build_utt(cfg: UTTConfig) -> UTT:
     return UTT(cfg)

@@ -19,8 +19,13 @@ MOT
     evaluation side of these rules (tracker boxes matched to distractors removed) is trackeval's, applied
     in :mod:`tubelet.eval.tracking`.
 Synthetic
-  * :func:`synthetic_sot_sequence` and :func:`synthetic_mot_rows` serve the synthetic set's per-frame boxes
-    and identities as SOT and MOT sequences.
+  * :func:`synthetic_sot_sequence`, :func:`synthetic_mot_rows` and :func:`synthetic_mot_sequence` serve the
+    synthetic set's per-frame boxes and identities as SOT and MOT sequences.
+MOT training and experiments
+  * :class:`MOTPairDataset`: UTT's MOT training pairs (a reference frame with its targets' boxes, a later
+    frame, proposals = the later boxes plus Gaussian noise with a minimum IoU, :func:`noisy_proposals`).
+  * :func:`jittered_detections`: the ground truth with Gaussian box noise, random drops and false
+    positives, scored: a stand-in for a detector in experiments, never a detector.
 
 Every box here is ``x, y, w, h`` in pixels with ``x2 = x + w`` (no +1). A malformed row is a
 :class:`~tubelet.errors.DataError` that names the file and line.
@@ -51,6 +56,7 @@ __all__ = [
     "ArrayReader",
     "MOT_CLASSES",
     "MOT_DISTRACTOR_CLASSES",
+    "MOTPairDataset",
     "MOTRows",
     "MOTSequence",
     "SOTPairDataset",
@@ -58,6 +64,12 @@ __all__ = [
     "box_in_crop",
     "crop_box",
     "crop_frame",
+    "jittered_detections",
+    "letterbox",
+    "mot_sequences",
+    "write_mot_rows",
+    "write_mot_sequence",
+    "noisy_proposals",
     "VOT_CONVENTIONS",
     "load_mot_sequence",
     "load_sot_sequence",
@@ -69,6 +81,7 @@ __all__ = [
     "sot_sequences",
     "sot_from_video",
     "synthetic_mot_rows",
+    "synthetic_mot_sequence",
     "synthetic_sot_sequence",
     "vot_polygon_to_box",
 ]
@@ -322,14 +335,27 @@ def read_seqinfo(path: str | os.PathLike) -> dict[str, str | int | float]:
 @dataclass
 class MOTSequence:
     """A MOT Challenge sequence folder: ``seqinfo.ini``, ``gt/gt.txt`` (or ``gt.txt``), ``det/det.txt``
-    when present and the frames in ``imDir`` (default ``img1``) when present."""
+    when present and the frames in ``imDir`` (default ``img1``) when present; or a synthetic clip, whose
+    ``frames`` are uint8 ``(T, H, W, 3)``."""
 
     name: str
     num_frames: int
     gt: MOTRows | None
     det: MOTRows | None = None
-    frames: str | None = None
+    frames: str | np.ndarray | None = None
     info: dict = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return float(self.info.get("framerate", 30.0))
+
+    def reader(self) -> VideoReader:
+        """The frames behind the :class:`VideoReader` interface; a :class:`DataError` when there are none."""
+        if self.frames is None:
+            raise DataError(f"{self.name}: the sequence has no frames (no {self.info.get('imdir', 'img1')}/ folder)")
+        if isinstance(self.frames, np.ndarray):
+            return ArrayReader(self.frames, self.name, self.fps)
+        return FrameFolderReader(self.frames, self.fps)
 
 
 def load_mot_sequence(folder: str | os.PathLike) -> MOTSequence:
@@ -390,6 +416,222 @@ def synthetic_mot_rows(clip) -> MOTRows:
     n = len(t)
     return MOTRows(t.astype(np.int64) + 1, clip.ids[t, k].astype(np.int64) + 1, boxes, np.ones(n), np.ones(n, np.int64),
                    np.ones(n), "synthetic")
+
+
+def synthetic_mot_sequence(clip, name: str, fps: float = 30.0) -> MOTSequence:
+    """A synthetic clip as a MOT sequence: its frames and all its objects (:func:`synthetic_mot_rows`)."""
+    T, H, W = clip.frames.shape[:3]
+    return MOTSequence(name, T, synthetic_mot_rows(clip), None, clip.frames,
+                       {"framerate": float(fps), "imwidth": W, "imheight": H, "seqlength": T})
+
+
+def write_mot_rows(path: str | os.PathLike, rows: MOTRows) -> Path:
+    """MOT rows as a MOT Challenge CSV (``frame,id,x,y,w,h,conf,class,visibility,-1``), atomically."""
+    from tubelet.core.io import atomic_write_text
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, "".join(f"{f},{i},{x:.3f},{y:.3f},{w:.3f},{h:.3f},{c:.4g},{k},{v:.4g},-1\n" for f, i, (x, y, w, h), c, k, v
+                                 in zip(rows.frame, rows.id, rows.boxes, rows.conf, rows.cls, rows.vis)))
+    return p
+
+
+def write_mot_sequence(seq: MOTSequence, folder: str | os.PathLike) -> Path:
+    """A sequence with in-memory frames (a synthetic clip) as a MOT Challenge folder: ``seqinfo.ini``,
+    ``img1/000001.png ...``, ``gt/gt.txt`` and, when it has detections, ``det/det.txt``."""
+    from PIL import Image
+
+    if not isinstance(seq.frames, np.ndarray):
+        raise DataError(f"{seq.name}: only a sequence with its frames in memory can be written")
+    d = Path(folder)
+    (d / "img1").mkdir(parents=True, exist_ok=True)
+    for t, frame in enumerate(seq.frames):
+        Image.fromarray(frame).save(d / "img1" / f"{t + 1:06d}.png")
+    T, H, W = seq.frames.shape[:3]
+    (d / "seqinfo.ini").write_text(f"[Sequence]\nname={seq.name}\nimDir=img1\nframeRate={seq.fps:g}\nseqLength={T}\n"
+                                   f"imWidth={W}\nimHeight={H}\nimExt=.png\n", encoding="utf-8")
+    if seq.gt is not None:
+        write_mot_rows(d / "gt" / "gt.txt", seq.gt)
+    if seq.det is not None:
+        write_mot_rows(d / "det" / "det.txt", seq.det)
+    return d
+
+
+def mot_sequences(source: str, synthetic=None, split: str = "train", cache: dict | None = None) -> list[MOTSequence]:
+    """The MOT sequences of a source: ``"synthetic"`` (every clip of ``split`` of the synthetic set
+    ``synthetic``, a :class:`SyntheticConfig`), a MOT Challenge sequence folder (``seqinfo.ini``, ground
+    truth and frames), or a folder of them. Folder ground truth keeps only its targets
+    (:func:`mot_training_boxes`: MOT17's rules, MOT15's where the class column is empty). ``cache``:
+    rendered synthetic clips shared with other datasets over the same set."""
+    if source == "synthetic":
+        from tubelet.data.synthetic import SyntheticSource, clip_path, split_indices
+
+        src = SyntheticSource(synthetic, cache)
+        return [synthetic_mot_sequence(src.clip(i), clip_path(i), float(synthetic.fps))
+                for i in split_indices(synthetic, split)]
+    d = Path(source)
+    folders = [d] if (d / "seqinfo.ini").is_file() else sorted(q for q in d.iterdir() if (q / "seqinfo.ini").is_file()) \
+        if d.is_dir() else []
+    if not folders:
+        raise DataError(f"MOT source '{source}' is neither 'synthetic' nor a sequence folder (with a seqinfo.ini) "
+                        "or a folder of them")
+    seqs = []
+    for q in folders:
+        seq = load_mot_sequence(q)
+        if seq.gt is None or seq.frames is None:
+            raise DataError(f"{q}: MOT training needs gt/gt.txt and the frames ({seq.info.get('imdir', 'img1')}/)")
+        seq.gt = mot_training_boxes(seq.gt, "MOT15" if (seq.gt.cls == -1).all() else "MOT17")[0]
+        seqs.append(seq)
+    return seqs
+
+
+def _xyxy_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-by-row IoU of ``xyxy`` boxes ``(N, 4)``."""
+    lt, rb = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    union = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(1) + np.clip(b[:, 2:] - b[:, :2], 0, None).prod(1) - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def noisy_proposals(boxes: np.ndarray, rng: np.random.Generator, sigma: float = 0.1, min_iou: float = 0.1,
+                    attempts: int = 10) -> np.ndarray:
+    """UTT's MOT training proposals: ``xyxy`` boxes ``(N, 4)`` moved by Gaussian noise (centre ``N(0, sigma)``
+    times the size, log-size ``N(0, sigma)``) with at least ``min_iou`` IoU to their box (paper: 0.1, code:
+    0.05). A box whose noise falls below it is drawn again, up to ``attempts`` times, then left exact."""
+    boxes = np.asarray(boxes, np.float64)
+    out = boxes.copy()
+    todo = np.ones(len(boxes), bool)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    centre = boxes[:, :2] + wh / 2
+    for _ in range(attempts):
+        if not todo.any():
+            break
+        noise = rng.standard_normal((len(boxes), 4)) * sigma
+        c = centre + noise[:, :2] * wh
+        size = wh * np.exp(noise[:, 2:])
+        cand = np.concatenate([c - size / 2, c + size / 2], 1)
+        ok = todo & (_xyxy_iou(cand, boxes) >= min_iou)
+        out[ok] = cand[ok]
+        todo &= ~ok
+    return out
+
+
+def letterbox(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, float]:
+    """A whole frame for MOT: resized so that its longer side is ``size``, at the top left of a ``size`` x
+    ``size`` image padded with the mean colour; normalised ``(3, size, size)`` and the scale (frame pixels
+    times it are image pixels)."""
+    H, W = frame.shape[:2]
+    side = float(max(H, W))
+    return crop_frame(frame, np.array([side / 2, side / 2, side]), size, mean, std), size / side
+
+
+class MOTPairDataset(Dataset):
+    """UTT's MOT training pairs: a reference frame ``r`` with the boxes of its targets and a search frame
+    ``s`` at most ``max_gap`` frames later (``s = r`` only where no later frame shares a target), both whole
+    frames through :func:`letterbox`. Targets are the ids present in both (at most ``max_objects``, a random
+    subset of them); proposals are their search boxes through :func:`noisy_proposals` (no proposal decoder
+    in MOT).
+
+    Samples: ``reference`` and ``search`` ``(3, S, S)``, ``reference_boxes`` ``(M, 4)`` xyxy in reference
+    pixels, ``search_boxes`` and ``proposals`` ``(M, 4)`` xyxy normalised to the search image, ``valid``
+    ``(M,)`` (padded slots False, their boxes a dummy), ``index``; ``M = max_objects``. Item ``i`` of epoch
+    ``e`` draws from a generator seeded by ``(seed, e, i)``."""
+
+    def __init__(self, sequences: Sequence[MOTSequence], size: int, samples_per_epoch: int, max_objects: int = 8,
+                 max_gap: int = 1, proposal_sigma: float = 0.1, proposal_min_iou: float = 0.1, seed: int = 0,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+        self.sequences = [q for q in sequences if q.gt is not None and len(q.gt)]
+        if not self.sequences:
+            raise DataError("MOT training: no sequence has a ground-truth box")
+        self.size, self.n, self.max_objects = int(size), int(samples_per_epoch), int(max_objects)
+        self.max_gap, self.sigma, self.min_iou = int(max_gap), float(proposal_sigma), float(proposal_min_iou)
+        self.seed, self.epoch = int(seed), 0
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._readers: dict[int, VideoReader] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _frames(self, k: int, idx: list[int]) -> np.ndarray:
+        if k not in self._readers:
+            self._readers[k] = self.sequences[k].reader()
+        return self._readers[k].get_frames(idx)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i), 1])
+        k = int(rng.integers(len(self.sequences)))
+        gt = self.sequences[k].gt
+        r = int(rng.choice(np.unique(gt.frame)))
+        ref_ids = gt.id[gt.frame == r]
+        later = (gt.frame > r) & (gt.frame <= r + self.max_gap) & np.isin(gt.id, ref_ids)
+        s = int(rng.choice(np.unique(gt.frame[later]))) if later.any() else r
+        at_s = gt.frame == s
+        ids = np.intersect1d(ref_ids, gt.id[at_s])
+        if len(ids) > self.max_objects:
+            ids = np.sort(rng.choice(ids, self.max_objects, replace=False))
+        m = len(ids)
+
+        def boxes_of(frame: int) -> np.ndarray:
+            sel = gt.frame == frame
+            order = np.argsort(gt.id[sel])
+            fid, fb = gt.id[sel][order], gt.boxes[sel][order]
+            b = fb[np.searchsorted(fid, ids)]
+            return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1)
+
+        ref_img, search_img = self._frames(k, [r - 1, s - 1]) if r != s else np.repeat(self._frames(k, [r - 1]), 2, 0)
+        ref_t, ref_scale = letterbox(ref_img, self.size, self.mean, self.std)
+        search_t, search_scale = letterbox(search_img, self.size, self.mean, self.std)
+        target = boxes_of(s) * search_scale / self.size
+        prop = noisy_proposals(target, rng, self.sigma, self.min_iou)
+        pad = np.tile([[0.25, 0.25, 0.75, 0.75]], (self.max_objects, 1))
+        full = [pad.copy() for _ in range(3)]
+        full[0][:m] = boxes_of(r) * ref_scale
+        full[0][m:] *= self.size
+        full[1][:m], full[2][:m] = target, prop
+        valid = np.zeros(self.max_objects, bool)
+        valid[:m] = True
+        return {"reference": ref_t, "reference_boxes": torch.from_numpy(full[0]).float(), "search": search_t,
+                "search_boxes": torch.from_numpy(full[1]).float(), "proposals": torch.from_numpy(full[2]).float(),
+                "valid": torch.from_numpy(valid), "index": int(i)}
+
+
+def jittered_detections(gt: MOTRows, seed: int = 0, box_noise: float = 0.05, drop: float = 0.1,
+                        false_positives: float = 0.5, frame_size: tuple[int, int] | None = None,
+                        num_frames: int | None = None) -> MOTRows:
+    """A STAND-IN for a detector, for experiments only: the ground-truth boxes ``gt`` moved by Gaussian
+    noise (centre ``N(0, box_noise)`` times the size, log-size ``N(0, box_noise)``), each dropped with
+    probability ``drop``, scored ``U(0.3, 1)``, plus a Poisson(``false_positives``) number of false boxes
+    per frame scored ``U(0.1, 0.6)``, of ground-truth sizes at uniform positions in the frame
+    (``frame_size`` (W, H); default: the ground truth's extent). Detection rows (id -1), seeded by ``seed``."""
+    rng = np.random.default_rng([int(seed), 7])
+    n = len(gt)
+    keep = rng.random(n) >= drop
+    b = gt.boxes[keep]
+    wh = b[:, 2:]
+    noise = rng.standard_normal((len(b), 4)) * box_noise
+    size = wh * np.exp(noise[:, 2:])
+    centre = b[:, :2] + wh / 2 + noise[:, :2] * wh
+    true_boxes = np.concatenate([centre - size / 2, size], 1)
+    true_frames = gt.frame[keep]
+    true_scores = rng.uniform(0.3, 1.0, len(b))
+    frames = int(num_frames or (gt.frame.max() if n else 1))
+    W, H = frame_size if frame_size is not None else (float((gt.boxes[:, 0] + gt.boxes[:, 2]).max()) if n else 1.0,
+                                                       float((gt.boxes[:, 1] + gt.boxes[:, 3]).max()) if n else 1.0)
+    counts = rng.poisson(false_positives, frames)
+    total = int(counts.sum())
+    fp_frames = np.repeat(np.arange(1, frames + 1), counts)
+    fp_size = gt.boxes[rng.integers(0, n, total), 2:] if n else np.ones((total, 2))
+    fp_xy = rng.random((total, 2)) * np.maximum(np.array([W, H]) - fp_size, 1.0)
+    frame = np.concatenate([true_frames, fp_frames]).astype(np.int64)
+    boxes = np.concatenate([true_boxes, np.concatenate([fp_xy, fp_size], 1)])
+    conf = np.concatenate([true_scores, rng.uniform(0.1, 0.6, total)])
+    order = np.argsort(frame, kind="stable")
+    m = len(frame)
+    return MOTRows(frame[order], -np.ones(m, np.int64), boxes[order], conf[order], -np.ones(m, np.int64),
+                   -np.ones(m), "jittered ground truth")
 
 
 def crop_box(box: np.ndarray, factor: float) -> np.ndarray:
@@ -487,13 +729,13 @@ class SOTPairDataset(Dataset):
 
 
 def sot_sequences(source: str, synthetic=None, split: str = "train",
-                  vot_convention: VOTConvention = "vot") -> list[SOTSequence]:
+                  vot_convention: VOTConvention = "vot", cache: dict | None = None) -> list[SOTSequence]:
     """The SOT sequences of a source: ``"synthetic"`` (the main object of each clip of ``split`` of the
     synthetic set ``synthetic``, a :class:`SyntheticConfig`), a sequence folder, or a folder of them."""
     if source == "synthetic":
         from tubelet.data.synthetic import SyntheticSource, clip_path, split_indices
 
-        src = SyntheticSource(synthetic)
+        src = SyntheticSource(synthetic, cache)
         return [synthetic_sot_sequence(src.clip(i), clip_path(i), 0, float(synthetic.fps))
                 for i in split_indices(synthetic, split)]
     d = Path(source)

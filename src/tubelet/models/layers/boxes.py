@@ -134,7 +134,8 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
     size)`` per axis). ``aligned=True`` shifts the box by -0.5 so that a pixel's centre is at its index.
 
     Bilinear sampling is separable and so is the sample grid, so each box is two small weight matrices
-    (rows, columns) applied with one einsum: differentiable in the features and in the box coordinates.
+    (rows, columns) applied with one einsum per image: differentiable in the features and in the box
+    coordinates. Its cost is O(K C H W ph) (dense weights), not torchvision's O(K C ph pw) samples.
     """
     if features.dim() != 4 or rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"roi_align wants features (B, C, H, W) and rois (K, 5), got {tuple(features.shape)} and "
@@ -150,8 +151,17 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
         w, h = w.clamp(min=1.0), h.clamp(min=1.0)
     wy = _axis_matrix(y1, h, ph, H, sampling_ratio)  # (K, ph, H)
     wx = _axis_matrix(x1, w, pw, W, sampling_ratio)  # (K, pw, W)
-    feats = features[rois[:, 0].long()]  # (K, C, H, W)
-    return torch.einsum("kph,kchw,kqw->kcpq", wy, feats, wx)
+    # per image of the batch, never a (K, C, H, W) copy of the map per box: with many boxes on a large map
+    # (MOT: 200 targets) that copy alone would be gigabytes
+    index = rois[:, 0].long()
+    if features.shape[0] == 1:
+        return torch.einsum("kph,chw,kqw->kcpq", wy, features[0], wx)
+    out = features.new_zeros(rois.shape[0], features.shape[1], ph, pw)
+    for b in range(features.shape[0]):  # a loop over images, not boxes
+        sel = index == b
+        if bool(sel.any()):
+            out = out.index_put((sel,), torch.einsum("kph,chw,kqw->kcpq", wy[sel], features[b], wx[sel]))
+    return out
 
 
 def soft_argmax_2d(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
