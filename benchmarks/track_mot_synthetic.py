@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--work", default="mot_synthetic_eval", help="folder for the sequences and results")
     ap.add_argument("--tud", default=str(Path(__file__).resolve().parents[2] / "shared/data/tracking"))
     ap.add_argument("--tud-seeds", default="0,1,2", help="jitter seeds for TUD ('' : skip TUD)")
+    ap.add_argument("--detector", default=None, metavar="RUN_DIR",
+                    help="detect with this deformable_detr run instead of the jittered ground truth (every tracker)")
     args = ap.parse_args()
     runs = dict(r.split("=", 1) for r in args.run)
     recipe = load_recipe(Path(next(iter(runs.values()))) / "config.yaml") if runs else load_recipe(args.recipe)
@@ -59,6 +61,7 @@ def main() -> None:
     seqs = seqs[:args.max_sequences] if args.max_sequences > 0 else seqs
     trackers = {"IoU-only baseline (1 - IoU)": ["--link", "iou"], "UTT association alone (1 - GIoU)": []}
     trackers.update({f"UTT track transformer + association ({name})": ["--run", run] for name, run in runs.items()})
+    detect = ["--detector", args.detector] if args.detector else []  # the same detector for every tracker
     results: dict[str, dict] = {who: {} for who in trackers}
     for i, seq in enumerate(seqs):
         size = int(seq.info["imwidth"]), int(seq.info["imheight"])
@@ -68,10 +71,11 @@ def main() -> None:
         for k, (who, extra) in enumerate(trackers.items()):
             out = work / "results" / str(k) / f"{name}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            track(folder, out, extra)
+            track(folder, out, [*detect, *extra])
             results[who][name] = (seq.gt, read_mot_file(out, "results", seq.num_frames), seq.num_frames)
+    source = f"the detector {args.detector}" if args.detector else f"jittered ground truth {JITTER}"
     table(f"synthetic {args.split}: {len(seqs)} sequences of {seqs[0].num_frames} frames, "
-          f"{recipe.data.synthetic.size} px, detections = jittered ground truth {JITTER}",
+          f"{recipe.data.synthetic.size} px, detections = {source}",
           {who: mot_metrics(r)["COMBINED"] for who, r in results.items()})
     seeds = [int(s) for s in args.tud_seeds.split(",") if s.strip()]
     tud = Path(args.tud)
