@@ -410,8 +410,9 @@ class Runner:
     """An exported program as a callable: ``runner(x)`` is the first output (the logits), ``run_all``
     every output. ``meta`` is what the export recorded (None for a file without ``PATH.json``)."""
 
-    def __init__(self, path: str, runtime: str, fn: Callable[..., list[torch.Tensor]], meta: dict | None) -> None:
-        self.path, self.runtime, self._fn, self.meta = path, runtime, fn, meta
+    def __init__(self, path: str, runtime: str, fn: Callable[..., list[torch.Tensor]], meta: dict | None,
+                 threads: int | None = None) -> None:
+        self.path, self.runtime, self._fn, self.meta, self.threads = path, runtime, fn, meta, threads
 
     def check(self, inputs: Sequence[torch.Tensor]) -> None:
         """A one-line ``ConfigError`` for inputs whose static dimensions differ from the exported ones."""
@@ -468,7 +469,7 @@ def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> 
             with torch.inference_mode():
                 return _flat(model(*xs))
 
-        return Runner(str(path), runtime, eager, None)
+        return Runner(str(path), runtime, eager, None, torch.get_num_threads())
     if runtime == "torch-export":
         try:
             module = torch.export.load(str(path)).module()
@@ -479,7 +480,7 @@ def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> 
             with torch.no_grad():
                 return _flat(module(*xs))
 
-        return Runner(str(path), runtime, exported, meta)
+        return Runner(str(path), runtime, exported, meta, torch.get_num_threads())
     if runtime == "onnxruntime":
         try:
             import onnxruntime as ort
@@ -499,7 +500,7 @@ def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> 
             feeds = {n: x.detach().cpu().numpy() for n, x in zip(names, xs)}
             return [torch.from_numpy(o) for o in session.run(None, feeds)]
 
-        return Runner(str(path), runtime, onnx_run, meta)
+        return Runner(str(path), runtime, onnx_run, meta, opts.intra_op_num_threads)
     why = executorch_available()
     if why is not None:
         raise ConfigError(f"--runtime executorch: {why}")
