@@ -45,6 +45,8 @@ SUFFIX = {"torch-export": ".pt2", "onnx": ".onnx", "executorch": ".pte"}
 RUNTIME_OF_SUFFIX = {".pt2": "torch-export", ".onnx": "onnxruntime", ".pte": "executorch"}
 MAX_BATCH = 1024
 MAX_FRAMES = 512  # in frames: Dim bounds are in units of the frame multiple
+# ExecuTorch plans its memory for the largest shape a dynamic dimension allows: smaller bounds there
+EXECUTORCH_MAX_BATCH, EXECUTORCH_MAX_FRAMES = 8, 64
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def frame_policy(model: nn.Module) -> FramePolicy | None:
 
     Convolutional networks (ResNet3d, X3D, SlowFast) pool globally, so any frame count their temporal
     strides divide works. The space-time ViT's learned or sin-cos temporal positions are resampled from
-    the token grid, so its frame count is dynamic in multiples of its tubelet size. MViT and MeMViT are
+    the token grid in a Python branch, which the graph specialises, so its frames are static. MViT and MeMViT are
     static: their relative-position tables and pooled key/value grids are sized at build time from
     ``num_frames`` (and MeMViT's memory has the build grid's shape)."""
     from tubelet.models.mvit import MViT
@@ -145,7 +147,10 @@ def frame_policy(model: nn.Module) -> FramePolicy | None:
     if isinstance(model, VisionTransformer):
         if cfg.num_frames == 1 and cfg.tubelet_size == 1:
             return FramePolicy(False, reason="an image ViT takes one frame")
-        return FramePolicy(True, cfg.tubelet_size, cfg.tubelet_size)
+        # traced with a Dim multiple of the tubelet size, the graph still guards T // tubelet == build value
+        # and ONNX Runtime then fails in the concatenation of the position table
+        return FramePolicy(False, reason="the temporal position table is resampled in a Python branch on the "
+                                         "token grid (torch.export guards T // tubelet_size to the build value)")
     if isinstance(model, MViT):
         return FramePolicy(False, reason="relative-position tables and pooled key/value grids are sized from "
                                          "num_frames at build time")
@@ -162,14 +167,15 @@ def frame_policy(model: nn.Module) -> FramePolicy | None:
     return FramePolicy(False, reason=f"{type(model).__name__} has no frame policy")
 
 
-def dynamic_shapes(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_frames: bool | None = None) -> tuple:
+def dynamic_shapes(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_frames: bool | None = None,
+                   max_batch: int = MAX_BATCH, max_frames: int = MAX_FRAMES) -> tuple:
     """``torch.export`` dynamic shapes: the batch of every input, and the frames of a clip when the model
     allows it (``dynamic_frames=None``: as :func:`frame_policy` says; False: static)."""
     from torch.export import Dim
 
     if inputs[0].shape[0] < 2:
         raise ConfigError("export from an example batch of 2 or more: from batch 1 the batch dimension is fixed")
-    batch = Dim("batch", min=1, max=MAX_BATCH)
+    batch = Dim("batch", min=1, max=max_batch)
     policy = frame_policy(model)
     frames = policy is not None and policy.dynamic if dynamic_frames is None else bool(dynamic_frames)
     if frames and (policy is None or not policy.dynamic):
@@ -180,7 +186,7 @@ def dynamic_shapes(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_fra
         spec: dict[int, Any] = {0: batch}
         if frames and i == 0 and x.ndim == 5:
             spec[2] = Dim("t", min=max(policy.minimum // policy.multiple, 1),  # type: ignore[union-attr]
-                          max=MAX_FRAMES // policy.multiple) * policy.multiple  # type: ignore[union-attr]
+                          max=max_frames // policy.multiple) * policy.multiple  # type: ignore[union-attr]
         shapes.append(spec)
     return tuple(shapes)
 
@@ -219,11 +225,12 @@ def _flat(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def export_program(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_frames: bool | None = None):
+def export_program(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_frames: bool | None = None,
+                   max_batch: int = MAX_BATCH, max_frames: int = MAX_FRAMES):
     """``torch.export.export`` of ``prepare(model)`` at ``inputs`` with :func:`dynamic_shapes`; a graph
     ``torch.export`` cannot capture is an error naming the op (or guard) that blocks it."""
     model = prepare(model)
-    shapes = dynamic_shapes(model, inputs, dynamic_frames)
+    shapes = dynamic_shapes(model, inputs, dynamic_frames, max_batch, max_frames)
     try:
         with torch.no_grad():
             return torch.export.export(_Outputs(model), tuple(inputs), dynamic_shapes=(shapes,))  # forward(*args)
@@ -262,6 +269,8 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
     the largest difference from eager (``report.max_abs_diff``). Writes ``PATH.json`` (see the module)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
+    if fmt == "executorch" and threads is not None:
+        raise ConfigError("--threads: ExecuTorch sizes its XNNPACK threadpool itself; give no --threads with it")
     path = Path(path)
     t0 = time.perf_counter()
     model = prepare(model)
@@ -273,7 +282,8 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
         quantize_int8(model)
         notes.append("int8: torchao Int8DynamicActivationInt8WeightConfig on every nn.Linear")
     policy = frame_policy(model)
-    program = export_program(model, inputs, dynamic_frames)
+    limits = (EXECUTORCH_MAX_BATCH, EXECUTORCH_MAX_FRAMES) if fmt == "executorch" else (MAX_BATCH, MAX_FRAMES)
+    program = export_program(model, inputs, dynamic_frames, *limits)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torch-export":
         torch.export.save(program, str(path))
@@ -291,13 +301,21 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
                                           if i == 0 and x.ndim == 5 and frames is not None and frames.dynamic
                                           and dynamic_frames is not False else {})}}
              for i, x in enumerate(inputs)]
+    for spec in specs:
+        spec["max"] = {"0": limits[0], **({"2": limits[1]} if "2" in spec["dynamic"] else {})}
     if frames is not None and dynamic_frames is False:
         frames = dataclasses.replace(frames, dynamic=False, reason="exported static on request")
     report = ExportReport(str(path), fmt, model_name(model), specs, frames, int8=quantize, notes=notes)
     report.output_scale = max(float(r.abs().max()) for r in reference)
     _write_meta(path, report, model)
     if check:
-        runner = load_runtime(path, RUNTIME_OF_SUFFIX.get(path.suffix, _runtime_of_format(fmt)), threads=threads)
+        try:
+            runner = load_runtime(path, RUNTIME_OF_SUFFIX.get(path.suffix, _runtime_of_format(fmt)), threads=threads)
+        except CheckpointError as exc:
+            if fmt != "executorch":
+                raise
+            raise TubeletError(f"{model_name(model)}: the XNNPACK delegate could not compile the lowered graph when "
+                               f"ExecuTorch loaded it ({exc}; the runtime's log names the tensor)") from exc
         got = runner.run_all(*inputs)
         if len(got) != len(reference):
             raise TubeletError(f"{path}: the exported program returns {len(got)} outputs, eager {len(reference)}")
@@ -361,24 +379,25 @@ def _save_executorch(program, path: Path, name: str) -> None:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    blocked = _executorch_blockers(program.graph_module)  # before lowering, which takes long
+    if blocked:
+        raise TubeletError(f"{name}: cannot run in ExecuTorch: {blocked}")
     try:
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     except Exception as exc:
         raise TubeletError(f"{name}: ExecuTorch lowering failed: {_first_line(exc)}") from exc
-    blocked = _executorch_blockers(edge.exported_program().graph_module)
-    if blocked:
-        raise TubeletError(f"{name}: cannot run in ExecuTorch: {blocked}")
     path.write_bytes(edge.to_executorch().buffer)
 
 
 def _executorch_blockers(gm) -> str:
     """The first op left outside the XNNPACK delegate that ExecuTorch's portable kernels cannot run."""
     for node in gm.graph.nodes:
-        if node.op != "call_function" or "convolution" not in str(node.target):
+        if node.op != "call_function" or not any(k in str(node.target) for k in ("convolution", "conv3d")):
             continue
         val = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
         if val is not None and val.dim() == 5:
-            return (f"op aten.convolution on a 5-D input {tuple(val.shape)} (node {node.name}): XNNPACK delegates "
+            op = str(node.target).rsplit(".", 1)[0]
+            return (f"op {op} on a 5-D input {tuple(val.shape)} (node {node.name}): XNNPACK delegates "
                     "2-D convolutions only and the portable convolution kernel takes 3-D or 4-D input")
     return ""
 
@@ -425,13 +444,16 @@ class Runner:
             shape, dyn = spec["shape"], spec.get("dynamic", {})
             ok = len(shape) == x.ndim and all(str(d) in dyn or shape[d] == x.shape[d] for d in range(x.ndim))
             frames = dyn.get("2", "")
+            ok = ok and all(x.shape[int(d)] <= int(m) for d, m in spec.get("max", {}).items() if int(d) < x.ndim)
             if ok and "multiple of" in frames:
                 ok = x.shape[2] % int(frames.rsplit(" ", 1)[-1].rstrip(")")) == 0
             if not ok:
                 want = ["B" if str(d) in dyn and d == 0 else ("T" if str(d) in dyn else str(s))
                         for d, s in enumerate(shape)]
+                multiple = f" with T a {frames.split('(')[-1].rstrip(')')}" if frames else ""
+                bounds = ", ".join(f"{'B' if d == '0' else 'T'} <= {m}" for d, m in spec.get("max", {}).items())
                 raise ConfigError(f"{self.path}: input {i} has shape {tuple(x.shape)} but the program was exported "
-                                  f"for ({', '.join(want)}){' with T a ' + frames.split('(')[-1].rstrip(')') if frames else ''}")
+                                  f"for ({', '.join(want)}){multiple}{f' ({bounds})' if bounds else ''}")
 
     def run_all(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         self.check(inputs)
