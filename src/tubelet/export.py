@@ -272,6 +272,8 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
     if fmt == "executorch" and threads is not None:
         raise ConfigError("--threads: ExecuTorch sizes its XNNPACK threadpool itself; give no --threads with it")
     path = Path(path)
+    if path.suffix != SUFFIX[fmt]:  # the runtime is chosen by the suffix when the file is loaded
+        raise ConfigError(f"{path}: a {fmt} artifact is named *{SUFFIX[fmt]}")
     t0 = time.perf_counter()
     model = prepare(model)
     inputs = tuple(inputs) if inputs is not None else example_inputs(model)
@@ -279,7 +281,9 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
         reference = _flat(model(*inputs))
     notes: list[str] = []
     if quantize and fmt != "onnx":
-        quantize_int8(model)
+        import copy
+
+        model = quantize_int8(copy.deepcopy(model))  # the caller's model stays fp32
         notes.append("int8: torchao Int8DynamicActivationInt8WeightConfig on every nn.Linear")
     policy = frame_policy(model)
     limits = (EXECUTORCH_MAX_BATCH, EXECUTORCH_MAX_FRAMES) if fmt == "executorch" else (MAX_BATCH, MAX_FRAMES)
@@ -295,7 +299,7 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
                          "per-channel)")
     else:
         _save_executorch(program, path, model_name(model))
-    frames = policy if policy is not None else None
+    frames = policy
     specs = [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch."),
               "dynamic": {"0": "batch", **({"2": f"frames (multiple of {frames.multiple})"}
                                           if i == 0 and x.ndim == 5 and frames is not None and frames.dynamic
@@ -310,7 +314,7 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
     _write_meta(path, report, model)
     if check:
         try:
-            runner = load_runtime(path, RUNTIME_OF_SUFFIX.get(path.suffix, _runtime_of_format(fmt)), threads=threads)
+            runner = load_runtime(path, RUNTIME_OF_SUFFIX[path.suffix], threads=threads)
         except CheckpointError as exc:
             if fmt != "executorch":
                 raise
@@ -324,10 +328,6 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
     report.seconds = time.perf_counter() - t0
     _write_meta(path, report, model)
     return report
-
-
-def _runtime_of_format(fmt: str) -> str:
-    return {"torch-export": "torch-export", "onnx": "onnxruntime", "executorch": "executorch"}[fmt]
 
 
 def _save_onnx(program, inputs: Sequence[torch.Tensor], path: Path, name: str) -> None:
