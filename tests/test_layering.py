@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tubelet"
 # bottom to top; a module may import its own layer and the ones before it
 LAYERS = ["errors", "core", "config", "data", "models", "methods", "eval", "engine", "report", "cli"]
 # modules at the package root, placed in the order
-ROOT_MODULES = {"errors": "errors", "flops": "models"}
+ROOT_MODULES = {"errors": "errors", "flops": "models", "export": "engine"}
 
 
 def layer_of(module: str) -> str | None:

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "recipes": "tubelet.cli.recipes",
     "zero-shot": "tubelet.cli.zero_shot",
     "track": "tubelet.cli.track",
+    "export": "tubelet.cli.export",
 }
 
 

@@ -11,6 +11,15 @@ when any file failed, else 0.
 windows), carrying a memory model's memory from clip to clip, and prints one JSON line per clip
 (``path``, ``clip``, ``num_clips``, ``start``, ``end`` in seconds, ``topk``) with a progress bar on stderr.
 
+``--per-clip`` prints each clip's ``[start, end)`` seconds and top-k labels, one line per clip (decoding
+one window at a time: any length of video in constant memory); with ``--json`` the ``--stream`` lines.
+``--realtime`` (with ``--per-clip`` or ``--stream``) adds one line per file: seconds of video classified
+per second of wall clock (decoding included) and whether that keeps up with the video's frame rate.
+
+``--runtime torch-export|onnxruntime|executorch --exported FILE`` classifies with a program made by
+``tubelet export`` instead of the weights (``--run`` or ``--config`` then gives the test pipeline and
+class names); ``--threads`` sets that runtime's intra-op threads.
+
 ``data.KEY=VALUE`` and ``trainer.KEY=VALUE`` overrides among the files change the test pipeline and the
 device (``data.test_clips=3``, ``trainer.accelerator=cpu``); the model and method come from the weights.
 """
@@ -39,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true",
                    help="run each video clip by clip in time order (memory carried from clip to clip): one JSON "
                         "line per clip on stdout with its [start, end) seconds, a progress bar on stderr")
+    p.add_argument("--per-clip", action="store_true",
+                   help="top-k labels of every clip with its [start, end) seconds, one window decoded at a time")
+    p.add_argument("--realtime", action="store_true",
+                   help="with --per-clip/--stream: whether classification keeps up with each video's frame rate")
+    p.add_argument("--runtime", default="eager", choices=["eager", "torch-export", "onnxruntime", "executorch"],
+                   help="where the model runs: eager PyTorch (default) or an exported program (--exported)")
+    p.add_argument("--exported", default=None, metavar="FILE", help="program of `tubelet export` (.pt2/.onnx/.pte)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime")
     p.set_defaults(run=run, overrides=[], overrides_anywhere=True)  # cli.main collects those after the options
 
 
@@ -66,19 +83,34 @@ def run(args: argparse.Namespace) -> int:
 
     if args.run_dir is not None and (args.checkpoint is not None or args.config is not None):
         raise ConfigError("--run takes the model from the run folder; do not give --checkpoint or --config with it")
-    if args.run_dir is None and (args.checkpoint is None or args.config is None):
+    exported = args.runtime != "eager"
+    if args.run_dir is None and not exported and (args.checkpoint is None or args.config is None):
         raise ConfigError("give --run RUN_DIR, or --checkpoint FILE with --config RECIPE")
+    if exported and args.run_dir is None and args.config is None:
+        raise ConfigError(f"--runtime {args.runtime}: give --run RUN_DIR or --config RECIPE for the test pipeline")
+    if args.realtime and not (args.per_clip or args.stream):
+        raise ConfigError("--realtime measures clip-by-clip classification: give it with --per-clip or --stream")
+    if args.per_clip and args.stream:
+        raise ConfigError("give --per-clip or --stream, not both (--per-clip --json prints --stream's lines)")
     paths, overrides = split_overrides(args.paths)
     overrides += list(args.overrides)
     if not paths:
         raise ConfigError("no video files given (only overrides)")
     recipe = load_recipe(args.config, overrides) if args.config is not None else None
-    predictor = load_predictor(args.run_dir, args.checkpoint, recipe, overrides=overrides)
+    if args.threads is not None and args.runtime == "eager":
+        import torch
+
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    predictor = load_predictor(args.run_dir, args.checkpoint, recipe, overrides=overrides, runtime=args.runtime,
+                               exported=args.exported, threads=args.threads)
     if predictor.class_names is None:
         print(f"tubelet predict: note: {args.run_dir or args.checkpoint} has no class names (no labels.txt or "
               "data.label_map); classes are printed as indices", file=sys.stderr)
-    if args.stream:
-        return _stream(predictor, paths, args.topk)
+    if args.stream or args.per_clip:
+        return _stream(predictor, paths, args.topk, as_json=args.stream or args.json, realtime=args.realtime,
+                       progress=args.stream)
     width = max((len(n) for n in predictor.class_names or []), default=4)
     failed = 0
     for pred in predictor.predict(paths, topk=args.topk):
@@ -93,25 +125,63 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _stream(predictor, paths: list[str], topk: int) -> int:
-    """``--stream``: JSON lines per clip on stdout, a one-line progress bar on stderr; a file that cannot be
+def format_clip(pred) -> str:
+    """``--per-clip``'s line: the path, the clip's ``[start, end)`` seconds and its top-k ``name score``."""
+    top = ", ".join(f"{n if n is not None else i} {s:.4f}" for i, n, s in pred.topk)
+    return f"{pred.path}  [{pred.start:8.3f}, {pred.end:8.3f}) s  clip {pred.clip + 1}/{pred.num_clips}  {top}"
+
+
+def realtime_summary(path: str, video_seconds: float, wall: float, fps: float, threads: int | None) -> dict:
+    """``--realtime``: seconds of video classified per wall-clock second, and whether that keeps up."""
+    speed = video_seconds / wall if wall > 0 else float("inf")
+    return {"path": path, "video_seconds": video_seconds, "wall_seconds": wall, "video_fps": fps,
+            "realtime_factor": speed, "frames_per_second": speed * fps, "keeps_up": speed >= 1.0,
+            "threads": threads}
+
+
+def _stream(predictor, paths: list[str], topk: int, as_json: bool = True, realtime: bool = False,
+            progress: bool = True) -> int:
+    """``--stream`` / ``--per-clip``: a line per clip on stdout (JSON, or ``format_clip``), with ``--stream``
+    a one-line progress bar on stderr, with ``realtime`` a summary line per file; a file that cannot be
     read is one error line and the next file goes on."""
+    import time
+
+    import torch
+
     from tubelet.errors import VideoError
 
     failed = 0
     for path in paths:
         total = [0]
+        video = [0.0, 0.0]
 
         def start(n: int, total: list[int] = total) -> None:
             total[0] = n
 
+        def opened(duration, fps, video: list[float] = video) -> None:
+            video[0], video[1] = float(duration), float(fps)
+
         try:
-            for pred in predictor.stream(path, topk=topk, on_start=start):
-                print(json.dumps(pred.as_dict()), flush=True)
-                done = pred.clip + 1
-                bar = "#" * (20 * done // max(total[0], 1))
-                print(f"\r{path}: [{bar:<20}] {done}/{total[0]} clips", end="", file=sys.stderr, flush=True)
-            print(file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            for pred in predictor.stream(path, topk=topk, on_start=start, on_video=opened):
+                print(json.dumps(pred.as_dict()) if as_json else format_clip(pred), flush=True)
+                if progress:
+                    done = pred.clip + 1
+                    bar = "#" * (20 * done // max(total[0], 1))
+                    print(f"\r{path}: [{bar:<20}] {done}/{total[0]} clips", end="", file=sys.stderr, flush=True)
+            wall = time.perf_counter() - t0
+            if progress:
+                print(file=sys.stderr, flush=True)
+            if realtime:
+                threads = getattr(getattr(predictor.method, "runner", None), "threads", None) or torch.get_num_threads()
+                r = realtime_summary(path, video[0], wall, video[1], threads)
+                if as_json:
+                    print(json.dumps({"realtime": r}), flush=True)
+                else:
+                    print(f"{path}: realtime: {r['video_seconds']:.2f} s of video in {wall:.2f} s on {threads} "
+                          f"threads = {r['realtime_factor']:.2f}x real time ({r['frames_per_second']:.1f} frames/s "
+                          f"against the video's {r['video_fps']:.2f}): "
+                          f"{'keeps up' if r['keeps_up'] else 'does not keep up'}", flush=True)
         except VideoError as exc:
             failed += 1
             print(f"\ntubelet predict: error: {path}: {' '.join(str(exc.reason).split())}", file=sys.stderr,

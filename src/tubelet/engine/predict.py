@@ -144,13 +144,14 @@ class Predictor:
         return ClipDataset(samples, cfg, "test", **kw)
 
     @torch.inference_mode()
-    def stream(self, path: str | Path, topk: int = 5,
-               on_start: Callable[[int], None] | None = None) -> Iterator[ClipPrediction]:
+    def stream(self, path: str | Path, topk: int = 5, on_start: Callable[[int], None] | None = None,
+               on_video: Callable[[Fraction, Fraction], None] | None = None) -> Iterator[ClipPrediction]:
         """The clips of one video in time order, each classified with the model's memory of the earlier
         ones (MeMViT; a model without memory classifies each clip alone). Windows are
         ``data.num_frames x data.sampling_rate`` frames at the 30 fps reference, read one at a time through
         the recipe's test pipeline (one centre view); memory use does not grow with the video's length.
-        ``on_start(num_clips)`` is called once the number of windows is known (a progress bar).
+        ``on_start(num_clips)`` is called once the number of windows is known (a progress bar), and
+        ``on_video(duration, fps)`` with the file's duration in seconds and its frame rate.
         A file that cannot be read is a ``VideoError``."""
         from tubelet.data.datasets import Sample
         from tubelet.data.mixing import BadSample
@@ -165,8 +166,14 @@ class Predictor:
         cfg = dataclasses.replace(self.recipe.data, test_clips=1, test_crops=1, max_failure_fraction=1.0)
         probe = self._file_dataset(cfg, [])
         with probe.opener(path) as reader:
-            duration = reader.duration
+            duration, fps = reader.duration, reader.fps
+        if on_video is not None:
+            on_video(duration, fps)
         windows = stream_windows(duration, Fraction(cfg.num_frames * cfg.sampling_rate, 30))
+        if fps and fps > 0:
+            # a container's duration can end after its last frame (8.008 s for 240 frames at 29.97): a last
+            # window that starts after the last frame would hold none
+            windows = [w for w in windows if w[0] <= duration - 1 / Fraction(fps)] or windows[:1]
         if on_start is not None:
             on_start(len(windows))
         backbone = getattr(self.method, "backbone", self.method)
@@ -194,16 +201,67 @@ class Predictor:
 
 # what a prediction may change: how files are read and viewed, and where the model runs
 OVERRIDABLE = ("data", "trainer")
+# methods whose classify() is their backbone's forward, so that an exported backbone classifies as they do
+BACKBONE_CLASSIFIERS = ("supervised", "castling")
+
+
+class RuntimeClassifier(nn.Module):
+    """A classifying method whose ``classify`` is an exported program (``tubelet.export.load_runtime``):
+    clips go to the runtime on the CPU and the logits come back on the clips' device."""
+
+    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def classify(self, video: torch.Tensor, video_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.runner(video.float().cpu()).to(video.device)
+
+
+def _runtime_method(recipe: Recipe, exported: str | Path, runtime: str, threads: int | None) -> RuntimeClassifier:
+    """The exported program for ``recipe``'s model, refused (one line) when it is another model or the
+    recipe's method does not classify with the backbone alone."""
+    from tubelet.export import load_runtime
+
+    if recipe.method.name not in BACKBONE_CLASSIFIERS:
+        raise ConfigError(f"--runtime {runtime}: method '{recipe.method.name}' does not classify with its backbone "
+                          f"alone; exported backbones stand in for {', '.join(BACKBONE_CLASSIFIERS)} only")
+    runner = load_runtime(exported, runtime, threads=threads)
+    meta = runner.meta or {}
+    if meta.get("model") and meta["model"] != recipe.model.name:
+        raise ConfigError(f"{exported}: exported from model '{meta['model']}' but the recipe's model is "
+                          f"'{recipe.model.name}'")
+    if meta.get("num_classes") is not None and int(meta["num_classes"]) != int(recipe.model.num_classes):
+        raise ConfigError(f"{exported}: exported with {meta['num_classes']} classes but model.num_classes is "
+                          f"{recipe.model.num_classes}")
+    return RuntimeClassifier(runner)
 
 
 def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | None = None,
-                   recipe: Recipe | None = None, overrides: Sequence[str] = ()) -> Predictor:
+                   recipe: Recipe | None = None, overrides: Sequence[str] = (), runtime: str = "eager",
+                   exported: str | Path | None = None, threads: int | None = None) -> Predictor:
     """A predictor from a run folder (``run_dir``: its ``config.yaml``, ``method.safetensors`` and
     ``labels.txt``), or from ``checkpoint`` (a training checkpoint, ``method.safetensors`` or
     ``backbone.safetensors``) with the ``recipe`` it was trained with (class names then come from the
     recipe's ``data.label_map`` or synthetic set). The method runs on ``trainer.accelerator``'s device.
     ``overrides`` (``data.test_clips=3``, ``trainer.accelerator=cpu``) apply to the run folder's recipe;
-    with ``checkpoint`` they are expected in ``recipe`` already and only checked here."""
+    with ``checkpoint`` they are expected in ``recipe`` already and only checked here.
+
+    ``runtime`` other than ``eager`` (``torch-export``, ``onnxruntime``, ``executorch``) classifies with the
+    ``exported`` program of ``tubelet export`` instead of the weights; the run folder or ``recipe`` then
+    gives the test pipeline and class names only (``checkpoint`` is not read), and ``threads`` sets the
+    runtime's intra-op threads."""
+    from tubelet.export import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime '{runtime}': expected one of {', '.join(RUNTIMES)}")
+    if runtime == "eager" and exported is not None:
+        raise ConfigError("--exported runs in --runtime torch-export, onnxruntime or executorch, not eager")
+    if runtime != "eager":
+        if exported is None:
+            raise ConfigError(f"--runtime {runtime} needs --exported FILE (made by tubelet export)")
+        if checkpoint is not None:
+            raise ConfigError(f"--runtime {runtime} classifies with --exported {exported}; do not give --checkpoint")
+        return _exported_predictor(run_dir, recipe, overrides, runtime, exported, threads)
     from tubelet.config import load_recipe
     from tubelet.engine.device import resolve_device, with_resolved_precision
     from tubelet.engine.evaluate import load_method_weights
@@ -248,6 +306,30 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
         raise ConfigError(f"method '{recipe.method.name}' has no classify(); prediction needs a classifier")
     load_method_weights(method, weights)
     return Predictor(recipe, method.eval().to(device), device, names, str(weights), source)
+
+
+def _exported_predictor(run_dir, recipe, overrides, runtime, exported, threads) -> Predictor:
+    from tubelet.config import load_recipe
+
+    if (run_dir is None) == (recipe is None):
+        raise ConfigError("give either a run folder (--run) or the recipe (--config) for the test pipeline")
+    outside = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] not in OVERRIDABLE]
+    if outside:
+        raise ConfigError(f"override '{outside[0]}': prediction takes data.* and trainer.* overrides only")
+    names, source = None, ""
+    if run_dir is not None:
+        run = Path(run_dir)
+        if not (run / "config.yaml").is_file():
+            raise CheckpointError(f"{run}: not a run folder (no config.yaml)")
+        recipe = load_recipe(run / "config.yaml", list(overrides))
+        if (run / "labels.txt").is_file():
+            names, source = _read_labels(run / "labels.txt"), str(run / "labels.txt")
+    else:
+        names, source = _recipe_class_names(recipe)
+    if names is not None and len(names) != recipe.model.num_classes:
+        raise ConfigError(f"{source} names {len(names)} classes but model.num_classes is {recipe.model.num_classes}")
+    method = _runtime_method(recipe, exported, runtime, threads)
+    return Predictor(recipe, method.eval(), torch.device("cpu"), names, str(exported), source)
 
 
 def predict(paths: Sequence[str | Path], run_dir: str | Path | None = None, checkpoint: str | Path | None = None,

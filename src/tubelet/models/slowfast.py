@@ -169,7 +169,10 @@ class SlowFast(nn.Module):
         """Tokens ``(B, T*H'*W', 2048 + 256)`` on Slow's grid, time slowest (see the module docstring)."""
         slow, fast = self.forward_feature_maps(x)
         t = slow.shape[2]
-        fast = F.adaptive_avg_pool3d(fast, (t, *fast.shape[-2:]))  # alpha Fast steps per Slow step
+        if fast.shape[2] % t == 0:  # alpha Fast steps per Slow step: adaptive pooling's windows, as a mean
+            fast = fast.unflatten(2, (t, fast.shape[2] // t)).mean(3)  # (ONNX has no adaptive 3-D pooling)
+        else:
+            fast = F.adaptive_avg_pool3d(fast, (t, *fast.shape[-2:]))
         return torch.cat([slow, fast], dim=1).flatten(2).transpose(1, 2)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

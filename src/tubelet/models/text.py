@@ -251,6 +251,8 @@ class TextTransformer(nn.Module):
     def padding_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
         """``(B, 1, 1, L)`` bool, True = a real token (attend); None when nothing is padded."""
         real = ids != self.pad_id
+        if torch.compiler.is_exporting():  # a graph cannot branch on values: always the mask (same outputs)
+            return real[:, None, None, :]
         if bool(real.all()):
             return None
         return real[:, None, None, :]
@@ -262,7 +264,9 @@ class TextTransformer(nn.Module):
         L = ids.shape[1]
         if L > self.context_length:
             raise ValueError(f"{L} tokens exceed the text tower's context length {self.context_length}")
-        if ids.device.type == "cpu" and ids.numel() and int(ids.max()) >= self.token_embed.num_embeddings:
+        # the check reads a value, which an exported graph cannot branch on (its gather then fails instead)
+        if (ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_exporting()
+                and int(ids.max()) >= self.token_embed.num_embeddings):
             raise ValueError(f"token id {int(ids.max())} is outside the vocabulary of {self.token_embed.num_embeddings}"
                              " (tokenizer and text tower disagree)")
         mask = self.padding_mask(ids)
@@ -286,8 +290,8 @@ def trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     change no feature; dropping them saves their compute and the activations autograd keeps for them
     (a batch of short captions padded to the context would otherwise cost the full context).
     """
-    if ids.ndim != 2 or ids.shape[1] <= 1:
-        return ids
+    if ids.ndim != 2 or ids.shape[1] <= 1 or torch.compiler.is_exporting():
+        return ids  # exported: the length would depend on values; the untrimmed columns change no feature
     used = (ids != pad_id).any(dim=0)  # (L,) a column holding a real token in some row
     length = max(1, int(used.nonzero().max()) + 1) if bool(used.any()) else 1
     return ids if length == ids.shape[1] else ids[:, :length]

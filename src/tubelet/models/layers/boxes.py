@@ -117,7 +117,8 @@ def _axis_matrix(start: torch.Tensor, length: torch.Tensor, bins: int, size: int
         grid = torch.full_like(length, float(sampling_ratio))
     else:  # torchvision's adaptive rule: ceil(bin size) samples per bin, at least 1
         grid = torch.ceil(binsz).clamp(min=1).detach()
-    g_max = int(grid.max().item()) if grid.numel() else 1
+    # a fixed ratio needs no data-dependent size (so the op traces under torch.export)
+    g_max = sampling_ratio if sampling_ratio > 0 else (int(grid.max().item()) if grid.numel() else 1)
     i = torch.arange(g_max, device=length.device, dtype=length.dtype)
     p = torch.arange(bins, device=length.device, dtype=length.dtype)
     pts = (start[:, None, None] + p[None, :, None] * binsz[:, None, None]
