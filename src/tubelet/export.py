@@ -101,6 +101,7 @@ def example_inputs(model: nn.Module, batch: int = 2, num_frames: int | None = No
     """Inputs of the model's own build size (``num_frames`` x ``img_size``\\ :sup:`2` clips, ``(B, C, H, W)`` for
     image models, token ids ``(B, context_length)`` for a text tower, ``(reference, boxes, search)`` for UTT)."""
     from tubelet.models.mvit import MViT
+    from tubelet.models.deformable_detr import DeformableDETR
     from tubelet.models.resnet2d import ResNet2d
     from tubelet.models.text import TextTransformer
     from tubelet.models.utt import UTT
@@ -114,7 +115,7 @@ def example_inputs(model: nn.Module, batch: int = 2, num_frames: int | None = No
         lo = torch.rand(batch, 1, 2, generator=g) * s / 2
         boxes = torch.cat([lo, lo + s / 4 + torch.rand(batch, 1, 2, generator=g) * s / 4], -1)
         return (torch.randn(batch, 3, s, s, generator=g), boxes, torch.randn(batch, 3, s, s, generator=g))
-    if isinstance(model, ResNet2d):
+    if isinstance(model, (ResNet2d, DeformableDETR)):  # images (B, 3, H, W)
         s = size or 224
         return (torch.randn(batch, 3, s, s, generator=g),)
     s = size or cfg.img_size
@@ -133,6 +134,7 @@ def frame_policy(model: nn.Module) -> FramePolicy | None:
     static: their relative-position tables and pooled key/value grids are sized at build time from
     ``num_frames`` (and MeMViT's memory has the build grid's shape)."""
     from tubelet.models.mvit import MViT
+    from tubelet.models.deformable_detr import DeformableDETR
     from tubelet.models.resnet2d import ResNet2d
     from tubelet.models.resnet3d import ResNet3d
     from tubelet.models.slowfast import SlowFast
@@ -142,7 +144,7 @@ def frame_policy(model: nn.Module) -> FramePolicy | None:
     from tubelet.models.x3d import X3D
 
     cfg = _config(model)
-    if isinstance(model, (TextTransformer, UTT, ResNet2d)) or (isinstance(model, MViT) and not cfg.video):
+    if isinstance(model, (TextTransformer, UTT, ResNet2d, DeformableDETR)) or (isinstance(model, MViT) and not cfg.video):
         return None
     if isinstance(model, VisionTransformer):
         if cfg.num_frames == 1 and cfg.tubelet_size == 1:
@@ -209,7 +211,8 @@ def prepare(model: nn.Module) -> nn.Module:
 
 
 class _Outputs(nn.Module):
-    """A model whose forward returns a list (UTT's boxes per iteration) as a tuple, so every exporter
+    """A model whose forward returns a list (UTT's boxes per iteration) or a dict (the detector's logits,
+    boxes and per-layer outputs) as a flat tuple of its tensors, in ``_flat``'s order, so every exporter
     sees a flat output."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -218,11 +221,13 @@ class _Outputs(nn.Module):
 
     def forward(self, *args):
         out = self.model(*args)
-        return tuple(out) if isinstance(out, (list, tuple)) else out
+        return out if torch.is_tensor(out) else tuple(_flat(out))
 
 
 def _flat(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (list, tuple)) else [out]
+    from torch.utils._pytree import tree_leaves
+
+    return [out] if torch.is_tensor(out) else list(tree_leaves(out))
 
 
 def export_program(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_frames: bool | None = None,

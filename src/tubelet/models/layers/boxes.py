@@ -157,6 +157,10 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
     index = rois[:, 0].long()
     if features.shape[0] == 1:
         return torch.einsum("kph,chw,kqw->kcpq", wy, features[0], wx)
+    if torch.compiler.is_exporting():
+        # an exported graph cannot branch on which images have boxes: gather each box's map (the copy the
+        # loop below avoids costs memory, not correctness)
+        return torch.einsum("kph,kchw,kqw->kcpq", wy, features[index], wx)
     out = features.new_zeros(rois.shape[0], features.shape[1], ph, pw)
     for b in range(features.shape[0]):  # a loop over images, not boxes
         sel = index == b
