@@ -525,7 +525,28 @@ def letterbox(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence
     return crop_frame(frame, np.array([side / 2, side / 2, side]), size, mean, std), size / side
 
 
-class MOTPairDataset(Dataset):
+class _SequencePairs(Dataset):
+    """What the SOT and MOT pair sets share: ``n`` samples an epoch drawn per ``(seed, epoch, index)``, and
+    one reader per sequence opened on first use (in the worker that reads it)."""
+
+    sequences: list
+    n: int
+    epoch: int
+    _readers: dict
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _frames(self, k: int, idx: list[int]) -> np.ndarray:
+        if k not in self._readers:
+            self._readers[k] = self.sequences[k].reader()
+        return self._readers[k].get_frames(idx)
+
+
+class MOTPairDataset(_SequencePairs):
     """UTT's MOT training pairs: a reference frame ``r`` with the boxes of its targets and a search frame
     ``s`` at most ``max_gap`` frames later (``s = r`` only where no later frame shares a target), both whole
     frames through :func:`letterbox`. Targets are the ids present in both (at most ``max_objects``, a random
@@ -548,17 +569,6 @@ class MOTPairDataset(Dataset):
         self.seed, self.epoch = int(seed), 0
         self.mean, self.std = tuple(mean), tuple(std)
         self._readers: dict[int, VideoReader] = {}
-
-    def __len__(self) -> int:
-        return self.n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _frames(self, k: int, idx: list[int]) -> np.ndarray:
-        if k not in self._readers:
-            self._readers[k] = self.sequences[k].reader()
-        return self._readers[k].get_frames(idx)
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, int(i), 1])
@@ -668,7 +678,7 @@ def box_in_crop(box: np.ndarray, region: np.ndarray, size: int) -> np.ndarray:
     return np.array([x1, y1, x1 + box[2] * k, y1 + box[3] * k])
 
 
-class SOTPairDataset(Dataset):
+class SOTPairDataset(_SequencePairs):
     """Training pairs of single-object sequences, UTT's SOT sampling: a reference and a search frame of one
     sequence at most ``max_gap`` frames apart, both with a visible target. The reference is cropped around
     its box (``search_factor`` times its size); the search crop around the search box after a jitter of
@@ -692,17 +702,6 @@ class SOTPairDataset(Dataset):
         self.max_gap, self.seed, self.epoch = int(max_gap), int(seed), 0
         self.mean, self.std = tuple(mean), tuple(std)
         self._readers: dict[int, VideoReader] = {}
-
-    def __len__(self) -> int:
-        return self.n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _frames(self, k: int, idx: list[int]) -> np.ndarray:
-        if k not in self._readers:
-            self._readers[k] = self.sequences[k].reader()
-        return self._readers[k].get_frames(idx)
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
