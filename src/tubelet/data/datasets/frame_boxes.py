@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -44,18 +44,16 @@ def resize_frame(frame: np.ndarray, size: int, mean: Sequence[float], std: Seque
     return (img[0] - m) / s
 
 
-class FrameBoxSequence:
+class FrameBoxSequence(Protocol):
     """A sequence of ``num_frames`` frames: ``frame(t)`` uint8 ``(H, W, 3)`` and ``boxes(t)``, ``xyxy`` pixels
     ``(n, 4)`` with their class ids ``(n,)``. Subclasses load lazily (a synthetic clip renders on first use)."""
 
     name: str
     num_frames: int
 
-    def frame(self, t: int) -> np.ndarray:
-        raise NotImplementedError
+    def frame(self, t: int) -> np.ndarray: ...
 
-    def boxes(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+    def boxes(self, t: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class SyntheticFrames(FrameBoxSequence):
