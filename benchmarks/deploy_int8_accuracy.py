@@ -1,6 +1,7 @@
-"""int8 accuracy on the synthetic test set: the quickstart ViT trained on the procedural motion set,
-then tested (``tubelet test``'s multi-view pipeline) in eager fp32, ONNX Runtime fp32, torchao int8 and
-ONNX Runtime int8, with each artifact's size on disk. One run; a few minutes on two cores.
+"""int8 and bf16 accuracy on the synthetic test set: the quickstart ViT trained on the procedural motion set,
+then tested (``tubelet test``'s multi-view pipeline) in eager fp32, ONNX Runtime fp32, torchao int8, ONNX
+Runtime int8, and AOTInductor fp32, bf16 and int8 (the last three skipped without a C++ compiler), with each
+artifact's size on disk. One run; a few minutes on two cores.
 
     PYTHONPATH=src python benchmarks/deploy_int8_accuracy.py
     PYTHONPATH=src python benchmarks/deploy_int8_accuracy.py --steps 20      # smoke run
@@ -25,7 +26,8 @@ def main() -> None:
     from tubelet.config import load_recipe
     from tubelet.engine.evaluate import evaluate, load_method_weights
     from tubelet.engine.predict import RuntimeClassifier
-    from tubelet.export import example_inputs, export_model, load_runtime, quantize_int8
+    from tubelet.errors import ConfigError
+    from tubelet.export import require_compiler, example_inputs, export_model, load_runtime, quantize_int8
     from tubelet.methods import build_method
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -59,6 +61,16 @@ def main() -> None:
         "onnxruntime int8": (RuntimeClassifier(load_runtime(tmp / "onnx_int8.onnx", "onnxruntime", threads=2)),
                              f"{sizes['onnx_int8'] / 1e6:.2f}"),
     }
+    try:
+        require_compiler()
+        aoti = [("aoti fp32", "float32", False), ("aoti bf16", "bfloat16", False), ("aoti int8", "float32", True)]
+    except ConfigError as exc:
+        print(f"[deploy_int8_accuracy] no AOTInductor rows: {exc}")
+        aoti = []
+    for name, dtype, int8 in aoti:
+        path = tmp / f"{name.replace(' ', '_')}.aoti.pt2"
+        r = export_model(copy.deepcopy(backbone), path, "aoti", x, quantize=int8, dtype=dtype, threads=2)
+        scorers[name] = (RuntimeClassifier(load_runtime(path, "aoti", threads=2)), f"{r.size_bytes / 1e6:.2f}")
     rows = []
     for name, (scorer, size) in scorers.items():
         with torch.inference_mode():

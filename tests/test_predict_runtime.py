@@ -81,8 +81,8 @@ def test_runtime_errors_are_one_line(tiny_run, exported, videos_dir, tmp_path, c
     clip = str(videos_dir / "v_SoccerJuggling_g23_c01.avi")
     cases = [
         (["--runtime", "onnxruntime"], "--runtime onnxruntime needs --exported FILE"),
-        (["--runtime", "torch-export", "--exported", str(exported)], "--runtime torch-export runs .pt2 files"),
-        (["--exported", str(exported)], "--exported runs in --runtime torch-export, onnxruntime or executorch"),
+        (["--runtime", "torch-export", "--exported", str(exported)], "--runtime torch-export runs *.pt2 files"),
+        (["--exported", str(exported)], "--exported runs in --runtime torch-export, onnxruntime, aoti or executorch"),
         (["--realtime"], "--realtime measures clip-by-clip classification"),
         (["--runtime", "onnxruntime", "--exported", str(exported), "data.crop_size=32", "--per-clip"],
          "has shape (1, 3, 4, 32, 32) but the program was exported for (B, 3, 4, 16, 16) (B <= 1024)"),

@@ -7,6 +7,12 @@ Formats (``export_model(model, path, fmt)``):
   graph allows it (:func:`frame_policy`); saved with ``torch.export.save`` (``.pt2``).
 - ``onnx``: the same ExportedProgram through the dynamo ONNX exporter, validated by ``onnx.checker``
   (``.onnx``) and run in ONNX Runtime.
+- ``aoti``: the same ExportedProgram compiled ahead of time by AOTInductor into a shared library inside a
+  ``.aoti.pt2`` package (``torch._inductor.aoti_compile_and_package``), with Inductor's freezing on (weights
+  are constants, so batch norms fold into the convolutions and pointwise ops fuse with them). It needs a C++
+  compiler where it is made (g++ or clang++, or ``$CXX``), not where it runs: the package loads in any
+  Python with the same torch (``torch._inductor.aoti_load_package``). The fastest CPU runtime of the three
+  for convolutional networks (benchmarks/README.md, "Deployment latency").
 - ``executorch``: the ExportedProgram lowered to ExecuTorch with the XNNPACK delegate (``.pte``). An op
   that neither XNNPACK nor the portable kernels can run is an error naming it (every 3-D convolution:
   XNNPACK delegates 2-D convolutions only, and the portable convolution kernel takes 3-D/4-D input).
@@ -20,6 +26,11 @@ scales, per-channel weight scales). For ``torch-export`` and ``executorch`` thro
 ``Int8DynamicActivationInt8WeightConfig`` (``torch.ao.quantization`` is deprecated in favour of torchao);
 for ``onnx`` through ONNX Runtime's ``quantize_dynamic`` on the exported fp32 graph's MatMul/Gemm nodes
 (torchao's tensor subclasses have no ONNX lowering).
+
+bf16 (``dtype=torch.bfloat16``, ``torch-export`` and ``aoti``): weights and activations in bfloat16, the
+program still takes and returns float32 (it casts at its boundary), so a runner is used the same way; the
+difference from fp32 eager is recorded as for int8. Worth it where the processor's bf16 GEMM is faster than
+its fp32 one (AVX512-BF16 or AMX, a recent GPU); slower where bf16 is emulated.
 
 Castling-ViT models (arXiv 2211.10526) are exported in their switched form: the auxiliary softmax branch
 is removed first (``switch_to_inference``), which is refused while the branch still has weight.
@@ -39,10 +50,13 @@ from torch import nn
 
 from tubelet.errors import CheckpointError, ConfigError, TubeletError
 
-FORMATS = ("torch-export", "onnx", "executorch")
-RUNTIMES = ("eager", "torch-export", "onnxruntime", "executorch")
-SUFFIX = {"torch-export": ".pt2", "onnx": ".onnx", "executorch": ".pte"}
-RUNTIME_OF_SUFFIX = {".pt2": "torch-export", ".onnx": "onnxruntime", ".pte": "executorch"}
+FORMATS = ("torch-export", "onnx", "aoti", "executorch")
+RUNTIMES = ("eager", "torch-export", "onnxruntime", "aoti", "executorch")
+# an AOTInductor package is a .pt2 too (torch's name for both); the inner suffix says which loader opens it
+SUFFIX = {"torch-export": ".pt2", "onnx": ".onnx", "aoti": ".aoti.pt2", "executorch": ".pte"}
+RUNTIME_OF_FORMAT = {"torch-export": "torch-export", "onnx": "onnxruntime", "aoti": "aoti", "executorch": "executorch"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BF16_FORMATS = ("torch-export", "aoti")  # ONNX Runtime's and XNNPACK's CPU kernels have no bf16 convolutions
 MAX_BATCH = 1024
 MAX_FRAMES = 512  # in frames: Dim bounds are in units of the frame multiple
 # ExecuTorch plans its memory for the largest shape a dynamic dimension allows: smaller bounds there
@@ -70,6 +84,7 @@ class ExportReport:
     inputs: list[dict]
     frames: FramePolicy | None
     int8: bool = False
+    dtype: str = "float32"  # of the weights and activations inside the program; its inputs and outputs are fp32
     max_abs_diff: float = float("nan")  # against eager, on the example inputs
     output_scale: float = float("nan")  # max |eager output|
     size_bytes: int = 0
@@ -213,15 +228,22 @@ def prepare(model: nn.Module) -> nn.Module:
 class _Outputs(nn.Module):
     """A model whose forward returns a list (UTT's boxes per iteration) or a dict (the detector's logits,
     boxes and per-layer outputs) as a flat tuple of its tensors, in ``_flat``'s order, so every exporter
-    sees a flat output."""
+    sees a flat output. With ``dtype`` (the model's own, bf16), floating inputs are cast to it and floating
+    outputs back to float32 inside the graph, so the program's interface stays fp32."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.dtype = model, dtype
 
     def forward(self, *args):
+        if self.dtype is not None:
+            args = tuple(a.to(self.dtype) if a.is_floating_point() else a for a in args)
         out = self.model(*args)
-        return out if torch.is_tensor(out) else tuple(_flat(out))
+        flat = out if torch.is_tensor(out) else tuple(_flat(out))
+        if self.dtype is None:
+            return flat
+        up = [o.float() if o.is_floating_point() else o for o in ((flat,) if torch.is_tensor(flat) else flat)]
+        return up[0] if torch.is_tensor(flat) else tuple(up)
 
 
 def _flat(out) -> list[torch.Tensor]:
@@ -231,14 +253,15 @@ def _flat(out) -> list[torch.Tensor]:
 
 
 def export_program(model: nn.Module, inputs: Sequence[torch.Tensor], dynamic_frames: bool | None = None,
-                   max_batch: int = MAX_BATCH, max_frames: int = MAX_FRAMES):
+                   max_batch: int = MAX_BATCH, max_frames: int = MAX_FRAMES, dtype: torch.dtype | None = None):
     """``torch.export.export`` of ``prepare(model)`` at ``inputs`` with :func:`dynamic_shapes`; a graph
-    ``torch.export`` cannot capture is an error naming the op (or guard) that blocks it."""
+    ``torch.export`` cannot capture is an error naming the op (or guard) that blocks it. ``dtype``: the
+    model's parameters are in it (bf16) and the program casts at its boundary (:class:`_Outputs`)."""
     model = prepare(model)
     shapes = dynamic_shapes(model, inputs, dynamic_frames, max_batch, max_frames)
     try:
         with torch.no_grad():
-            return torch.export.export(_Outputs(model), tuple(inputs), dynamic_shapes=(shapes,))  # forward(*args)
+            return torch.export.export(_Outputs(model, dtype), tuple(inputs), dynamic_shapes=(shapes,))  # forward(*args)
     except Exception as exc:  # torch raises many types here; the first line names the op or guard
         raise TubeletError(f"{model_name(model)}: torch.export failed: {_first_line(exc)}") from exc
 
@@ -268,34 +291,52 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[torch.Tensor] | None = None,
                  dynamic_frames: bool | None = None, quantize: bool = False, check: bool = True,
-                 threads: int | None = None) -> ExportReport:
+                 threads: int | None = None, dtype: str = "float32") -> ExportReport:
     """Export ``model`` to ``path`` as ``fmt`` (one of :data:`FORMATS`), from ``inputs`` (default: two
     clips of the model's build size). ``check``: run the artifact in its runtime on ``inputs`` and record
-    the largest difference from eager (``report.max_abs_diff``). Writes ``PATH.json`` (see the module)."""
+    the largest difference from fp32 eager (``report.max_abs_diff``). ``dtype``: ``float32`` or ``bfloat16``
+    (torch-export and aoti; see the module). Writes ``PATH.json`` (see the module)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format '{fmt}': expected one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype '{dtype}': expected one of {', '.join(DTYPES)}")
+    if dtype != "float32" and fmt not in BF16_FORMATS:
+        raise ConfigError(f"--dtype {dtype}: {fmt} has no CPU kernels for it here; export --format "
+                          f"{' or '.join(BF16_FORMATS)}")
+    if dtype != "float32" and quantize:
+        raise ConfigError(f"--int8 and --dtype {dtype}: choose one (int8 keeps the rest of the model in fp32)")
     if fmt == "executorch" and threads is not None:
         raise ConfigError("--threads: ExecuTorch sizes its XNNPACK threadpool itself; give no --threads with it")
     path = Path(path)
-    if path.suffix != SUFFIX[fmt]:  # the runtime is chosen by the suffix when the file is loaded
+    if _format_of(path) != fmt:  # the runtime is chosen by the name when the file is loaded
         raise ConfigError(f"{path}: a {fmt} artifact is named *{SUFFIX[fmt]}")
+    if fmt == "aoti":
+        require_compiler()
     t0 = time.perf_counter()
     model = prepare(model)
     inputs = tuple(inputs) if inputs is not None else example_inputs(model)
     with torch.no_grad():
         reference = _flat(model(*inputs))
     notes: list[str] = []
-    if quantize and fmt != "onnx":
+    cast = DTYPES[dtype] if dtype != "float32" else None
+    if quantize and fmt != "onnx" or cast is not None:
         import copy
 
-        model = quantize_int8(copy.deepcopy(model))  # the caller's model stays fp32
-        notes.append("int8: torchao Int8DynamicActivationInt8WeightConfig on every nn.Linear")
+        model = copy.deepcopy(model)  # the caller's model stays as it is
+        if cast is not None:
+            model = model.to(cast)
+            notes.append(f"{dtype}: weights and activations; inputs and outputs float32 (cast inside the program)")
+        else:
+            model = quantize_int8(model)
+            notes.append("int8: torchao Int8DynamicActivationInt8WeightConfig on every nn.Linear")
     policy = frame_policy(model)
     limits = (EXECUTORCH_MAX_BATCH, EXECUTORCH_MAX_FRAMES) if fmt == "executorch" else (MAX_BATCH, MAX_FRAMES)
-    program = export_program(model, inputs, dynamic_frames, *limits)
+    program = export_program(model, inputs, dynamic_frames, *limits, dtype=cast)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torch-export":
         torch.export.save(program, str(path))
+    elif fmt == "aoti":
+        _save_aoti(program, path, model_name(model))
     elif fmt == "onnx":
         _save_onnx(program, inputs, path, model_name(model))
         if quantize:
@@ -314,12 +355,12 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, inputs: Sequence[
         spec["max"] = {"0": limits[0], **({"2": limits[1]} if "2" in spec["dynamic"] else {})}
     if frames is not None and dynamic_frames is False:
         frames = dataclasses.replace(frames, dynamic=False, reason="exported static on request")
-    report = ExportReport(str(path), fmt, model_name(model), specs, frames, int8=quantize, notes=notes)
+    report = ExportReport(str(path), fmt, model_name(model), specs, frames, int8=quantize, dtype=dtype, notes=notes)
     report.output_scale = max(float(r.abs().max()) for r in reference)
     _write_meta(path, report, model)
     if check:
         try:
-            runner = load_runtime(path, RUNTIME_OF_SUFFIX[path.suffix], threads=threads)
+            runner = load_runtime(path, RUNTIME_OF_FORMAT[fmt], threads=threads)
         except CheckpointError as exc:
             if fmt != "executorch":
                 raise
@@ -351,6 +392,38 @@ def _save_onnx(program, inputs: Sequence[torch.Tensor], path: Path, name: str) -
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise TubeletError(f"{path}: onnx.checker rejected the exported graph: {_first_line(exc)}") from exc
+
+
+def _format_of(path: Path) -> str | None:
+    """The format a file's name says (``*.aoti.pt2`` before ``*.pt2``)."""
+    for fmt in sorted(SUFFIX, key=lambda f: -len(SUFFIX[f])):
+        if path.name.endswith(SUFFIX[fmt]) and len(path.name) > len(SUFFIX[fmt]):
+            return fmt
+    return None
+
+
+def require_compiler() -> str:
+    """The C++ compiler AOTInductor will call (``$CXX``, else g++ or clang++); a one-line error without one."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise ConfigError("--format aoti compiles C++: no compiler found (install g++ or clang++, or set CXX); "
+                      "the package it makes then runs without one")
+
+
+def _save_aoti(program, path: Path, name: str) -> None:
+    from torch._inductor import aoti_compile_and_package
+
+    # freezing: parameters become constants, so Inductor folds batch norms into convolutions, prepacks
+    # weights for oneDNN and fuses the pointwise ops around them (X3D-S: 2.4x eager at batch 1 here)
+    try:
+        with torch.no_grad():
+            aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
+    except Exception as exc:
+        raise TubeletError(f"{name}: AOTInductor compilation failed: {_first_line(exc)}") from exc
 
 
 def _quantize_onnx(path: Path) -> None:
@@ -471,8 +544,8 @@ class Runner:
 def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> Runner:
     """A runner for ``path`` in ``runtime`` (one of :data:`RUNTIMES`): ``eager`` loads a weights file or
     run folder (``tubelet.engine.load.load_model``), ``torch-export`` a ``.pt2``, ``onnxruntime`` an
-    ``.onnx`` (``intra_op_num_threads=threads``), ``executorch`` a ``.pte``. ``threads`` sets the intra-op
-    threads of that runtime (torch's for eager and torch-export)."""
+    ``.onnx`` (``intra_op_num_threads=threads``), ``aoti`` an ``.aoti.pt2``, ``executorch`` a ``.pte``.
+    ``threads`` sets the intra-op threads of that runtime (torch's for eager, torch-export and aoti)."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime '{runtime}': expected one of {', '.join(RUNTIMES)}")
     path = Path(path)
@@ -480,12 +553,11 @@ def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> 
         raise CheckpointError(f"{path}: no such file")
     if threads is not None and int(threads) < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    expected = {v: k for k, v in RUNTIME_OF_SUFFIX.items()}.get(runtime)
-    if expected is not None and path.suffix != expected:
-        raise ConfigError(f"{path}: --runtime {runtime} runs {expected} files (tubelet export --format "
-                          f"{'onnx' if runtime == 'onnxruntime' else runtime})")
+    fmt = {v: k for k, v in RUNTIME_OF_FORMAT.items()}.get(runtime)
+    if fmt is not None and _format_of(path) != fmt:
+        raise ConfigError(f"{path}: --runtime {runtime} runs *{SUFFIX[fmt]} files (tubelet export --format {fmt})")
     meta = read_meta(path) if runtime != "eager" else None
-    if runtime in ("eager", "torch-export") and threads is not None:
+    if runtime in ("eager", "torch-export", "aoti") and threads is not None:
         torch.set_num_threads(int(threads))
     if runtime == "eager":
         from tubelet.engine.load import load_model
@@ -508,6 +580,19 @@ def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> 
                 return _flat(module(*xs))
 
         return Runner(str(path), runtime, exported, meta, torch.get_num_threads())
+    if runtime == "aoti":
+        from torch._inductor import aoti_load_package
+
+        try:
+            compiled = aoti_load_package(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not an AOTInductor package for this torch ({_first_line(exc)})") from exc
+
+        def aoti_run(*xs: torch.Tensor) -> list[torch.Tensor]:
+            with torch.no_grad():
+                return _flat(compiled(*xs))
+
+        return Runner(str(path), runtime, aoti_run, meta, torch.get_num_threads())
     if runtime == "onnxruntime":
         try:
             import onnxruntime as ort

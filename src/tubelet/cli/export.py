@@ -1,6 +1,7 @@
-"""``tubelet export --checkpoint W [--model NAME] --format onnx|torch-export|executorch [-o OUT] [--int8]``.
+"""``tubelet export --checkpoint W [--model NAME] --format onnx|torch-export|aoti|executorch [-o OUT] [--int8 |
+--dtype bfloat16]``.
 
-Exports the model to ``OUT`` (default: beside the checkpoint, ``NAME.onnx`` / ``.pt2`` / ``.pte``), runs the
+Exports the model to ``OUT`` (default: beside the checkpoint, ``NAME.onnx`` / ``.pt2`` / ``.aoti.pt2`` / ``.pte``), runs the
 artifact in its runtime on the example clips and prints the largest difference from eager; the work is
 ``tubelet.export``. ``--checkpoint`` is a weights file (``backbone.safetensors``, a converted checkpoint)
 or a run folder; ``--model`` (with ``--set KEY=VALUE`` options) says what to build when the file does not
@@ -16,7 +17,8 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from tubelet.export import FORMATS
 
-    p = sub.add_parser("export", help="export a model to torch.export, ONNX or ExecuTorch, checked against eager")
+    p = sub.add_parser("export", help="export a model to torch.export, ONNX, AOTInductor or ExecuTorch, checked "
+                                      "against eager")
     p.add_argument("--checkpoint", default=None, help="weights file or run folder (omit only with --random-init)")
     p.add_argument("--model", default=None, help="registered model name (default: what the weights file records)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -24,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="fmt", required=True, choices=FORMATS)
     p.add_argument("--output", "-o", default=None, help="artifact path (default: NAME + the format's suffix)")
     p.add_argument("--int8", action="store_true", help="int8 linear layers (torchao; ONNX Runtime's quantizer for onnx)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights and activations inside the program (bfloat16: torch-export and aoti; its inputs "
+                        "and outputs stay float32)")
     p.add_argument("--batch", type=int, default=2, help="example batch (2 or more: the batch stays dynamic)")
     p.add_argument("--frames", type=int, default=None, help="example frames (default: the model's num_frames)")
     p.add_argument("--size", type=int, default=None, help="example height and width (default: the model's img_size)")
@@ -64,14 +69,15 @@ def run(args: argparse.Namespace) -> int:
     name = model_name(model)
     out = Path(args.output) if args.output else (
         Path(args.checkpoint).parent if args.checkpoint and Path(args.checkpoint).is_file()
-        else Path(args.checkpoint or ".")) / f"{name}{'_int8' if args.int8 else ''}{SUFFIX[args.fmt]}"
+        else Path(args.checkpoint or ".")) / (f"{name}{'_int8' if args.int8 else ''}"
+                                              f"{'_bf16' if args.dtype == 'bfloat16' else ''}{SUFFIX[args.fmt]}")
     inputs = example_inputs(model, batch=args.batch, num_frames=args.frames, size=args.size)
     report = export_model(model, out, args.fmt, inputs, dynamic_frames=False if args.static_frames else None,
-                          quantize=args.int8, threads=args.threads)
+                          quantize=args.int8, threads=args.threads, dtype=args.dtype)
     frames = report.frames
     dyn = "batch" + (f", frames (multiples of {frames.multiple})" if frames is not None and frames.dynamic else "")
     print(f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB) and {report.path}.json: {name}, {args.fmt}"
-          f"{', int8' if report.int8 else ''}")
+          f"{', int8' if report.int8 else ''}{', ' + report.dtype if report.dtype != 'float32' else ''}")
     print(f"inputs: {', '.join(str(tuple(s['shape'])) for s in report.inputs)}; dynamic: {dyn}")
     if frames is not None and not frames.dynamic:
         print(f"frames static: {frames.reason}")

@@ -16,7 +16,7 @@ one window at a time: any length of video in constant memory); with ``--json`` t
 ``--realtime`` (with ``--per-clip`` or ``--stream``) adds one line per file: seconds of video classified
 per second of wall clock (decoding included) and whether that keeps up with the video's frame rate.
 
-``--runtime torch-export|onnxruntime|executorch --exported FILE`` classifies with a program made by
+``--runtime torch-export|onnxruntime|aoti|executorch --exported FILE`` classifies with a program made by
 ``tubelet export`` instead of the weights (``--run`` or ``--config`` then gives the test pipeline and
 class names); ``--threads`` sets that runtime's intra-op threads.
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from tubelet.export import RUNTIMES
+
     p = sub.add_parser("predict", help="top-k classes of video files from a run folder or checkpoint + recipe")
     p.add_argument("paths", nargs="+", metavar="VIDEO",
                    help="video files; data.KEY=VALUE / trainer.KEY=VALUE items override the test pipeline")
@@ -52,9 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="top-k labels of every clip with its [start, end) seconds, one window decoded at a time")
     p.add_argument("--realtime", action="store_true",
                    help="with --per-clip/--stream: whether classification keeps up with each video's frame rate")
-    p.add_argument("--runtime", default="eager", choices=["eager", "torch-export", "onnxruntime", "executorch"],
+    p.add_argument("--runtime", default="eager", choices=RUNTIMES,
                    help="where the model runs: eager PyTorch (default) or an exported program (--exported)")
-    p.add_argument("--exported", default=None, metavar="FILE", help="program of `tubelet export` (.pt2/.onnx/.pte)")
+    p.add_argument("--exported", default=None, metavar="FILE", help="program of `tubelet export` (.pt2/.onnx/.aoti.pt2/.pte)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime")
     p.set_defaults(run=run, overrides=[], overrides_anywhere=True)  # cli.main collects those after the options
 

@@ -246,7 +246,7 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
     ``overrides`` (``data.test_clips=3``, ``trainer.accelerator=cpu``) apply to the run folder's recipe;
     with ``checkpoint`` they are expected in ``recipe`` already and only checked here.
 
-    ``runtime`` other than ``eager`` (``torch-export``, ``onnxruntime``, ``executorch``) classifies with the
+    ``runtime`` other than ``eager`` (``torch-export``, ``onnxruntime``, ``aoti``, ``executorch``) classifies with the
     ``exported`` program of ``tubelet export`` instead of the weights; the run folder or ``recipe`` then
     gives the test pipeline and class names only (``checkpoint`` is not read), and ``threads`` sets the
     runtime's intra-op threads."""
@@ -255,7 +255,7 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str | Path | N
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime '{runtime}': expected one of {', '.join(RUNTIMES)}")
     if runtime == "eager" and exported is not None:
-        raise ConfigError("--exported runs in --runtime torch-export, onnxruntime or executorch, not eager")
+        raise ConfigError("--exported runs in --runtime torch-export, onnxruntime, aoti or executorch, not eager")
     if runtime != "eager":
         if exported is None:
             raise ConfigError(f"--runtime {runtime} needs --exported FILE (made by tubelet export)")
