@@ -569,30 +569,22 @@ def load_runtime(path: str | Path, runtime: str, threads: int | None = None) -> 
                 return _flat(model(*xs))
 
         return Runner(str(path), runtime, eager, None, torch.get_num_threads())
-    if runtime == "torch-export":
-        try:
-            module = torch.export.load(str(path)).module()
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a torch.export program ({_first_line(exc)})") from exc
+    if runtime in ("torch-export", "aoti"):
+        from torch._inductor import aoti_load_package
 
-        def exported(*xs: torch.Tensor) -> list[torch.Tensor]:
+        # both load as a callable on torch tensors: the ExportedProgram's module, or AOTInductor's library
+        load, what = ((lambda p: torch.export.load(p).module(), "a torch.export program") if runtime == "torch-export"
+                      else (aoti_load_package, "an AOTInductor package for this torch"))
+        try:
+            module = load(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not {what} ({_first_line(exc)})") from exc
+
+        def torch_run(*xs: torch.Tensor) -> list[torch.Tensor]:
             with torch.no_grad():
                 return _flat(module(*xs))
 
-        return Runner(str(path), runtime, exported, meta, torch.get_num_threads())
-    if runtime == "aoti":
-        from torch._inductor import aoti_load_package
-
-        try:
-            compiled = aoti_load_package(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not an AOTInductor package for this torch ({_first_line(exc)})") from exc
-
-        def aoti_run(*xs: torch.Tensor) -> list[torch.Tensor]:
-            with torch.no_grad():
-                return _flat(compiled(*xs))
-
-        return Runner(str(path), runtime, aoti_run, meta, torch.get_num_threads())
+        return Runner(str(path), runtime, torch_run, meta, torch.get_num_threads())
     if runtime == "onnxruntime":
         try:
             import onnxruntime as ort
