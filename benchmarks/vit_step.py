@@ -7,7 +7,8 @@ Measured side by side in one run:
      (attention included: CPU flash attention has registered formulas);
   3. a full training step (forward, cross-entropy, backward, optimizer step, zero_grad) of tubelet's
      model with the library's optimizer and of a plain reference ViT of the same shape written below
-     (holding the same weights: the logits are checked equal), in fp32 and in bf16 autocast, the four
+     (holding the same weights: the logits are checked equal), in fp32 and in bf16 autocast, and of
+     tubelet's model with bf16 weights and fp32 master copies (``MasterWeightStep``), the five
      alternated round by round (glibc malloc tuned unless ``--default-malloc``): every row has its
      ratio to the plain step of the same precision and round, and the bf16 rows their speed-up over
      fp32; SDPA alone in fp32 and bf16; ``--profile``: per-op-category profile of each step and the ops
@@ -361,7 +362,7 @@ class Config:
     """One timed training step: which model, which precision, its closure and its timings."""
 
     model: str  # "tubelet" | "plain"
-    precision: str  # "fp32" | "bf16"
+    precision: str  # "fp32" | "bf16" (autocast) | "bf16-master" (bf16 weights, fp32 masters)
     fn: Callable[[], None]
     times: list[float] = field(default_factory=list)
     faults: list[int] = field(default_factory=list)
@@ -381,6 +382,67 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+class MasterWeightStep:
+    """One training step of ``model`` with bf16 weights and fp32 master copies, without autocast.
+
+    The step's model is a bf16 copy (``module.to(bfloat16)``): forward and backward run in bf16 end to
+    end, with no per-step casts of weights or activations; the logits are upcast so that log-softmax and
+    the loss are fp32. LayerNorm statistics and the attention softmax need no upcast of their own: the
+    CPU kernels accumulate bf16 inputs in fp32 (``bf16_kernel_accuracy`` checks it). The optimizer is the
+    library's (``build_optimizer``: fused AdamW, training's parameter groups) over an fp32 copy of the
+    model, the masters. After backward the bf16 gradients are upcast into the masters' gradients
+    (``torch._foreach_copy_``), AdamW updates the masters, and the bf16 weights are refreshed from them
+    (the rounding of ``_foreach_copy_``): updates smaller than a bf16 ulp of a weight accumulate in the
+    master instead of being lost, which is what pure bf16 training (``bf16-true``) gives up.
+    """
+
+    def __init__(self, model: nn.Module, optim_cfg: OptimConfig, x: torch.Tensor, y: torch.Tensor) -> None:
+        import copy
+
+        self.master = copy.deepcopy(model)  # fp32, same names: build_optimizer's groups as for fp32
+        self.model = copy.deepcopy(model).to(torch.bfloat16)
+        self.opt = build_optimizer(self.master, optim_cfg, lr=1e-4)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.masters = [p for p in self.master.parameters() if p.requires_grad]
+        for m in self.masters:  # kept allocated: the upcast writes into them each step
+            m.grad = torch.zeros_like(m)
+        self.x, self.y = x.to(torch.bfloat16), y
+
+    def __call__(self) -> None:
+        loss = F.cross_entropy(self.model(self.x).float(), self.y)
+        loss.backward()
+        torch._foreach_copy_([m.grad for m in self.masters], [p.grad for p in self.params])
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.masters)
+        self.model.zero_grad(set_to_none=True)
+
+    def max_weight_gap(self) -> float:
+        """Largest |bf16 weight - its master rounded to bf16|: 0 when the refresh ran."""
+        return max((p - m.to(torch.bfloat16)).abs().max().item() for p, m in zip(self.params, self.masters))
+
+
+def bf16_kernel_accuracy(tokens: int, dim: int, heads: int) -> dict[str, float]:
+    """How far the CPU bf16 LayerNorm and SDPA kernels are from the same computation in fp32 on the
+    same bf16 inputs: max |kernel - fp32| over max |fp32 rounded to bf16 - fp32|, the error of a kernel
+    that computed in fp32 and rounded its output once. About 1 means fp32 statistics and softmax inside
+    the kernel; a kernel that summed in bf16 could not come close (a running bf16 sum of the 768 values
+    near 8 of the LayerNorm input here reaches 6144, where the bf16 step is 32)."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(tokens, dim, generator=g) + 8).to(torch.bfloat16)
+    w, b = torch.rand(dim, generator=g).to(torch.bfloat16), torch.randn(dim, generator=g).to(torch.bfloat16)
+    qkv = torch.randn(3, 1, heads, tokens, dim // heads, generator=g).mul(2).to(torch.bfloat16)
+
+    def ratio(out: torch.Tensor, ref: torch.Tensor) -> float:
+        rounding = (ref.to(torch.bfloat16).float() - ref).abs().max()
+        return ((out.float() - ref).abs().max() / rounding).item()
+
+    return {
+        "LayerNorm": ratio(F.layer_norm(x, (dim,), w, b, 1e-6), F.layer_norm(x.float(), (dim,), w.float(), b.float(), 1e-6)),
+        "SDPA": ratio(F.scaled_dot_product_attention(*qkv), F.scaled_dot_product_attention(*qkv.float())),
+    }
 
 
 def alternate(configs: list[Config], warmup: int, rounds: int) -> None:
@@ -447,8 +509,8 @@ def profile_step(fn: Callable[[], None], cube: int, classes: int) -> dict[str, f
 
 
 def fp32_ops_under_autocast(fn: Callable[[], None]) -> dict[str, int]:
-    """aten ops that get fp32 floating tensors while ``fn`` (a bf16-autocast step) runs: calls per op,
-    forward and backward, optimizer included."""
+    """aten ops that get fp32 floating tensors while ``fn`` (a bf16 step: autocast or bf16 weights with
+    fp32 masters) runs: calls per op, forward and backward, optimizer included."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen: dict[str, int] = {}
@@ -550,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         for prec in precisions
         for name, m, o in (("tubelet", model, opt_t), ("plain", plain, opt_p))
     ]
+    master_step = None
+    if not args.no_bf16:
+        master_step = MasterWeightStep(model, optim_cfg, x, y)
+        configs.append(Config("tubelet", "bf16-master", master_step))
     alternate(configs, args.warmup, args.steps)
     by = {(c.model, c.precision): c for c in configs}
     fp32_ceiling = max(fp32_ceiling, matmul_ceiling(mm_sizes, torch.float32, mm_reps))
@@ -588,13 +654,22 @@ def main(argv: list[str] | None = None) -> int:
     for c in configs:
         sec = statistics.median(c.times)
         rate = step_flops / sec / 1e9
-        ref = by[("plain", c.precision)]
+        ref = by[("plain", "bf16" if c.precision == "bf16-master" else c.precision)]
         ratio = "1 (reference)" if c is ref else "{:.3f} [{:.3f}, {:.3f}]".format(*round_ratio(c, ref))
         speed = "-"
-        if c.precision == "bf16":
+        if c.precision.startswith("bf16"):
             speed = "{:.2f}x".format(1 / round_ratio(c, by[(c.model, "fp32")])[0])
-        print(f"| {c.model} | {c.precision} | {sec:.3f} | {rate:.1f} | {100 * rate / ceilings[c.precision]:.1f}% "
+        ceiling = ceilings[c.precision[:4]]
+        print(f"| {c.model} | {c.precision} | {sec:.3f} | {rate:.1f} | {100 * rate / ceiling:.1f}% "
               f"| {ratio} | {speed} | {statistics.median(c.faults):.0f} |")
+    if master_step is not None:
+        acc = bf16_kernel_accuracy(tokens, blk.attn.num_heads * blk.attn.head_dim, blk.attn.num_heads)
+        print("\nbf16 weights + fp32 masters (bf16-master) against bf16 autocast, tubelet, same round: time ratio "
+              "{:.3f} [{:.3f}, {:.3f}] (below 1: bf16-master faster); ".format(
+                  *round_ratio(by[("tubelet", "bf16-master")], by[("tubelet", "bf16")]))
+              + f"bf16 weights vs their masters after the steps: max gap {master_step.max_weight_gap():.1e} (0: refreshed)")
+        print("bf16 CPU kernels vs fp32 on the same bf16 inputs (max error / error of rounding the fp32 result, "
+              "1 = fp32 inside): " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
     print(f"\nSDPA forward+backward alone on the step's shapes, alternated: fp32 {sdpa32 * 1e3:.1f} ms, "
           f"bf16 {sdpa16 * 1e3:.1f} ms (bf16 {sdpa32 / sdpa16:.2f}x faster)")
 
@@ -628,9 +703,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {cat} | " + " | ".join(cells) + " |")
         print("| total | " + " | ".join(f"{totals[k]:.0f}" for k in keys) + " |")
         if not args.no_bf16:
-            ops = fp32_ops_under_autocast(by[("tubelet", "bf16")].fn)
-            print("\naten ops that receive fp32 tensors during one tubelet bf16-autocast step (calls): "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])))
+            for prec in ("bf16", "bf16-master"):
+                ops = fp32_ops_under_autocast(by[("tubelet", prec)].fn)
+                print(f"\naten ops that receive fp32 tensors during one tubelet {prec} step (calls): "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])))
 
     if not args.no_kernels:
         fp32_s = statistics.median(by[("tubelet", "fp32")].times)
