@@ -37,19 +37,19 @@ from tubelet.models.memvit import MemoryPoolingAttention
 
 @contextmanager
 def no_memory_rel_pos():
-    """The memory relative-position term replaced by zeros of the same shape (no multiply-adds)."""
-    original = MemoryPoolingAttention._memory_bias
+    """The memory relative-position terms replaced by zeros of the same shapes (no multiply-adds)."""
+    original = MemoryPoolingAttention._memory_rel_pos
 
     def zeros(self, q, q_grid, m_grid, n_entries):
-        B, n, Nq, _ = q.shape
-        p = self.num_prefix
-        return [q.new_zeros(B, n, Nq, p + m_grid[0] * m_grid[1] * m_grid[2]) for _ in range(n_entries)]
+        B, n, Nq, _ = q[:, :, self.num_prefix:].shape
+        return (q.new_zeros(B, n, Nq, n_entries * m_grid[0]), q.new_zeros(B, n, Nq, m_grid[1]),
+                q.new_zeros(B, n, Nq, m_grid[2]))
 
-    MemoryPoolingAttention._memory_bias = zeros
+    MemoryPoolingAttention._memory_rel_pos = zeros
     try:
         yield
     finally:
-        MemoryPoolingAttention._memory_bias = original
+        MemoryPoolingAttention._memory_rel_pos = original
 
 
 def module_macs(count, suffixes: tuple[str, ...]) -> int:

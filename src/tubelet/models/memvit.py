@@ -281,12 +281,13 @@ class MemoryPoolingAttention(nn.Module):
         x, grid = pool_tokens(x, pool, grid, self.num_prefix, False)
         return norm(x), grid  # the release normalises CLS too
 
-    def _memory_bias(
+    def _memory_rel_pos(
         self, q: torch.Tensor, q_grid: Grid, m_grid: Grid, n_entries: int
-    ) -> list[torch.Tensor]:
-        """Relative terms of the queries against each memory entry: ``(B, n, P + Nq, P + Tm*Hm*Wm)`` each."""
-        p = self.num_prefix
-        qp = q[:, :, p:]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Query-dependent relative terms against memory, small and not yet broadcast: ``rel_t``
+        ``(B, n, Nq, E*Tm)`` over the E entries laid back to back, ``rel_h (B, n, Nq, Hm)``, ``rel_w``
+        ``(B, n, Nq, Wm)``; ``None`` where the model has no such term."""
+        qp = q[:, :, self.num_prefix:]
         B, n, Nq, d = qp.shape
         rel_h = rel_w = None
         if self.rel_pos_spatial:
@@ -307,11 +308,91 @@ class MemoryPoolingAttention(nn.Module):
                 tab = interpolate_rel_pos(tab, largest + 1)
             R = tab[idx].to(q.dtype)  # (Tq, M, d)
             rel_t = torch.einsum("bnthwc,tmc->bnthwm", qp.reshape(B, n, *q_grid, d), R).reshape(B, n, Nq, M)
-        if rel_t is None and rel_h is None:
-            return [q.new_zeros(B, n, p + Nq, p + math.prod(m_grid)) for _ in range(n_entries)]
-        Tm = m_grid[0]
-        return [rel_pos_bias(None if rel_t is None else rel_t[..., e * Tm:(e + 1) * Tm], rel_h, rel_w, m_grid, p)
-                for e in range(n_entries)]
+        return rel_t, rel_h, rel_w
+
+    def _clip_rel_pos(
+        self, q: torch.Tensor, q_grid: Grid, k_grid: Grid
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The clip's own decomposed relative terms (MViTv2's), ``(B, n, Nq, k_axis)`` each or ``None``."""
+        if not (self.rel_pos_spatial or self.rel_pos_temporal):
+            return None, None, None
+        return decomposed_rel_pos(
+            q[:, :, self.num_prefix:], q_grid, k_grid,
+            self.rel_pos_t if self.rel_pos_temporal else None,
+            self.rel_pos_h if self.rel_pos_spatial else None,
+            self.rel_pos_w if self.rel_pos_spatial else None,
+        )
+
+    def attention_bias(
+        self, q: torch.Tensor, q_grid: Grid, k_grid: Grid,
+        used: list[tuple[torch.Tensor, torch.Tensor, Grid, torch.Tensor | None]], inplace: bool,
+    ) -> torch.Tensor | None:
+        """The additive logit term ``E_rel_mem + E_rel + mask``: ``(B, n, P + Nq, Nk)`` with the key columns
+        ordered as the keys (each memory entry's ``P + Tm*Hm*Wm``, oldest first, then the clip's
+        ``P + Tk*Hk*Wk``), or ``None`` (no relative positions, no memory).
+
+        ``inplace`` (no autograd): every term is written into its columns of one buffer (one full-size
+        write, no concatenation copy), the memory entries by a single broadcast add, and the mask is
+        applied to the memory columns only, and only when some entry is from another video. Otherwise
+        each part is built, concatenated and masked whole (differentiable). Both give the same values.
+        """
+        if inplace and torch.is_grad_enabled():
+            raise ValueError("MemoryPoolingAttention.attention_bias(inplace=True) is not differentiable: "
+                             "call it under torch.no_grad() or with inplace=False")
+        p = self.num_prefix
+        B, n, R, _ = q.shape
+        clip = self._clip_rel_pos(q, q_grid, k_grid)
+        has_clip = any(r is not None for r in clip)
+        if not used:
+            return rel_pos_bias(*clip, k_grid, p) if has_clip else None
+        m_grid = used[0][2]
+        E, Em = len(used), p + math.prod(m_grid)
+        mem = self._memory_rel_pos(q, q_grid, m_grid, E)
+        keep = None  # (B, E * Em) bool: memory columns each sample may attend; None: all of them
+        if any(u[3] is not None for u in used):
+            keep = torch.cat([(torch.ones(B, dtype=torch.bool, device=q.device) if same is None else same)[:, None]
+                              .expand(B, Em) for *_, same in used], dim=1)
+        if not inplace:
+            Tm = m_grid[0]
+            rel_t, rel_h, rel_w = mem
+            if rel_t is None and rel_h is None:
+                parts = [q.new_zeros(B, n, R, Em) for _ in range(E)]
+            else:
+                parts = [rel_pos_bias(None if rel_t is None else rel_t[..., e * Tm:(e + 1) * Tm], rel_h, rel_w,
+                                      m_grid, p) for e in range(E)]
+            parts.append(rel_pos_bias(*clip, k_grid, p) if has_clip else q.new_zeros(B, n, R, p + math.prod(k_grid)))
+            bias = torch.cat(parts, dim=-1)
+            if keep is not None:
+                # Memory of another video: an additive -inf on its keys, for that sample only. The release
+                # zeroes those entries instead, which still draws weight through LN, bias and relative terms.
+                allowed = torch.cat([keep, keep.new_ones(B, bias.shape[-1] - E * Em)], dim=1)
+                bias = bias.masked_fill(~allowed[:, None, None, :], float("-inf"))
+            return bias
+        Nk = E * Em + p + math.prod(k_grid)
+        bias = q.new_empty(B, n, R, Nk)
+        if has_clip:
+            rel_pos_bias(*clip, k_grid, p, out=bias[..., E * Em:])
+        else:
+            bias[..., E * Em:].zero_()
+        bias[:, :, :p, :E * Em].zero_()  # CLS query rows get no term (the clip's columns are done above)
+        block = bias[:, :, p:, :E * Em].view(B, n, R - p, E, Em)
+        block[..., :p].zero_()  # each entry's CLS key
+        Tm, Hm, Wm = m_grid
+        tokens = block[..., p:].view(B, n, R - p, E, Tm, Hm, Wm)
+        rel_t, rel_h, rel_w = mem
+        t = None if rel_t is None else rel_t.reshape(B, n, R - p, E, Tm, 1, 1)
+        hw = None if rel_h is None else (rel_h[..., :, None] + rel_w[..., None, :])[..., None, None, :, :]
+        if t is not None and hw is not None:
+            torch.add(t, hw, out=tokens)
+        elif t is not None or hw is not None:
+            tokens.copy_((t if t is not None else hw).expand(tokens.shape))
+        else:
+            tokens.zero_()
+        if keep is not None and not bool(keep.all()):
+            # One small reduction per block saves a write over the memory columns when the whole batch
+            # continues its videos, the usual case.
+            bias[..., :E * Em].masked_fill_(~keep[:, None, None, :], float("-inf"))
+        return bias
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         """``x``: ``(B, N, dim)`` over ``grid`` (prefix first). Returns ``(B, Nq, dim_out)`` and the query grid."""
@@ -340,30 +421,8 @@ class MemoryPoolingAttention(nn.Module):
             k, v = self.k(k), self.v(v)  # the current W_K, W_V on memory and clip together
         k, v = heads(k), heads(v)
 
-        parts: list[torch.Tensor] = []
-        if used:
-            parts += self._memory_bias(q, q_grid, used[0][2], len(used))
-        if self.rel_pos_spatial or self.rel_pos_temporal:
-            rel_t, rel_h, rel_w = decomposed_rel_pos(
-                q[:, :, p:], q_grid, k_grid,
-                self.rel_pos_t if self.rel_pos_temporal else None,
-                self.rel_pos_h if self.rel_pos_spatial else None,
-                self.rel_pos_w if self.rel_pos_spatial else None,
-            )
-            parts.append(rel_pos_bias(rel_t, rel_h, rel_w, k_grid, p))
-        elif used:
-            parts.append(q.new_zeros(B, n, q.shape[2], p + math.prod(k_grid)))
-        bias = torch.cat(parts, dim=-1) if parts else None
-        if any(u[3] is not None for u in used):
-            # Memory of another video: an additive -inf on its keys, for that sample only. The release zeroes
-            # those entries instead, which still draws weight through LN, bias and relative terms.
-            cols = []
-            for mk, _, _, same in used:
-                keep = torch.ones(B, dtype=torch.bool, device=q.device) if same is None else same
-                cols.append(keep[:, None].expand(B, mk.shape[1]))
-            cols.append(torch.ones(B, k.shape[2] - sum(u[0].shape[1] for u in used), dtype=torch.bool, device=q.device))
-            allowed = torch.cat(cols, dim=1)[:, None, None, :]
-            bias = bias.masked_fill(~allowed, float("-inf"))
+        # In-place writes into one buffer are not differentiable: with autograd the concatenated form runs.
+        bias = self.attention_bias(q, q_grid, k_grid, used, inplace=not torch.is_grad_enabled())
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         if self.residual_pooling:
             if p:

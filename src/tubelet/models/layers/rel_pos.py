@@ -99,12 +99,14 @@ def rel_pos_bias(
     rel_w: torch.Tensor | None,
     k_grid: tuple[int, int, int],
     num_prefix: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Broadcast the per-axis terms into the dense bias ``(B, heads, P + Nq, P + Tk*Hk*Wk)``.
 
     ``num_prefix`` (P) leading rows and columns (CLS) are zero. Without autograd the sum is written
     straight into the padded buffer: one full-size write instead of a sum, a zero fill and a copy
-    (fresh full-size buffers are expensive on CPU: page faults).
+    (fresh full-size buffers are expensive on CPU: page faults). ``out``: write into this tensor of
+    that shape instead (a column slice of a larger bias; not differentiable) and return it.
     """
     present = [r for r in (rel_t, rel_h, rel_w) if r is not None]
     if not present:
@@ -118,8 +120,8 @@ def rel_pos_bias(
     hw = hw.expand(*hw.shape[:3], kh, kw)
     t = rel_t[..., :, None, None] if rel_t is not None else zero.new_zeros(1, 1, 1, kt, 1, 1)
     hw = hw[..., None, :, :]
-    if p and not (torch.is_grad_enabled() and (t.requires_grad or hw.requires_grad)):
-        bias = hw.new_empty(B, n, p + Nq, p + kt * kh * kw)
+    if out is not None or (p and not (torch.is_grad_enabled() and (t.requires_grad or hw.requires_grad))):
+        bias = hw.new_empty(B, n, p + Nq, p + kt * kh * kw) if out is None else out
         bias[:, :, :p].zero_()
         bias[:, :, p:, :p].zero_()
         torch.add(t, hw, out=bias[:, :, p:, p:].view(B, n, Nq, kt, kh, kw))
