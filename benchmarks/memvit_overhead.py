@@ -37,19 +37,24 @@ from tubelet.models.memvit import MemoryPoolingAttention
 
 @contextmanager
 def no_memory_rel_pos():
-    """The memory relative-position terms replaced by zeros of the same shapes (no multiply-adds)."""
-    original = MemoryPoolingAttention._memory_rel_pos
+    """The memory relative-position terms replaced by zeros of the same shapes (no multiply-adds): only
+    the clip's own embeddings enter the product with the queries."""
+    original = MemoryPoolingAttention._rel_pos_terms
 
-    def zeros(self, q, q_grid, m_grid, n_entries):
+    def clip_only(self, q, q_grid, k_grid, m_grid, n_entries):
+        clip, _ = original(self, q, q_grid, k_grid, None, 0)
+        if m_grid is None:
+            return clip, (None, None, None)
         B, n, Nq, _ = q[:, :, self.num_prefix:].shape
-        return (q.new_zeros(B, n, Nq, n_entries * m_grid[0]), q.new_zeros(B, n, Nq, m_grid[1]),
-                q.new_zeros(B, n, Nq, m_grid[2]))
+        return clip, (q.new_zeros(B, n, Nq, n_entries * m_grid[0]) if self.rel_pos_temporal else None,
+                      q.new_zeros(B, n, Nq, m_grid[1]) if self.rel_pos_spatial else None,
+                      q.new_zeros(B, n, Nq, m_grid[2]) if self.rel_pos_spatial else None)
 
-    MemoryPoolingAttention._memory_rel_pos = zeros
+    MemoryPoolingAttention._rel_pos_terms = clip_only
     try:
         yield
     finally:
-        MemoryPoolingAttention._memory_rel_pos = original
+        MemoryPoolingAttention._rel_pos_terms = original
 
 
 def module_macs(count, suffixes: tuple[str, ...]) -> int:
