@@ -37,10 +37,12 @@ from torch import nn
 from tubelet.errors import ConfigError
 from tubelet.models.layers.pool_attention import Grid, pool_grid, pool_tokens
 from tubelet.models.layers.rel_pos import (
-    decomposed_rel_pos,
+    gather_rel_pos,
     interpolate_rel_pos,
     rel_pos_bias,
+    rel_pos_onehot,
     rel_pos_table_size,
+    rel_pos_terms,
 )
 from tubelet.models.mvit import MViT, MViTConfig
 from tubelet.models.registry import register_model
@@ -104,6 +106,10 @@ class MemoryPoolingAttention(nn.Module):
     ``memory`` (this block reads and writes a cache), ``gap``, ``attn_max_len``, ``compress_kernel``,
     ``compress_stride`` and ``memory_cache`` (see :class:`MeMViTConfig`).
     """
+
+    # Devices on which memory's relative terms are written by a product with a 0/1 code matrix instead of
+    # a broadcast add (same values to rounding; FLOP counts run on meta and keep the add: no multiply-adds).
+    _code_devices: tuple[str, ...] = ("cpu",)
 
     def __init__(
         self,
@@ -187,6 +193,7 @@ class MemoryPoolingAttention(nn.Module):
         self._cache: list[MemoryEntry] = []
         self._video_ids: torch.Tensor | None = None
         self._step = 0
+        self._codes: dict[tuple, torch.Tensor] = {}
         self.last_memory = MemoryReport()
         if memory:
             # The release sizes its compressors to the block's input width (pre-projection cache); the
@@ -281,17 +288,16 @@ class MemoryPoolingAttention(nn.Module):
         x, grid = pool_tokens(x, pool, grid, self.num_prefix, False)
         return norm(x), grid  # the release normalises CLS too
 
-    def _memory_bias(
-        self, q: torch.Tensor, q_grid: Grid, m_grid: Grid, n_entries: int
-    ) -> list[torch.Tensor]:
-        """Relative terms of the queries against each memory entry: ``(B, n, P + Nq, P + Tm*Hm*Wm)`` each."""
-        p = self.num_prefix
-        qp = q[:, :, p:]
-        B, n, Nq, d = qp.shape
-        rel_h = rel_w = None
+    def _memory_embeddings(
+        self, q_grid: Grid, m_grid: Grid, n_entries: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Memory's relative-position embeddings per (query, memory key) coordinate pair: ``(Tq, E*Tm, d)``
+        over the E entries laid back to back, ``(Hq, Hm, d)``, ``(Wq, Wm, d)``; ``None`` where absent."""
+        emb_h = emb_w = None
         if self.rel_pos_spatial:
-            _, rel_h, rel_w = decomposed_rel_pos(qp, q_grid, m_grid, None, self.rel_pos_mem_h, self.rel_pos_mem_w)
-        rel_t = None
+            emb_h = gather_rel_pos(self.rel_pos_mem_h, q_grid[1], m_grid[1])
+            emb_w = gather_rel_pos(self.rel_pos_mem_w, q_grid[2], m_grid[2])
+        emb_t = None
         if self.rel_pos_temporal:
             # Followed: memory tokens of all entries are laid out back to back before the clip, their
             # distance to query t being t + (M - 1 - m) * stride_t (the compression stride scales temporal
@@ -299,19 +305,134 @@ class MemoryPoolingAttention(nn.Module):
             # attended clips (N clips under gapN) is not represented, as in the release.
             M = n_entries * m_grid[0]
             s = self.compress_stride[0]
-            idx = (torch.arange(q_grid[0], device=q.device)[:, None]
-                   + (M - 1 - torch.arange(M, device=q.device)[None, :]) * s)
+            device = self.rel_pos_mem_t.device
+            idx = torch.arange(q_grid[0], device=device)[:, None] + (M - 1 - torch.arange(M, device=device)[None, :]) * s
             tab = self.rel_pos_mem_t
             largest = q_grid[0] - 1 + (M - 1) * s  # idx.max(), known without reading a (possibly meta) tensor
             if largest >= tab.shape[0]:
                 tab = interpolate_rel_pos(tab, largest + 1)
-            R = tab[idx].to(q.dtype)  # (Tq, M, d)
-            rel_t = torch.einsum("bnthwc,tmc->bnthwm", qp.reshape(B, n, *q_grid, d), R).reshape(B, n, Nq, M)
+            emb_t = tab[idx]
+        return emb_t, emb_h, emb_w
+
+    def _rel_pos_terms(self, q: torch.Tensor, q_grid: Grid, k_grid: Grid, m_grid: Grid | None, n_entries: int):
+        """Query-dependent relative terms, small and not yet broadcast: ``(clip, memory)``, each a triple
+        ``(rel_t, rel_h, rel_w)`` of ``(B, n, Nq, k_axis)`` or ``None`` (memory's ``rel_t`` spans the E
+        entries). Per axis, clip and memory keys share one product with the query (their embeddings are
+        concatenated along the key axis): one pass over the queries instead of two."""
+        clip: list[torch.Tensor | None] = [None, None, None]
+        if self.rel_pos_temporal:
+            clip[0] = gather_rel_pos(self.rel_pos_t, q_grid[0], k_grid[0])
+        if self.rel_pos_spatial:
+            clip[1] = gather_rel_pos(self.rel_pos_h, q_grid[1], k_grid[1])
+            clip[2] = gather_rel_pos(self.rel_pos_w, q_grid[2], k_grid[2])
+        mem = self._memory_embeddings(q_grid, m_grid, n_entries) if m_grid is not None else (None, None, None)
+        joint = [c if m is None else m if c is None else torch.cat((c, m), dim=1) for c, m in zip(clip, mem)]
+        terms = rel_pos_terms(q[:, :, self.num_prefix:], q_grid, *joint)
+        out_clip, out_mem = [], []
+        for r, c, m in zip(terms, clip, mem):
+            kc = 0 if c is None else c.shape[1]
+            out_clip.append(None if c is None else r[..., :kc])
+            out_mem.append(None if m is None else r[..., kc:])
+        return tuple(out_clip), tuple(out_mem)
+
+    def _memory_code(self, m_grid: Grid, n_entries: int, temporal: bool, spatial: bool, device, dtype) -> torch.Tensor:
+        """``(F, E*(P + Tm*Hm*Wm))`` 0/1 matrix: memory's terms ``[rel_t (E*Tm), rel_h (Hm), rel_w (Wm)]``
+        times it give their broadcast sum at every memory key (zero at each entry's CLS key). Cached."""
+        key = (m_grid, n_entries, temporal, spatial, device, dtype)
+        code = self._codes.get(key)
+        if code is None:
+            Tm, Hm, Wm = m_grid
+            one = rel_pos_onehot(m_grid, temporal, device, torch.float32, spatial=spatial)  # (Mt, [Tm] + [Hm+Wm])
+            parts = []
+            if temporal:
+                parts.append(torch.kron(torch.eye(n_entries, device=device), one[:, :Tm]))  # entry e: its own Tm
+                one = one[:, Tm:]
+            if spatial:
+                parts.append(one.repeat(n_entries, 1))
+            code = torch.cat(parts, dim=1).view(n_entries, Tm * Hm * Wm, -1)
+            code = F.pad(code, (0, 0, self.num_prefix, 0)).reshape(n_entries * (self.num_prefix + Tm * Hm * Wm), -1)
+            code = self._codes[key] = code.t().contiguous().to(dtype)
+        return code
+
+    def attention_bias(
+        self, q: torch.Tensor, q_grid: Grid, k_grid: Grid,
+        used: list[tuple[torch.Tensor, torch.Tensor, Grid, torch.Tensor | None]], inplace: bool,
+    ) -> torch.Tensor | None:
+        """The additive logit term ``E_rel_mem + E_rel + mask``: ``(B, n, P + Nq, Nk)`` with the key columns
+        ordered as the keys (each memory entry's ``P + Tm*Hm*Wm``, oldest first, then the clip's
+        ``P + Tk*Hk*Wk``), or ``None`` (no relative positions, no memory).
+
+        ``inplace`` (no autograd): every term is written into its columns of one buffer (one full-size
+        write, no concatenation copy), all memory entries at once (a broadcast add, or on CPU a product
+        with a 0/1 code matrix), and the mask is applied to the memory columns only, and only when some
+        entry is from another video. Otherwise each part is built, concatenated and masked whole
+        (differentiable). Both give the same values up to float rounding (the sum's order differs on CPU).
+        """
+        if inplace and torch.is_grad_enabled():
+            raise ValueError("MemoryPoolingAttention.attention_bias(inplace=True) is not differentiable: "
+                             "call it under torch.no_grad() or with inplace=False")
+        p = self.num_prefix
+        B, n, R, _ = q.shape
+        m_grid = used[0][2] if used else None
+        clip, mem = self._rel_pos_terms(q, q_grid, k_grid, m_grid, len(used))
+        has_clip = any(r is not None for r in clip)
+        if not used:
+            return rel_pos_bias(*clip, k_grid, p) if has_clip else None
+        E, Em = len(used), p + math.prod(m_grid)
+        keep = None  # (B, E * Em) bool: memory columns each sample may attend; None: all of them
+        if any(u[3] is not None for u in used):
+            keep = torch.cat([(torch.ones(B, dtype=torch.bool, device=q.device) if same is None else same)[:, None]
+                              .expand(B, Em) for *_, same in used], dim=1)
+        if not inplace:
+            Tm = m_grid[0]
+            rel_t, rel_h, rel_w = mem
+            if rel_t is None and rel_h is None:
+                parts = [q.new_zeros(B, n, R, Em) for _ in range(E)]
+            else:
+                parts = [rel_pos_bias(None if rel_t is None else rel_t[..., e * Tm:(e + 1) * Tm], rel_h, rel_w,
+                                      m_grid, p) for e in range(E)]
+            parts.append(rel_pos_bias(*clip, k_grid, p) if has_clip else q.new_zeros(B, n, R, p + math.prod(k_grid)))
+            bias = torch.cat(parts, dim=-1)
+            if keep is not None:
+                # Memory of another video: an additive -inf on its keys, for that sample only. The release
+                # zeroes those entries instead, which still draws weight through LN, bias and relative terms.
+                allowed = torch.cat([keep, keep.new_ones(B, bias.shape[-1] - E * Em)], dim=1)
+                bias = bias.masked_fill(~allowed[:, None, None, :], float("-inf"))
+            return bias
+        Nk = E * Em + p + math.prod(k_grid)
+        bias = q.new_empty(B, n, R, Nk)
+        if has_clip:
+            rel_pos_bias(*clip, k_grid, p, out=bias[..., E * Em:])
+        else:
+            bias[..., E * Em:].zero_()
+        rel_t, rel_h, rel_w = mem
         if rel_t is None and rel_h is None:
-            return [q.new_zeros(B, n, p + Nq, p + math.prod(m_grid)) for _ in range(n_entries)]
-        Tm = m_grid[0]
-        return [rel_pos_bias(None if rel_t is None else rel_t[..., e * Tm:(e + 1) * Tm], rel_h, rel_w, m_grid, p)
-                for e in range(n_entries)]
+            bias[..., :E * Em].zero_()
+        elif q.device.type in self._code_devices:
+            # On CPU a broadcast add into the strided memory columns runs inner loops of Wm (4) elements,
+            # about 2.5x slower than one small matrix product writing every row's memory columns (the CLS
+            # rows and keys included, as zeros) in one go.
+            terms = torch.cat([r for r in mem if r is not None], dim=-1)
+            code = self._memory_code(m_grid, E, rel_t is not None, rel_h is not None, q.device, q.dtype)
+            torch.mm(F.pad(terms, (0, 0, p, 0)).reshape(B * n * R, -1), code,
+                     out=bias.view(B * n * R, Nk)[:, :E * Em])
+        else:
+            bias[:, :, :p, :E * Em].zero_()  # CLS query rows get no term (the clip's columns are done above)
+            block = bias[:, :, p:, :E * Em].view(B, n, R - p, E, Em)
+            block[..., :p].zero_()  # each entry's CLS key
+            Tm, Hm, Wm = m_grid
+            tokens = block[..., p:].view(B, n, R - p, E, Tm, Hm, Wm)
+            t = None if rel_t is None else rel_t.reshape(B, n, R - p, E, Tm, 1, 1)
+            hw = None if rel_h is None else (rel_h[..., :, None] + rel_w[..., None, :])[..., None, None, :, :]
+            if t is not None and hw is not None:
+                torch.add(t, hw, out=tokens)
+            else:
+                tokens.copy_((t if t is not None else hw).expand(tokens.shape))
+        if keep is not None and not bool(keep.all()):
+            # One small reduction per block saves a write over the memory columns when the whole batch
+            # continues its videos, the usual case.
+            bias[..., :E * Em].masked_fill_(~keep[:, None, None, :], float("-inf"))
+        return bias
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         """``x``: ``(B, N, dim)`` over ``grid`` (prefix first). Returns ``(B, Nq, dim_out)`` and the query grid."""
@@ -340,30 +461,8 @@ class MemoryPoolingAttention(nn.Module):
             k, v = self.k(k), self.v(v)  # the current W_K, W_V on memory and clip together
         k, v = heads(k), heads(v)
 
-        parts: list[torch.Tensor] = []
-        if used:
-            parts += self._memory_bias(q, q_grid, used[0][2], len(used))
-        if self.rel_pos_spatial or self.rel_pos_temporal:
-            rel_t, rel_h, rel_w = decomposed_rel_pos(
-                q[:, :, p:], q_grid, k_grid,
-                self.rel_pos_t if self.rel_pos_temporal else None,
-                self.rel_pos_h if self.rel_pos_spatial else None,
-                self.rel_pos_w if self.rel_pos_spatial else None,
-            )
-            parts.append(rel_pos_bias(rel_t, rel_h, rel_w, k_grid, p))
-        elif used:
-            parts.append(q.new_zeros(B, n, q.shape[2], p + math.prod(k_grid)))
-        bias = torch.cat(parts, dim=-1) if parts else None
-        if any(u[3] is not None for u in used):
-            # Memory of another video: an additive -inf on its keys, for that sample only. The release zeroes
-            # those entries instead, which still draws weight through LN, bias and relative terms.
-            cols = []
-            for mk, _, _, same in used:
-                keep = torch.ones(B, dtype=torch.bool, device=q.device) if same is None else same
-                cols.append(keep[:, None].expand(B, mk.shape[1]))
-            cols.append(torch.ones(B, k.shape[2] - sum(u[0].shape[1] for u in used), dtype=torch.bool, device=q.device))
-            allowed = torch.cat(cols, dim=1)[:, None, None, :]
-            bias = bias.masked_fill(~allowed, float("-inf"))
+        # In-place writes into one buffer are not differentiable: with autograd the concatenated form runs.
+        bias = self.attention_bias(q, q_grid, k_grid, used, inplace=not torch.is_grad_enabled())
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         if self.residual_pooling:
             if p:

@@ -80,17 +80,30 @@ def decomposed_rel_pos(
     """
     if (rel_pos_h is None) != (rel_pos_w is None):
         raise ValueError("the spatial relative-position tables come in pairs: give both rel_pos_h and rel_pos_w or neither")
+    emb = [None if table is None else gather_rel_pos(table, q_grid[axis], k_grid[axis])
+           for axis, table in enumerate((rel_pos_t, rel_pos_h, rel_pos_w))]
+    return rel_pos_terms(q, q_grid, *emb)
+
+
+def rel_pos_terms(
+    q: torch.Tensor,
+    q_grid: tuple[int, int, int],
+    emb_t: torch.Tensor | None,
+    emb_h: torch.Tensor | None,
+    emb_w: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`decomposed_rel_pos` from embeddings already gathered per (query, key) coordinate pair:
+    ``emb_*`` is ``(q_axis, k_axis, C)`` or ``None``; returns ``(B, heads, Nq, k_axis)`` per axis. Keys of
+    several grids can share one product by concatenating their embeddings along ``k_axis``."""
     B, n, Nq, C = q.shape
     r_q = q.reshape(B, n, *q_grid, C)
 
-    def term(table: torch.Tensor | None, axis: int, spec: str) -> torch.Tensor | None:
-        if table is None:
+    def term(R: torch.Tensor | None, spec: str) -> torch.Tensor | None:
+        if R is None:
             return None
-        R = gather_rel_pos(table, q_grid[axis], k_grid[axis]).to(q.dtype)  # (q_axis, k_axis, C)
-        return torch.einsum(spec, r_q, R).reshape(B, n, Nq, k_grid[axis])
+        return torch.einsum(spec, r_q, R.to(q.dtype)).reshape(B, n, Nq, R.shape[1])
 
-    return (term(rel_pos_t, 0, "bnthwc,tkc->bnthwk"), term(rel_pos_h, 1, "bnthwc,hkc->bnthwk"),
-            term(rel_pos_w, 2, "bnthwc,wkc->bnthwk"))
+    return term(emb_t, "bnthwc,tkc->bnthwk"), term(emb_h, "bnthwc,hkc->bnthwk"), term(emb_w, "bnthwc,wkc->bnthwk")
 
 
 def rel_pos_bias(
@@ -99,12 +112,14 @@ def rel_pos_bias(
     rel_w: torch.Tensor | None,
     k_grid: tuple[int, int, int],
     num_prefix: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Broadcast the per-axis terms into the dense bias ``(B, heads, P + Nq, P + Tk*Hk*Wk)``.
 
     ``num_prefix`` (P) leading rows and columns (CLS) are zero. Without autograd the sum is written
     straight into the padded buffer: one full-size write instead of a sum, a zero fill and a copy
-    (fresh full-size buffers are expensive on CPU: page faults).
+    (fresh full-size buffers are expensive on CPU: page faults). ``out``: write into this tensor of
+    that shape instead (a column slice of a larger bias; not differentiable) and return it.
     """
     present = [r for r in (rel_t, rel_h, rel_w) if r is not None]
     if not present:
@@ -118,8 +133,8 @@ def rel_pos_bias(
     hw = hw.expand(*hw.shape[:3], kh, kw)
     t = rel_t[..., :, None, None] if rel_t is not None else zero.new_zeros(1, 1, 1, kt, 1, 1)
     hw = hw[..., None, :, :]
-    if p and not (torch.is_grad_enabled() and (t.requires_grad or hw.requires_grad)):
-        bias = hw.new_empty(B, n, p + Nq, p + kt * kh * kw)
+    if out is not None or (p and not (torch.is_grad_enabled() and (t.requires_grad or hw.requires_grad))):
+        bias = hw.new_empty(B, n, p + Nq, p + kt * kh * kw) if out is None else out
         bias[:, :, :p].zero_()
         bias[:, :, p:, :p].zero_()
         torch.add(t, hw, out=bias[:, :, p:, p:].view(B, n, Nq, kt, kh, kw))
