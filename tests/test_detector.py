@@ -165,3 +165,17 @@ def test_detection_metrics_follow_vocs_matching():
     assert m["ap"] == pytest.approx(0.5) and m["num_gt"] == 2
     assert detection_metrics(preds, gts, iou=0.5, score_threshold=0.95)["precision"] != \
         detection_metrics(preds, gts, iou=0.5, score_threshold=0.95)["precision"]  # NaN: nothing kept
+
+
+def test_the_mot_detector_recipe_trains_on_the_mot_recipes_frames():
+    """deformable_detr_synthetic_mot sees the frames the MOT recipes track (same set, seed and split), so the
+    MOT test sequences are held out from the detector too; at their 96 px, with NMS for tracking."""
+    from tubelet.config import load_recipe
+    from tubelet.data.synthetic import split_indices
+
+    det = load_recipe("deformable_detr_synthetic_mot")
+    for mot in (load_recipe("utt_mot_synthetic"), load_recipe("utt_unified_synthetic")):
+        assert det.data.synthetic == mot.data.synthetic and det.seed == mot.seed
+    assert det.data.crop_size == det.data.synthetic.size == 96 and det.method.nms_iou == 0.5
+    train, test = (set(split_indices(det.data.synthetic, s)) for s in ("train", "test"))
+    assert len(train) == 384 and len(test) == 64 and not train & test
