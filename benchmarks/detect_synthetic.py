@@ -1,9 +1,11 @@
 """Deformable DETR on held-out synthetic frames: recall, precision and AP at IoU 0.5, against the same model
 untrained (its reference points and prior sizes alone) and a fixed grid of boxes (the chance floor).
 
-    python benchmarks/detect_synthetic.py RUN_DIR [--split val] [--score 0.3]
+    python benchmarks/detect_synthetic.py RUN_DIR [--split val] [--score 0.3] [--nms-iou 0.5]
 
-RUN_DIR is a ``tubelet fit -c deformable_detr_synthetic`` run. Prints a table (results in docs/tracking.md).
+RUN_DIR is a ``tubelet fit -c deformable_detr_synthetic`` (or ``deformable_detr_synthetic_mot``) run. The trained
+detector is scored without NMS and, where the run's ``method.nms_iou`` or ``--nms-iou`` sets one, with it.
+Prints a table (results in docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--split", default="val")
     ap.add_argument("--score", type=float, default=0.3, help="score threshold of recall and precision")
+    ap.add_argument("--nms-iou", type=float, default=None, help="NMS IoU of the second row (default: the run's)")
     args = ap.parse_args()
     recipe = load_recipe(Path(args.run_dir) / "config.yaml")
     data = build_dataset(recipe.data, args.split, seed=recipe.seed)
-    rows = [("trained", evaluate_detector(load_detector(args.run_dir), data, 0.5, args.score))]
+    rows = [("trained, no NMS", evaluate_detector(load_detector(args.run_dir, nms_iou=None), data, 0.5, args.score))]
+    nms_iou = recipe.method.nms_iou if args.nms_iou is None else args.nms_iou
+    if nms_iou is not None:
+        rows.append((f"trained, NMS at IoU {nms_iou:g}",
+                     evaluate_detector(load_detector(args.run_dir, nms_iou=nms_iou), data, 0.5, args.score)))
     torch.manual_seed(recipe.seed)
     fresh = build_method(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, checkpoint=None)))
     untrained = Detector(fresh, recipe.data.crop_size, recipe.data.mean, recipe.data.std, recipe.method.top_k)

@@ -4,6 +4,7 @@ preprocessing), combined over the sequences.
 
     python benchmarks/track_mot_synthetic.py --run mot=RUN_DIR --run unified=RUN_DIR [--split test]
         [--max-sequences N] [--work DIR] [--tud ../shared/data/tracking] [--tud-seeds 0,1,2]
+        [--detector DETR_RUN [--nms-iou 0.5|none]]
 
 Detections are a STAND-IN for a detector: each sequence's ground truth with Gaussian box noise, drops and
 false positives (``tubelet.data.datasets.tracking.jittered_detections``, seeded per sequence), the same
@@ -53,7 +54,11 @@ def main() -> None:
     ap.add_argument("--tud-seeds", default="0,1,2", help="jitter seeds for TUD ('' : skip TUD)")
     ap.add_argument("--detector", default=None, metavar="RUN_DIR",
                     help="detect with this deformable_detr run instead of the jittered ground truth (every tracker)")
+    ap.add_argument("--nms-iou", default=None, metavar="IOU|none",
+                    help="--detector's NMS (default: its run's method.nms_iou)")
     args = ap.parse_args()
+    if args.nms_iou is not None and not args.detector:
+        raise SystemExit("--nms-iou sets up --detector, which is not given")
     runs = dict(r.split("=", 1) for r in args.run)
     recipe = load_recipe(Path(next(iter(runs.values()))) / "config.yaml") if runs else load_recipe(args.recipe)
     work = Path(args.work)
@@ -62,6 +67,7 @@ def main() -> None:
     trackers = {"IoU-only baseline (1 - IoU)": ["--link", "iou"], "UTT association alone (1 - GIoU)": []}
     trackers.update({f"UTT track transformer + association ({name})": ["--run", run] for name, run in runs.items()})
     detect = ["--detector", args.detector] if args.detector else []  # the same detector for every tracker
+    detect += ["--nms-iou", args.nms_iou] if args.nms_iou is not None else []
     results: dict[str, dict] = {who: {} for who in trackers}
     for i, seq in enumerate(seqs):
         size = int(seq.info["imwidth"]), int(seq.info["imheight"])
@@ -73,7 +79,14 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             track(folder, out, [*detect, *extra])
             results[who][name] = (seq.gt, read_mot_file(out, "results", seq.num_frames), seq.num_frames)
-    source = f"the detector {args.detector}" if args.detector else f"jittered ground truth {JITTER}"
+    if args.detector:
+        from tubelet.engine.detector import load_detector
+
+        given = None if args.nms_iou is None or args.nms_iou.lower() == "none" else float(args.nms_iou)
+        nms = load_detector(args.detector, nms_iou="run" if args.nms_iou is None else given).nms_iou
+        source = f"the detector {args.detector} ({'no NMS' if nms is None else f'NMS at IoU {nms:g}'})"
+    else:
+        source = f"jittered ground truth {JITTER}"
     table(f"synthetic {args.split}: {len(seqs)} sequences of {seqs[0].num_frames} frames, "
           f"{recipe.data.synthetic.size} px, detections = {source}",
           {who: mot_metrics(r)["COMBINED"] for who, r in results.items()})

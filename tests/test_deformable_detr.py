@@ -183,7 +183,8 @@ def test_set_loss_is_the_focal_l1_and_giou_sums_over_the_matched_boxes_divided_b
 def test_postprocess_takes_the_top_k_of_all_query_class_scores():
     logits = torch.tensor([[[0.0, 2.0], [1.0, -3.0], [3.0, 0.5]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
-    b, s, lab = postprocess({"logits": logits, "boxes": boxes}, top_k=3)
+    b, s, lab, keep = postprocess({"logits": logits, "boxes": boxes}, top_k=3)
+    assert keep.all()  # no NMS unless asked
     torch.testing.assert_close(s, torch.tensor([[3.0, 2.0, 1.0]]).sigmoid())
     assert lab.tolist() == [[0, 1, 0]]
     torch.testing.assert_close(b[0], torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.4, 0.4, 0.6, 0.6], [0.0, 0.0, 0.5, 0.5]]))

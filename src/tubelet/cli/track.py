@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--mot", action="store_true", help="track every detected object (MOT)")
     m.add_argument("--det", default=None, metavar="det.txt", help="public detections, MOT format")
     m.add_argument("--detector", default=None, metavar="PATH", help="a detector for tubelet.engine.detector.load_detector")
+    m.add_argument("--nms-iou", default=None, metavar="IOU|none",
+                   help="--detector: class-agnostic NMS at this IoU, or none (default: the run's method.nms_iou)")
     m.add_argument("--jitter-gt", default=None, metavar="gt.txt",
                    help="experiments only: the ground truth jittered as a stand-in for detections")
     # --jitter-* defaults (None): tubelet.data.datasets.tracking.jittered_detections' 0.05 / 0.1 / 0.5 / 0
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _mot_flags(args: argparse.Namespace) -> list[tuple[str, object]]:
     """The flags only MOT reads, with their values (None: not given)."""
-    return [("--det", args.det), ("--detector", args.detector), ("--jitter-gt", args.jitter_gt),
+    return [("--det", args.det), ("--detector", args.detector), ("--nms-iou", args.nms_iou), ("--jitter-gt", args.jitter_gt),
             ("--jitter-noise", args.jitter_noise), ("--jitter-drop", args.jitter_drop),
             ("--jitter-fp", args.jitter_fp), ("--jitter-seed", args.jitter_seed),
             ("--link", None if args.link == "giou" else args.link), ("--det-threshold", args.det_threshold),
@@ -230,6 +232,20 @@ def _mot_input(args: argparse.Namespace):
     return v.stem if v.is_file() else v.name, meta.num_frames, reader, (meta.width, meta.height), None
 
 
+def _nms_iou(text: str) -> float | None:
+    """``--nms-iou``'s value: ``none`` or a number in [0, 1] (else a one-line ``ConfigError``)."""
+    from tubelet.errors import ConfigError
+    from tubelet.methods.detr import check_nms_iou
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--nms-iou {text}: not a number in [0, 1] or none") from None
+    return check_nms_iou(value, f"--nms-iou {text}")
+
+
 def run_mot(args: argparse.Namespace) -> int:
     from tubelet.core.io import atomic_write_text
     from tubelet.data.datasets.tracking import jittered_detections, read_mot_file
@@ -245,6 +261,9 @@ def run_mot(args: argparse.Namespace) -> int:
                                 ("false_positives", args.jitter_fp)) if v is not None}
     if jitter and not args.jitter_gt:
         raise ConfigError("--jitter-noise, --jitter-drop, --jitter-fp and --jitter-seed set up --jitter-gt, which is not given")
+    if args.nms_iou is not None and not args.detector:
+        raise ConfigError("--nms-iou sets up --detector's post-processing, which is not given")
+    nms_iou = _nms_iou(args.nms_iou) if args.nms_iou is not None else "run"
     name, n, reader, size, default_det = _mot_input(args)
     sources = [f for f, v in (("--det", args.det), ("--detector", args.detector), ("--jitter-gt", args.jitter_gt)) if v]
     if len(sources) > 1:
@@ -264,8 +283,10 @@ def run_mot(args: argparse.Namespace) -> int:
             raise ConfigError(f"--detector {args.detector}: {args.video} has no frames to detect on")
         from tubelet.engine.detector import load_detector
 
-        detections = frame_detector(load_detector(args.detector))
-        what = f"the detector {args.detector}"
+        detector = load_detector(args.detector, nms_iou=nms_iou)
+        detections = frame_detector(detector)
+        nms = "no NMS" if detector.nms_iou is None else f"NMS at IoU {detector.nms_iou:g}"
+        what = f"the detector {args.detector} ({nms})"
     else:
         det = Path(args.det) if args.det else default_det
         if det is None:

@@ -5,14 +5,16 @@
 The run folder's ``config.yaml`` rebuilds the method and the weights (``method.safetensors``, or a training
 checkpoint ``checkpoints/*.ckpt`` of the run) load strictly; its ``data`` section says how a frame becomes the
 model's input (resized to ``data.crop_size``, normalised by ``data.mean`` / ``data.std``: the images of
-training), and boxes come back in the frame's own pixels.
+training), and boxes come back in the frame's own pixels. Duplicates are suppressed by class-agnostic greedy
+NMS where the run's ``method.nms_iou`` or ``load_detector(..., nms_iou=...)`` sets an IoU (None: DETR's raw
+``top_k``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,14 +28,18 @@ METHOD = "deformable_detr"
 
 class Detector:
     """``detector(frame uint8 (H, W, 3)) -> (boxes (K, 4) float32 xyxy in frame pixels, scores (K,) float32)``,
-    the ``top_k`` best detections (scores descending) at or above ``score_threshold``; with more than one
-    class the labels of the last call are in ``last_labels``."""
+    the ``top_k`` best detections (scores descending) that survive NMS at ``nms_iou`` (None: no NMS) and
+    score at least ``score_threshold``; with more than one class the labels of the last call are in
+    ``last_labels``."""
 
     def __init__(self, method, size: int, mean: Sequence[float], std: Sequence[float], top_k: int = 100,
-                 score_threshold: float = 0.0, device: str | torch.device = "cpu") -> None:
+                 score_threshold: float = 0.0, device: str | torch.device = "cpu", nms_iou: float | None = None) -> None:
+        from tubelet.methods.detr import check_nms_iou
+
         self.method = method.eval()
         self.size, self.mean, self.std = int(size), tuple(mean), tuple(std)
         self.top_k, self.score_threshold = int(top_k), float(score_threshold)
+        self.nms_iou = check_nms_iou(nms_iou, "Detector(nms_iou=...)")
         self.device = torch.device(device)
         self.last_labels = np.zeros(0, np.int64)
 
@@ -47,11 +53,11 @@ class Detector:
         from tubelet.data.datasets.frame_boxes import resize_frame
 
         images = torch.stack([resize_frame(np.asarray(f), self.size, self.mean, self.std) for f in frames])
-        boxes, scores, labels = self.method.detect(images.to(self.device), self.top_k)
+        boxes, scores, labels, kept = self.method.detect(images.to(self.device), self.top_k, self.nms_iou)
         out = []
-        for f, b, s, lab in zip(frames, boxes.cpu(), scores.cpu(), labels.cpu()):
+        for f, b, s, lab, nms_kept in zip(frames, boxes.cpu(), scores.cpu(), labels.cpu(), kept.cpu()):
             H, W = f.shape[:2]
-            keep = s >= self.score_threshold
+            keep = nms_kept & (s >= self.score_threshold)
             px = (b[keep] * torch.tensor([W, H, W, H], dtype=b.dtype)).numpy().astype(np.float32)
             out.append((px, s[keep].numpy().astype(np.float32)))
             self.last_labels = lab[keep].numpy()
@@ -76,10 +82,11 @@ def _run_files(path: Path) -> tuple[Path, Path]:
 
 
 def load_detector(run_dir_or_checkpoint: str | Path, device: str = "cpu", top_k: int | None = None,
-                  score_threshold: float = 0.0) -> Detector:
+                  score_threshold: float = 0.0, nms_iou: float | None | Literal["run"] = "run") -> Detector:
     """The :class:`Detector` of a ``tubelet fit`` run of method ``deformable_detr`` (its folder, its
     ``method.safetensors`` or a training checkpoint of it). A run or file of another method is a
-    ``CheckpointError`` naming the file; ``top_k`` defaults to the run's ``method.top_k``."""
+    ``CheckpointError`` naming the file; ``top_k`` defaults to the run's ``method.top_k``, ``nms_iou`` to the
+    run's ``method.nms_iou`` (a number in [0, 1]: NMS at that IoU; None: no NMS; else a ``ConfigError``)."""
     from tubelet.config import load_recipe
     from tubelet.models.weights import file_metadata
 
@@ -91,13 +98,14 @@ def load_detector(run_dir_or_checkpoint: str | Path, device: str = "cpu", top_k:
     if recipe.method.name != METHOD:
         raise CheckpointError(f"{weights}: its run {config} trained method '{recipe.method.name}', not a detector "
                               f"(method {METHOD})")
-    return detector_from_recipe(recipe, weights, device, top_k, score_threshold)
+    return detector_from_recipe(recipe, weights, device, top_k, score_threshold, nms_iou)
 
 
 def detector_from_recipe(recipe, weights: str | Path, device: str = "cpu", top_k: int | None = None,
-                         score_threshold: float = 0.0) -> Detector:
+                         score_threshold: float = 0.0, nms_iou: float | None | Literal["run"] = "run") -> Detector:
     """The :class:`Detector` that ``recipe`` (method ``deformable_detr``) builds, with ``weights`` loaded
-    strictly (``method.safetensors``, ``backbone.safetensors`` or a training checkpoint)."""
+    strictly (``method.safetensors``, ``backbone.safetensors`` or a training checkpoint); ``nms_iou="run"``
+    takes the recipe's ``method.nms_iou``."""
     from tubelet.engine.evaluate import load_method_weights
     from tubelet.methods import build_method
 
@@ -109,7 +117,7 @@ def detector_from_recipe(recipe, weights: str | Path, device: str = "cpu", top_k
     method.to(device)
     d = recipe.data
     return Detector(method, d.crop_size, d.mean, d.std, recipe.method.top_k if top_k is None else top_k,
-                    score_threshold, device)
+                    score_threshold, device, recipe.method.nms_iou if nms_iou == "run" else nms_iou)
 
 
 def evaluate_detector_checkpoint(recipe, checkpoint: str | Path, split: str = "test", iou: float = 0.5,

@@ -20,12 +20,16 @@ their mean: Deformable DETR's normalisation), at least 1. The detector is ``mode
 built and loaded by the shared backbone builder; ``model.num_classes`` is its class count.
 
 Inference (:func:`postprocess`): the ``top_k`` highest of the ``Q K`` sigmoid scores, each with its
-query's box, as Deformable DETR's post-processing does.
+query's box, as Deformable DETR's post-processing does; with ``method.nms_iou`` set, then class-agnostic
+greedy NMS at that IoU (``tubelet.models.layers.boxes.nms``; not the paper's: DETR's set loss is meant
+to make it unnecessary, but a briefly trained detector still emits duplicates, and a tracker opens a false
+track on each).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +46,10 @@ from tubelet.methods.backbone import build_backbone
 from tubelet.methods.base import RunContext
 from tubelet.methods.registry import register_method
 from tubelet.models.deformable_detr import DeformableDETR
-from tubelet.models.layers.boxes import box_convert, box_iou, generalized_box_iou
+from tubelet.models.layers.boxes import box_convert, box_iou, generalized_box_iou, nms
 
-__all__ = ["DeformableDETRMethod", "DeformableDETRMethodConfig", "HungarianMatcher", "match_cost", "postprocess",
-           "set_loss", "sigmoid_focal_loss"]
+__all__ = ["DeformableDETRMethod", "DeformableDETRMethodConfig", "Detections", "HungarianMatcher", "check_nms_iou",
+           "match_cost", "postprocess", "set_loss", "sigmoid_focal_loss"]
 
 
 @dataclass
@@ -64,6 +68,9 @@ class DeformableDETRMethodConfig(MethodConfig):
     backbone_lr_scale: float = bounded(0.1, NONNEGATIVE)
     offset_lr_scale: float = bounded(0.1, NONNEGATIVE)
     top_k: int = bounded(100, POSITIVE)  # detections kept per image at inference (the paper: 100)
+    # class-agnostic greedy NMS of the top_k at this IoU (None: none, as DETR); a tracker opens a false track
+    # on every duplicate, so MOT recipes set it
+    nms_iou: float | None = bounded(None, FRACTION)
 
 
 def _focal_terms(logits: torch.Tensor, alpha: float, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,16 +153,38 @@ def set_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, targets: torch.
             "matched_iou": iou.mean() if iou.numel() else logits.new_zeros(())}
 
 
+class Detections(NamedTuple):
+    """Per image the ``k = min(top_k, Q K)`` best detections, scores descending: ``boxes`` ``(B, k, 4)`` xyxy
+    normalised, ``scores`` ``(B, k)`` sigmoid probabilities, ``labels`` ``(B, k)`` int64 and ``keep``
+    ``(B, k)`` bool, False where NMS suppressed the detection (all True without NMS)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    keep: torch.Tensor
+
+
+def check_nms_iou(value: object, where: str) -> float | None:
+    """``value`` as an NMS IoU threshold (a number in [0, 1], or None: no NMS); anything else is a one-line
+    ``ConfigError`` naming ``where`` it came from."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{where}: the NMS IoU threshold must be a number in [0, 1] or none, got {value!r}")
+    return float(value)
+
+
 @torch.no_grad()
-def postprocess(out: dict[str, torch.Tensor], top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``k = min(top_k, Q K)`` best detections per image: ``boxes`` ``(B, k, 4)`` xyxy normalised,
-    ``scores`` ``(B, k)`` sigmoid probabilities (descending) and ``labels`` ``(B, k)`` int64."""
+def postprocess(out: dict[str, torch.Tensor], top_k: int = 100, nms_iou: float | None = None) -> Detections:
+    """The ``top_k`` best of the ``Q K`` query-class scores per image (each with its query's box) and, with
+    ``nms_iou``, which of them survive class-agnostic greedy NMS at that IoU (:class:`Detections`)."""
     logits, boxes = out["logits"], out["boxes"]
     B, Q, K = logits.shape
     scores, idx = logits.sigmoid().flatten(1).topk(min(int(top_k), Q * K), dim=1)
     query = torch.div(idx, K, rounding_mode="floor")
-    picked = boxes.gather(1, query[..., None].expand(-1, -1, 4))
-    return box_convert(picked, "cxcywh", "xyxy"), scores, idx % K
+    picked = box_convert(boxes.gather(1, query[..., None].expand(-1, -1, 4)), "cxcywh", "xyxy")
+    keep = torch.ones_like(scores, dtype=torch.bool) if nms_iou is None else nms(picked, scores, nms_iou)
+    return Detections(picked, scores, idx % K, keep)
 
 
 class DeformableDETRMethod(nn.Module):
@@ -210,9 +239,12 @@ class DeformableDETRMethod(nn.Module):
         return {"loss": total, **logs}
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:func:`postprocess` of the detector's last layer: ``(boxes xyxy normalised, scores, labels)``."""
-        return postprocess(self.detr(images), self.cfg.top_k if top_k is None else top_k)
+    def detect(self, images: torch.Tensor, top_k: int | None = None,
+               nms_iou: float | None | Literal["config"] = "config") -> Detections:
+        """:func:`postprocess` of the detector's last layer, with ``method.top_k`` and ``method.nms_iou``
+        unless given (``nms_iou=None``: no NMS)."""
+        iou = self.cfg.nms_iou if nms_iou == "config" else check_nms_iou(nms_iou, "detect(nms_iou=...)")
+        return postprocess(self.detr(images), self.cfg.top_k if top_k is None else top_k, iou)
 
 
 @register_method("deformable_detr", DeformableDETRMethodConfig)

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_area", "box_convert", "box_iou", "decode_deltas", "encode_deltas", "generalized_box_iou",
+__all__ = ["box_area", "box_convert", "box_iou", "decode_deltas", "encode_deltas", "generalized_box_iou", "nms",
            "roi_align", "soft_argmax_2d"]
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
@@ -57,6 +57,37 @@ def box_iou(a: torch.Tensor, b: torch.Tensor, aligned: bool = False, eps: float 
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
     return inter / (box_area(a) + box_area(b) - inter).clamp(min=eps)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Class-agnostic greedy non-maximum suppression, batched: ``keep`` ``(..., N)`` bool of ``xyxy`` boxes
+    ``(..., N, 4)`` with ``scores`` ``(..., N)``.
+
+    The classical sequential rule: visit the boxes by score, highest first (equal scores in index order),
+    and keep a box unless its IoU with a box kept before it exceeds ``iou_threshold``. With ``S`` the
+    strictly upper-triangular matrix ``S[i, j] = [IoU(b_i, b_j) > t]`` of the boxes in that order, the greedy
+    result is the unique ``k`` with ``k_j = not OR_{i<j} (k_i and S[i, j])`` (unique: ``k_0`` is fixed, and
+    each ``k_j`` follows from ``k_0 .. k_{j-1}``). It is found by iterating ``k <- not (S^T k)`` from all
+    True: after ``m`` steps every box whose longest chain of suppressors is at most ``m`` is final, so
+    the iteration stops (``k`` unchanged, hence that unique fixed point) after at most the longest chain
+    plus one steps, each a batched boolean matrix product instead of a loop over the boxes.
+    """
+    if boxes.shape[-1] != 4 or boxes.shape[:-1] != scores.shape:
+        raise ValueError(f"nms: boxes (..., N, 4) and scores (..., N), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+    n = scores.shape[-1]
+    if n == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranked = boxes.gather(-2, order[..., None].expand(*order.shape, 4))
+    upper = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu(1)
+    suppress = (box_iou(ranked, ranked) > iou_threshold) & upper  # (..., i, j): i, ranked above j, would drop j
+    keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    for _ in range(n):  # rounds, not boxes: stops after the longest suppression chain (usually 2 or 3 rounds)
+        new = ~(keep[..., :, None] & suppress).any(-2)
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
 def generalized_box_iou(a: torch.Tensor, b: torch.Tensor, aligned: bool = False, eps: float = 1e-7) -> torch.Tensor:
