@@ -159,9 +159,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after a warm-up one; 0: no timing")
     ap.add_argument("--tiny", action="store_true", help="small towers and inputs: checks the script runs")
     ap.add_argument("--only", choices=["image", "video"], default=None)
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="keep glibc's default allocator policy (training's data pipeline changes it)")
     ap.add_argument("--text-checkpointing", action="store_true",
                     help="recompute the text tower in backward (text_overrides.grad_checkpointing)")
     args = ap.parse_args()
+    if not args.default_malloc:
+        from tubelet.data.transforms.base import retain_freed_memory
+
+        # the policy every training run has (its transform pipeline sets it): freed activation-sized blocks
+        # stay in the heap instead of returning to the kernel and faulting in afresh the next step
+        print(f"allocator: freed blocks retained ({'in effect' if retain_freed_memory() else 'not available'})")
     print(f"{'tower':<6} {'mask':>5} {'fwd+bwd s':>10} {'ratio':>6} {'step s':>8} {'ratio':>6} "
           f"{'plain f+b':>9} {'ratio':>6} {'plain step':>10} {'ratio':>6} "
           f"{'act. MB':>8} {'ratio':>6} {'text MB':>8} {'FLOP ratio':>10} {'plain FLOPs':>11}")
