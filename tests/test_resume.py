@@ -161,7 +161,8 @@ def test_files_of_killed_writes_are_removed_at_the_next_start(tmp_path, console)
     _train(_run(run), crash=5)
     ck = run / "checkpoints"
     stale = [ck / ".step=000006.ckpt.0123abcd.tmp", ck / "step=000006-89abcdef.safetensors",
-             ck / ".step=000006-89abcdef.safetensors.deadbeef.tmp", run / ".method.safetensors.cafe0123.tmp"]
+             ck / ".step=000006-89abcdef.safetensors.deadbeef.tmp", run / ".method.safetensors.cafe0123.tmp",
+             run / "logs" / "csv" / ".metrics.csv.5eed5eed.tmp"]  # the CSV log is replaced atomically too
     for p in stale:
         p.write_bytes(b"partial")
     _train(_run(run), resume="auto")

@@ -142,13 +142,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 TEMP_FILE_RE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
-def remove_temp_files(folder: str | Path) -> list[Path]:
-    """Remove the temporary files that writes killed before their rename left in ``folder``; call it only
-    when no write into ``folder`` is under way."""
+def remove_temp_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that writes killed before their rename left in ``folder`` (and in its
+    subfolders with ``recursive``); call it only when no write into ``folder`` is under way."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = [p for p in folder.iterdir() if TEMP_FILE_RE.fullmatch(p.name) and p.is_file()]
+    found = folder.rglob(".*.tmp") if recursive else folder.iterdir()
+    removed = sorted(p for p in found if TEMP_FILE_RE.fullmatch(p.name) and p.is_file())
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
