@@ -165,3 +165,27 @@ def test_detection_method_loss_ignores_padding():
     b = m(batch)["loss"]
     assert torch.allclose(a, b)
     assert m.detect(batch["video"], batch["boxes"], batch["box_mask"]).shape == (B, M, 9)
+
+
+def test_two_writers_of_one_synthetic_ava_root_do_not_clash(tmp_path, monkeypatch):
+    """The synthetic ViT and MeMViT recipes read the MViTv2 recipe's data root, so two runs may write it at
+    once: a second writer running between the first one's write and rename must leave both intact."""
+    from tubelet.config.loader import load_recipe
+    from tubelet.data import synthetic_ava
+
+    data = load_recipe("ava_synthetic_mvitv2", [f"data.root={tmp_path}", "data.synthetic.num_videos=16"]).data
+    clean = synthetic_ava.write_synthetic_ava(tmp_path / "alone", data)
+    real, nested = synthetic_ava.write_ava_csv, []
+
+    def write_then_another_writer(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if not nested:  # once, right after the first file is written and before it is renamed
+            nested.append(None)
+            nested[0] = synthetic_ava.write_synthetic_ava(tmp_path, data)
+
+    monkeypatch.setattr(synthetic_ava, "write_ava_csv", write_then_another_writer)
+    paths = synthetic_ava.write_synthetic_ava(tmp_path, data)
+    assert nested and sorted(paths) == sorted(nested[0]) == sorted(clean)
+    for name, p in paths.items():
+        assert p.read_bytes() == clean[name].read_bytes(), name
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -18,6 +18,7 @@ The frames are rendered, not encoded: video id ``synthetic:000123`` opens clip 1
 from __future__ import annotations
 
 from pathlib import Path
+import uuid
 
 import numpy as np
 
@@ -120,12 +121,18 @@ def write_synthetic_ava(root: str | Path, data: DataConfig, source: SyntheticSou
 
     def put(name: str, write) -> None:
         p = out / name
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        if p.is_file() and p.read_bytes() == tmp.read_bytes():
-            tmp.unlink()
-        else:
-            tmp.replace(p)
+        # A temporary name of this writer's own: two runs share one data root (the synthetic ViT and MeMViT
+        # recipes read the MViTv2 recipe's), and with one fixed name the second writer truncated or removed
+        # the first one's file between its write and its rename.
+        tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            write(tmp)
+            if p.is_file() and p.read_bytes() == tmp.read_bytes():
+                tmp.unlink()
+            else:
+                tmp.replace(p)
+        finally:
+            tmp.unlink(missing_ok=True)
         paths[name.rsplit(".", 1)[0]] = p
 
     for split in ("train", "val", "test"):
