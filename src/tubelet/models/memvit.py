@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tubelet.errors import ConfigError
+from tubelet.models.layers.depthwise import DepthwiseConv3d
 from tubelet.models.layers.pool_attention import Grid, pool_grid, pool_tokens
 from tubelet.models.layers.rel_pos import (
     gather_rel_pos,
@@ -162,7 +163,7 @@ class MemoryPoolingAttention(nn.Module):
             if math.prod(self.kernel) == 1 and math.prod(stride) == 1:
                 return None, None
             pad = [k // 2 for k in self.kernel]
-            conv = nn.Conv3d(conv_dim, conv_dim, self.kernel, stride=stride, padding=pad, groups=conv_dim, bias=False)
+            conv = DepthwiseConv3d(conv_dim, self.kernel, stride=stride, padding=pad)
             return conv, norm_layer(conv_dim)
 
         self.pool_q, self.norm_q = make_pool(tuple(q_stride))
@@ -200,8 +201,8 @@ class MemoryPoolingAttention(nn.Module):
             # projected cache compresses dim_out channels instead.
             c = dim if memory_cache == "input" else dim_out
             pad = [k // 2 for k in compress_kernel]
-            self.compress_k = nn.Conv3d(c, c, compress_kernel, stride=compress_stride, padding=pad, groups=c, bias=False)
-            self.compress_v = nn.Conv3d(c, c, compress_kernel, stride=compress_stride, padding=pad, groups=c, bias=False)
+            self.compress_k = DepthwiseConv3d(c, compress_kernel, stride=compress_stride, padding=pad)
+            self.compress_v = DepthwiseConv3d(c, compress_kernel, stride=compress_stride, padding=pad)
             self.norm_compress_k = norm_layer(c)
             self.norm_compress_v = norm_layer(c)
             m_grid = pool_grid(k_grid, tuple(compress_kernel), tuple(compress_stride))

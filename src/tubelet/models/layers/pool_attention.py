@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tubelet.models.layers.depthwise import DepthwiseConv3d
 from tubelet.models.layers.rel_pos import (
     decomposed_rel_pos,
     rel_pos_bias,
@@ -157,7 +158,7 @@ class PoolingAttention(nn.Module):
                 )
             else:
                 pad = [k // 2 for k in self.kernel]
-                conv = nn.Conv3d(hd, hd, self.kernel, stride=stride, padding=pad, groups=hd, bias=False)
+                conv = DepthwiseConv3d(hd, self.kernel, stride=stride, padding=pad)
             return conv, norm_layer(hd)
 
         # MViTv1 pools (and normalises) the query only where it has a stride; v2 in every block.
