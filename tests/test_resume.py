@@ -162,8 +162,10 @@ def test_files_of_killed_writes_are_removed_at_the_next_start(tmp_path, console)
     ck = run / "checkpoints"
     stale = [ck / ".step=000006.ckpt.0123abcd.tmp", ck / "step=000006-89abcdef.safetensors",
              ck / ".step=000006-89abcdef.safetensors.deadbeef.tmp", run / ".method.safetensors.cafe0123.tmp",
-             run / "logs" / "csv" / ".metrics.csv.5eed5eed.tmp"]  # the CSV log is replaced atomically too
+             run / "logs" / "csv" / ".metrics.csv.5eed5eed.tmp",  # the CSV log is replaced atomically too
+             run / "report" / ".index.html.0badc0de.tmp"]  # and so is the report
     for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
     _train(_run(run), resume="auto")
     assert [p for p in stale if p.exists()] == []

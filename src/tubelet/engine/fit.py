@@ -209,9 +209,12 @@ def prepare_run_dir(recipe: Recipe, resume: str | os.PathLike | None, overwrite:
     if overwrite and resume is not None:
         raise ConfigError(f"--overwrite starts a new run in {run_dir} and --resume {resume} continues one: pass one of them")
     if _is_rank_zero():  # nothing writes into the folder yet (the other ranks only read it)
-        # the logs too: a kill while the CSV log was replaced leaves its temporary file in logs/csv
+        # and under logs/ and report/: a kill while the CSV log or the report was replaced leaves its
+        # temporary file there (not the whole folder: a synthetic data root may live in it, written by
+        # another run at this moment)
         for path in (remove_stale_files(run_dir / "checkpoints") + remove_temp_files(run_dir)
-                     + remove_temp_files(run_dir / "logs", recursive=True)):
+                     + remove_temp_files(run_dir / "logs", recursive=True)
+                     + remove_temp_files(run_dir / "report", recursive=True)):
             rank_zero_info(f"removed {path}: left by a write that was killed")
     existing = holds_checkpoints(run_dir)
     if resume is None and existing and not overwrite:
