@@ -22,18 +22,18 @@ faster than the fp32 step; elsewhere bf16 at least as fast as fp32, or fp32 stay
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import contextlib
 import statistics
 from pathlib import Path
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mae_speedup import make_step as mae_step  # noqa: E402  (this folder)
-from vit_step import Config, alternate, loadavg, matmul_ceiling, round_ratio, tune_malloc  # noqa: E402
+from vit_step import Config, alternate, loadavg, make_step, matmul_ceiling, round_ratio, tune_malloc  # noqa: E402
 
 from tubelet.config.schema import ModelConfig, OptimConfig, Recipe  # noqa: E402
 from tubelet.engine.optim import build_optimizer  # noqa: E402
@@ -43,22 +43,17 @@ from tubelet.models import create_model  # noqa: E402
 from tubelet.models.layers.depthwise import DepthwiseConv3d  # noqa: E402
 
 
-def supervised(name: str, frames: int, size: int, batch: int, overrides: dict):
-    """A classifier's training step, as ``tubelet fit`` builds its optimizer; returns (label, step(bf16))."""
+Steps = dict[bool, Callable[[], None]]  # bf16 autocast on/off -> one training step
+
+
+def supervised(name: str, frames: int, size: int, batch: int, overrides: dict) -> tuple[str, Steps]:
+    """A classifier's training step (``vit_step.make_step``), its optimizer as ``tubelet fit`` builds it."""
     torch.manual_seed(0)
     model = create_model(name, num_frames=frames, img_size=size, num_classes=400, **overrides).train()
     opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05), lr=1e-4)
     x = torch.randn(batch, 3, frames, size, size)
     y = torch.randint(0, 400, (batch,))
-
-    def step(bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return f"{name} supervised, {batch}x3x{frames}x{size}^2", step
+    return f"{name} supervised, {batch}x3x{frames}x{size}^2", {b: make_step(model, opt, x, y, b) for b in (False, True)}
 
 
 @contextlib.contextmanager
@@ -72,7 +67,7 @@ def depthwise_as_autocast_casts():
         DepthwiseConv3d.forward = keep
 
 
-def mae_st(model: ModelConfig, method: dict, batch: int, ratio: float):
+def mae_st(model: ModelConfig, method: dict, batch: int, ratio: float) -> tuple[str, Steps]:
     """An MAE-ST pre-training step at a fixed mask ratio (each clip its own mask)."""
     torch.manual_seed(0)
     mae = build_method(Recipe(model=model, method=MAESTConfig(**method))).train()
@@ -87,7 +82,8 @@ def mae_st(model: ModelConfig, method: dict, batch: int, ratio: float):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return f"MAE-ST {model.name} at {ratio:.0%} masking, {batch}x3x{model.num_frames}x{model.img_size}^2", step
+    return (f"MAE-ST {model.name} at {ratio:.0%} masking, {batch}x3x{model.num_frames}x{model.img_size}^2",
+            {b: (lambda b=b: step(b)) for b in (False, True)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,12 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                          args.mae_batch, 0.9)]
     fp32 = matmul_ceiling(sizes, torch.float32, reps)
     bf16 = matmul_ceiling(sizes, torch.bfloat16, reps)
-    configs = [Config(label, prec, (lambda s=step, b=prec == "bf16": s(b)))
-               for label, step in models for prec in ("fp32", "bf16")]
+    configs = [Config(label, prec, steps[prec == "bf16"]) for label, steps in models for prec in ("fp32", "bf16")]
 
-    def bf16_depthwise(step=models[0][1]) -> None:
+    def bf16_depthwise(step=models[0][1][True]) -> None:
         with depthwise_as_autocast_casts():
-            step(True)
+            step()
 
     configs.append(Config(models[0][0], "bf16, depthwise convs in bf16", bf16_depthwise))
     alternate(configs, args.warmup, args.steps)

@@ -180,7 +180,7 @@ def test_two_writers_of_one_synthetic_ava_root_do_not_clash(tmp_path, monkeypatc
     def write_then_another_writer(path, *args, **kwargs):
         real(path, *args, **kwargs)
         if not nested:  # once, right after the first file is written and before it is renamed
-            nested.append(None)
+            nested.append(None)  # before the call: the second writer comes through here too
             nested[0] = synthetic_ava.write_synthetic_ava(tmp_path, data)
 
     monkeypatch.setattr(synthetic_ava, "write_ava_csv", write_then_another_writer)

@@ -84,13 +84,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: str | Path) -> Path:
+    """A fresh temporary name beside ``path`` (``.<name>.<8 hex>.tmp``, :data:`TEMP_FILE_RE`), one per writer,
+    so that two writers of one file never share it; :func:`remove_temp_files` finds those a kill left."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then ``os.replace``.
     A refused write raises :class:`WriteError` and leaves ``path`` as it was."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = temp_path(path)
     sink: _Sink | None = None
     try:
         with open(tmp, "wb") as f:

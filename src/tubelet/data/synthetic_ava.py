@@ -18,11 +18,11 @@ The frames are rendered, not encoded: video id ``synthetic:000123`` opens clip 1
 from __future__ import annotations
 
 from pathlib import Path
-import uuid
 
 import numpy as np
 
 from tubelet.config.schema import DataConfig
+from tubelet.core.io import temp_path
 from tubelet.data.datasets.ava import AVATable, write_ava_csv, write_label_map
 from tubelet.data.synthetic import SyntheticSource, class_names, clip_path, hflip_label_map, split_indices
 from tubelet.errors import ConfigError
@@ -124,15 +124,13 @@ def write_synthetic_ava(root: str | Path, data: DataConfig, source: SyntheticSou
         # A temporary name of this writer's own: two runs share one data root (the synthetic ViT and MeMViT
         # recipes read the MViTv2 recipe's), and with one fixed name the second writer truncated or removed
         # the first one's file between its write and its rename.
-        tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = temp_path(p)
         try:
             write(tmp)
-            if p.is_file() and p.read_bytes() == tmp.read_bytes():
-                tmp.unlink()
-            else:
+            if not (p.is_file() and p.read_bytes() == tmp.read_bytes()):
                 tmp.replace(p)
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # unchanged contents (or a failed write): the temporary file goes
         paths[name.rsplit(".", 1)[0]] = p
 
     for split in ("train", "val", "test"):

@@ -33,6 +33,7 @@ from tubelet.engine.device import check_trainer_device
 from tubelet.engine.module import TubeletModule
 from tubelet.engine.resume import Resume, choose_checkpoint, describe_changes, run_record
 from tubelet.engine.run_dir import (
+    RUN_FOLDERS,
     RunCSVLogger,
     clear_run,
     holds_checkpoints,
@@ -209,12 +210,13 @@ def prepare_run_dir(recipe: Recipe, resume: str | os.PathLike | None, overwrite:
     if overwrite and resume is not None:
         raise ConfigError(f"--overwrite starts a new run in {run_dir} and --resume {resume} continues one: pass one of them")
     if _is_rank_zero():  # nothing writes into the folder yet (the other ranks only read it)
-        # and under logs/ and report/: a kill while the CSV log or the report was replaced leaves its
-        # temporary file there (not the whole folder: a synthetic data root may live in it, written by
-        # another run at this moment)
-        for path in (remove_stale_files(run_dir / "checkpoints") + remove_temp_files(run_dir)
-                     + remove_temp_files(run_dir / "logs", recursive=True)
-                     + remove_temp_files(run_dir / "report", recursive=True)):
+        stale = remove_stale_files(run_dir / "checkpoints") + remove_temp_files(run_dir)
+        # and in the run's own folders (a kill while the CSV log or the report was replaced leaves its
+        # temporary file there), not the whole run folder: a synthetic data root may live in it, being
+        # written by another run at this moment
+        for folder in RUN_FOLDERS:
+            stale += remove_temp_files(run_dir / folder, recursive=True)
+        for path in stale:
             rank_zero_info(f"removed {path}: left by a write that was killed")
     existing = holds_checkpoints(run_dir)
     if resume is None and existing and not overwrite:
