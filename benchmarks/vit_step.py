@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import math
 import resource
 import statistics
@@ -293,7 +294,7 @@ class PlainBlock(nn.Module):
     def __init__(self, dim: int, heads: int, hidden: int, eps: float, bare: bool = False) -> None:
         super().__init__()
         self.heads = heads
-        norm = (lambda: nn.Identity()) if bare else (lambda: nn.LayerNorm(dim, eps=eps))
+        norm = nn.Identity if bare else functools.partial(nn.LayerNorm, dim, eps=eps)
         self.norm1, self.norm2 = norm(), norm()
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
